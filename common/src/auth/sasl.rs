@@ -1,0 +1,4 @@
+//! SASL mechanism exchanges shared by POP3 AUTH (RFC 5034) and IMAP AUTHENTICATE (RFC 3501,
+//! SASL-IR): PLAIN (RFC 4616), LOGIN, CRAM-MD5 (RFC 2195).
+//!
+//! SKELETON.

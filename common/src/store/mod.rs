@@ -1,0 +1,236 @@
+//! The mail store: a [`Mailbox`] trait with mbox ([`mbox`]) and Maildir ([`maildir`])
+//! implementations, and the locking that lets us share mailboxes with MTAs and other servers
+//! ([`lock`]).
+//!
+//! Owns files under the mail root and their metadata (UIDs, flags, keywords) in formats UW-IMAP and
+//! Dovecot read and write. Never formats a protocol response and never decides policy about who
+//! may open what: callers have already dropped privileges to the mailbox owner.
+//!
+//! Message bytes are always presented as RFC 822 octets with CRLF line ends and with our metadata
+//! headers (X-IMAPbase, X-IMAP, X-UID, Status, X-Status, X-Keywords, Content-Length) removed;
+//! `MessageInfo::size` is the exact length of that presentation.
+
+pub mod lock;
+pub mod maildir;
+pub mod mbox;
+
+use std::fmt;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// The five system flags that persist (`\Recent` is session state, see [`MessageInfo::recent`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flags(u8);
+
+impl Flags {
+    pub const SEEN: Flags = Flags(1);
+    pub const ANSWERED: Flags = Flags(2);
+    pub const FLAGGED: Flags = Flags(4);
+    pub const DELETED: Flags = Flags(8);
+    pub const DRAFT: Flags = Flags(16);
+    pub const NONE: Flags = Flags(0);
+
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+    pub const fn from_bits(bits: u8) -> Flags {
+        Flags(bits & 31)
+    }
+    pub const fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+    pub fn insert(&mut self, other: Flags) {
+        self.0 |= other.0;
+    }
+    pub fn remove(&mut self, other: Flags) {
+        self.0 &= !other.0;
+    }
+    pub const fn union(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+}
+
+/// The compact per-message index entry every store keeps in memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// IMAP UID; never 0, strictly increasing in mailbox order.
+    pub uid: u32,
+    pub flags: Flags,
+    /// Bit i set means the mailbox's keyword `keyword_names()[i]` is set (at most 64 keywords).
+    pub keywords: u64,
+    /// True when no session had seen the message before this one opened the mailbox
+    /// (mbox: no `O` in Status; Maildir: the file was in new/).
+    pub recent: bool,
+    /// Exact size in octets of the message as presented (CRLF, metadata headers removed).
+    pub size: u64,
+    /// INTERNALDATE as seconds since the epoch (mbox: From_ line; Maildir: file mtime).
+    pub internal_date: i64,
+    /// The zone of INTERNALDATE in minutes east of UTC.
+    pub internal_tz_minutes: i32,
+}
+
+/// Why a mailbox could not be opened or written.
+#[derive(Debug)]
+pub enum StoreError {
+    /// Another session holds the mailbox exclusively (POP3 `[IN-USE]`).
+    InUse(String),
+    /// The file is not a mailbox we can parse; it has been left untouched.
+    Damaged(String),
+    /// An I/O error, with the path it concerns.
+    Io(PathBuf, io::Error),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::InUse(why) => write!(f, "mailbox in use: {why}"),
+            StoreError::Damaged(why) => write!(f, "damaged mailbox: {why}"),
+            StoreError::Io(path, e) => write!(f, "{}: {e}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// How a session wants a mailbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// POP3 (RFC 1939): exclusive use for the whole session; a second one gets `InUse`.
+    Exclusive,
+    /// IMAP read-write, shared with other sessions and the MTA.
+    Shared,
+    /// IMAP EXAMINE, STATUS: never writes anything, not even new UIDs.
+    ReadOnly,
+}
+
+/// What [`Mailbox::commit`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Indices (0-based, as before the commit, ascending) of the messages removed.
+    pub expunged: Vec<usize>,
+}
+
+/// One open mailbox. Implementations keep only the compact index in memory and stream bodies.
+pub trait Mailbox {
+    /// The file or directory this mailbox lives in (for logs and error messages).
+    fn path(&self) -> &Path;
+    fn uid_validity(&self) -> u32;
+    /// The UID the next new message will get.
+    fn uid_next(&self) -> u32;
+    /// The index, in mailbox order.
+    fn messages(&self) -> &[MessageInfo];
+    /// Keyword names, indexed by the bits of [`MessageInfo::keywords`].
+    fn keyword_names(&self) -> &[String];
+    /// A reader over message `index` exactly as presented (CRLF, metadata hidden):
+    /// it yields exactly `messages()[index].size` bytes. Streams; never loads the whole body.
+    fn open_message(&mut self, index: usize) -> io::Result<Box<dyn Read + '_>>;
+    /// Change message `index`'s flags in memory; persisted by [`Mailbox::commit`].
+    fn set_flags(&mut self, index: usize, flags: Flags);
+    /// Persist flag changes and, with `expunge`, remove every message flagged `\Deleted`.
+    /// Mail delivered by others since the mailbox was opened is kept. Crash-safe: a kill at any
+    /// instant loses and duplicates nothing that was not deleted.
+    fn commit(&mut self, expunge: bool) -> Result<CommitReport, StoreError>;
+}
+
+/// Where a user's mail lives.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub spool_dir: PathBuf,
+    pub maildir_name: String,
+    pub choice: crate::config::StoreChoice,
+    /// setgid-mail dotlock helper for spool directories the user cannot write.
+    pub dotlock_helper: PathBuf,
+}
+
+/// Which store, and where, a user's INBOX is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InboxLocation {
+    Mbox(PathBuf),
+    Maildir(PathBuf),
+}
+
+/// Decide where `user`'s INBOX is. `mail_env` is `$MAIL` when the server runs as the user itself
+/// (it overrides the spool path for mbox, as mail(1) and mutt honour it).
+pub fn locate_inbox(
+    cfg: &StoreConfig,
+    user: &str,
+    home: &Path,
+    mail_env: Option<&Path>,
+) -> InboxLocation {
+    use crate::config::StoreChoice;
+    let maildir = home.join(&cfg.maildir_name);
+    let mbox = match mail_env {
+        Some(p) => p.to_path_buf(),
+        None => cfg.spool_dir.join(user),
+    };
+    match cfg.choice {
+        StoreChoice::Mbox => InboxLocation::Mbox(mbox),
+        StoreChoice::Maildir => InboxLocation::Maildir(maildir),
+        StoreChoice::Auto if maildir.is_dir() => InboxLocation::Maildir(maildir),
+        StoreChoice::Auto => InboxLocation::Mbox(mbox),
+    }
+}
+
+/// Open a user's INBOX wherever it is.
+pub fn open_inbox(
+    cfg: &StoreConfig,
+    location: &InboxLocation,
+    access: Access,
+) -> Result<Box<dyn Mailbox>, StoreError> {
+    match location {
+        InboxLocation::Mbox(path) => Ok(Box::new(mbox::MboxMailbox::open(
+            path,
+            access,
+            &cfg.dotlock_helper,
+        )?)),
+        InboxLocation::Maildir(path) => Ok(Box::new(maildir::MaildirMailbox::open(path, access)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreChoice;
+
+    fn cfg(choice: StoreChoice) -> StoreConfig {
+        StoreConfig {
+            spool_dir: "/var/mail".into(),
+            maildir_name: "Maildir".into(),
+            choice,
+            dotlock_helper: "/nonexistent".into(),
+        }
+    }
+
+    #[test]
+    fn auto_prefers_existing_maildir() {
+        let home = std::env::temp_dir().join(format!("locate-{}", std::process::id()));
+        std::fs::create_dir_all(home.join("Maildir")).unwrap();
+        let got = locate_inbox(&cfg(StoreChoice::Auto), "u", &home, None);
+        assert_eq!(got, InboxLocation::Maildir(home.join("Maildir")));
+        std::fs::remove_dir_all(&home).unwrap();
+        let got = locate_inbox(&cfg(StoreChoice::Auto), "u", &home, None);
+        assert_eq!(got, InboxLocation::Mbox("/var/mail/u".into()));
+    }
+
+    #[test]
+    fn mail_env_overrides_spool() {
+        let got = locate_inbox(
+            &cfg(StoreChoice::Mbox),
+            "u",
+            Path::new("/h"),
+            Some(Path::new("/x/y")),
+        );
+        assert_eq!(got, InboxLocation::Mbox("/x/y".into()));
+    }
+
+    #[test]
+    fn flags_set_operations() {
+        let mut f = Flags::NONE;
+        f.insert(Flags::SEEN);
+        f.insert(Flags::DELETED);
+        assert!(f.contains(Flags::SEEN) && f.contains(Flags::DELETED));
+        f.remove(Flags::SEEN);
+        assert_eq!(f, Flags::DELETED);
+        assert_eq!(Flags::from_bits(255).bits(), 31);
+    }
+}
