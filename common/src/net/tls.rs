@@ -123,6 +123,7 @@ pub(crate) mod tests {
             .args(key_args)
             .args(["-nodes", "-subj", "/CN=localhost", "-days", "2"])
             .args(["-addext", "subjectAltName=DNS:localhost"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
