@@ -79,6 +79,20 @@ impl Write for Transport {
         }
     }
 
+    /// rustls hands over several TLS records at once: one poll and one writev for all.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if !wait_fd(self.output.as_fd(), PollFlags::POLLOUT, self.write_timeout)? {
+            return Err(write_timed_out());
+        }
+        loop {
+            match self.output.write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(write_timed_out()),
+                other => return other,
+            }
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -88,6 +102,8 @@ impl Transport {
     /// Bounds blocking socket writes as well (a POLLOUT wake-up does not promise room for a
     /// whole buffer). Not a socket (pipe, tty): poll(2) before each write is the bound.
     fn set_write_timeout(&mut self, timeout: Duration) {
+        // Zero would mean "never" to SO_SNDTIMEO but "at once" to poll(2): use the shortest wait.
+        let timeout = timeout.max(Duration::from_millis(1));
         self.write_timeout = timeout;
         let capped = timeout.min(Duration::from_secs(86_400));
         let tv = TimeVal::new(capped.as_secs() as _, capped.subsec_micros() as _);
@@ -713,6 +729,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn client_that_never_reads_times_out_the_write() {
+        let (mut conn, _client) = tcp_pair();
+        conn.set_write_timeout(Duration::from_millis(200));
+        let chunk = vec![b'w'; 1 << 20];
+        let started = Instant::now();
+        let err = (0..256)
+            .find_map(|_| conn.write_all(&chunk).and_then(|()| conn.flush()).err())
+            .expect("the socket buffers cannot hold 256 MiB");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn pipes_work_like_a_socket() {
+        // `ssh host ipop3d`: fd 0 and fd 1 are two different pipes.
+        let (server_in, client_out) = nix::unistd::pipe().unwrap();
+        let (client_in, server_out) = nix::unistd::pipe().unwrap();
+        let mut conn = Conn::from_fds(server_in, server_out);
+        let mut client_out = File::from(client_out);
+        let mut client_in = File::from(client_in);
+        client_out.write_all(b"CAPA\r\n").unwrap();
+        assert_eq!(conn.read_line(100, SHORT).unwrap(), complete(b"CAPA"));
+        conn.write_all(b"+OK\r\n").unwrap();
+        conn.flush().unwrap();
+        let mut reply = [0u8; 5];
+        client_in.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"+OK\r\n");
+        drop(client_out);
+        assert_eq!(conn.read_line(100, SHORT).unwrap(), Line::Eof);
+    }
+
     // ---- TLS ----
 
     struct TlsFixture {
@@ -722,6 +770,10 @@ mod tests {
     }
 
     fn tls_fixture() -> TlsFixture {
+        tls_fixture_with(rustls::DEFAULT_VERSIONS)
+    }
+
+    fn tls_fixture_with(versions: &[&'static rustls::SupportedProtocolVersion]) -> TlsFixture {
         let dir = TempDir::new("conn-tls");
         let (cert, key) = make_cert(&dir.0, &["-newkey", "rsa:2048"]);
         let server_config = load_server_config(&cert, &key).unwrap();
@@ -733,7 +785,7 @@ mod tests {
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let client_config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -820,6 +872,30 @@ mod tests {
         assert_eq!(conn.read_line(512, SHORT).unwrap(), complete(b"QUIT"));
         drop(conn); // flushes and sends close_notify
         assert!(peer.join().unwrap() == expected);
+    }
+
+    #[test]
+    fn tls12_clients_are_served() {
+        let fixture = tls_fixture_with(&[&rustls::version::TLS12]);
+        let (mut conn, client) = tcp_pair();
+        let client_config = fixture.client_config.clone();
+        let peer = thread::spawn(move || {
+            let mut tls = tls_client(client_config, client);
+            tls.write_all(b"NOOP\r\n").unwrap();
+            tls.flush().unwrap();
+            let mut reply = Vec::new();
+            tls.read_to_end(&mut reply).unwrap();
+            (tls.conn.protocol_version(), reply)
+        });
+        conn.start_tls(fixture.server_config.clone(), SHORT)
+            .unwrap();
+        assert_eq!(conn.read_line(100, SHORT).unwrap(), complete(b"NOOP"));
+        conn.write_all(b"+OK\r\n").unwrap();
+        conn.shutdown().unwrap();
+        drop(conn);
+        let (version, reply) = peer.join().unwrap();
+        assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_2));
+        assert_eq!(reply, b"+OK\r\n");
     }
 
     #[test]
