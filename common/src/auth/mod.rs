@@ -227,7 +227,7 @@ fn login_for(pw: nix::unistd::User, pam: Option<PamSession>) -> Login {
 
 #[cfg(test)]
 mod tests {
-    use super::pam::tests::{prepare_test_user, TestService, TEST_PASSWORD, TEST_USER};
+    use super::pam::tests::{TestAccount, TestService, TEST_PASSWORD};
     use super::*;
 
     /// `nobody` exists on every Debian system; the secrets file lists it (and a non-account).
@@ -303,29 +303,29 @@ mod tests {
 
     #[test]
     fn unlisted_users_go_through_pam() {
-        if !prepare_test_user() {
+        let Some(account) = TestAccount::create("auth") else {
             return;
-        }
+        };
         let service = TestService::install("auth");
         // The secrets file lists others only, so the test user is checked by PAM.
         let auth = with_file_secrets(&service.name);
         let login = auth
-            .check_password(TEST_USER, TEST_PASSWORD.as_bytes(), Some("localhost"))
+            .check_password(&account.name, TEST_PASSWORD.as_bytes(), Some("localhost"))
             .unwrap();
-        assert_eq!(login.user, TEST_USER);
+        assert_eq!(login.user, account.name);
         assert!(login.has_pam_session());
         drop(login);
         let spaced = format!(" {TEST_PASSWORD}");
         assert!(auth
-            .check_password(TEST_USER, spaced.as_bytes(), None)
+            .check_password(&account.name, spaced.as_bytes(), None)
             .is_ok());
-        assert!(auth.check_password(TEST_USER, b"wrong", None).is_err());
+        assert!(auth.check_password(&account.name, b"wrong", None).is_err());
         assert!(auth
             .check_password("mailsuite-no-such-user", TEST_PASSWORD.as_bytes(), None)
             .is_err());
         // APOP for an unlisted user fails even though PAM knows them.
         assert!(auth
-            .check_apop(TEST_USER, "<1@x>", "d09eb05ba6034fbbadd19256108d7f16")
+            .check_apop(&account.name, "<1@x>", "d09eb05ba6034fbbadd19256108d7f16")
             .is_err());
     }
 }

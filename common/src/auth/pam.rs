@@ -352,8 +352,69 @@ pub(crate) mod tests {
     use std::path::PathBuf;
     use std::process::Command;
 
-    pub(crate) const TEST_USER: &str = "mailsuite-pamtest";
     pub(crate) const TEST_PASSWORD: &str = "Corr3ct horse %s battery";
+
+    /// useradd/chpasswd/userdel lock /etc/passwd and /etc/shadow; run them one at a time here,
+    /// and retry when another process holds the lock.
+    static ACCOUNT_TOOLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// A throwaway system account with password [`TEST_PASSWORD`], deleted on drop. The name
+    /// carries the pid so concurrent test runs never share one.
+    pub(crate) struct TestAccount {
+        pub(crate) name: String,
+    }
+
+    impl TestAccount {
+        /// `None`, with a printed reason, when PAM tests cannot run here (not root).
+        pub(crate) fn create(tag: &str) -> Option<TestAccount> {
+            if !nix::unistd::geteuid().is_root() {
+                eprintln!("skipped: PAM tests need root (useradd, /etc/pam.d, /etc/shadow)");
+                return None;
+            }
+            let name = format!("mailsuite-{tag}-{}", std::process::id());
+            let _serial = ACCOUNT_TOOLS.lock().unwrap_or_else(|e| e.into_inner());
+            if nix::unistd::User::from_name(&name).ok().flatten().is_none() {
+                run_account_tool(
+                    "useradd",
+                    &["--no-create-home", "--shell", "/usr/sbin/nologin", &name],
+                    None,
+                );
+            }
+            let account = TestAccount { name };
+            let line = format!("{}:{TEST_PASSWORD}\n", account.name);
+            run_account_tool("chpasswd", &[], Some(&line));
+            Some(account)
+        }
+    }
+
+    impl Drop for TestAccount {
+        fn drop(&mut self) {
+            let _serial = ACCOUNT_TOOLS.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = Command::new("userdel").arg(&self.name).status();
+        }
+    }
+
+    /// Run a shadow-utils tool, retrying while another process holds the passwd lock.
+    fn run_account_tool(tool: &str, args: &[&str], stdin: Option<&str>) {
+        use std::io::Write;
+        for _ in 0..50 {
+            let mut child = Command::new(tool)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+            if let Some(text) = stdin {
+                let pipe = child.stdin.as_mut().expect("piped stdin");
+                pipe.write_all(text.as_bytes()).expect("feed stdin");
+            }
+            drop(child.stdin.take());
+            if child.wait().expect("wait").success() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{tool} {args:?} keeps failing");
+    }
 
     /// A PAM service file in /etc/pam.d, like Debian's pam.d/pop, removed on drop.
     pub(crate) struct TestService {
@@ -380,58 +441,15 @@ pub(crate) mod tests {
         }
     }
 
-    /// Create (if needed) the throwaway test account and set its password. Returns false, with a
-    /// printed reason, when PAM tests cannot run here.
-    pub(crate) fn prepare_test_user() -> bool {
-        static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *READY.get_or_init(create_test_user)
-    }
-
-    fn create_test_user() -> bool {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: PAM tests need root (useradd, /etc/pam.d, /etc/shadow)");
-            return false;
-        }
-        if nix::unistd::User::from_name(TEST_USER)
-            .ok()
-            .flatten()
-            .is_none()
-        {
-            let created = Command::new("useradd")
-                .args([
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    TEST_USER,
-                ])
-                .status();
-            if !matches!(created, Ok(s) if s.success()) {
-                eprintln!("skipped: useradd {TEST_USER} failed: {created:?}");
-                return false;
-            }
-        }
-        let mut chpasswd = Command::new("chpasswd")
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("run chpasswd");
-        {
-            use std::io::Write;
-            let stdin = chpasswd.stdin.as_mut().expect("chpasswd stdin");
-            writeln!(stdin, "{TEST_USER}:{TEST_PASSWORD}").expect("feed chpasswd");
-        }
-        assert!(chpasswd.wait().expect("chpasswd").success());
-        true
-    }
-
     #[test]
     fn real_pam_accepts_right_password_and_refuses_others() {
-        if !prepare_test_user() {
+        let Some(account) = TestAccount::create("pam") else {
             return;
-        }
+        };
         let service = TestService::install("pam");
         let session = PamSession::open(
             &service.name,
-            TEST_USER,
+            &account.name,
             TEST_PASSWORD.as_bytes(),
             Some("127.0.0.1"),
         )
@@ -440,7 +458,7 @@ pub(crate) mod tests {
         assert!(session.conversation.password.iter().all(|&b| b == 0));
         drop(session);
 
-        let wrong = PamSession::open(&service.name, TEST_USER, b"wrong", None).unwrap_err();
+        let wrong = PamSession::open(&service.name, &account.name, b"wrong", None).unwrap_err();
         assert_eq!(wrong.step, "pam_authenticate", "{wrong}");
 
         let unknown = PamSession::open(
@@ -452,10 +470,10 @@ pub(crate) mod tests {
         .unwrap_err();
         assert_eq!(unknown.step, "pam_authenticate", "{unknown}");
 
-        let empty = PamSession::open(&service.name, TEST_USER, b"", None).unwrap_err();
+        let empty = PamSession::open(&service.name, &account.name, b"", None).unwrap_err();
         assert_eq!(empty.step, "pam_authenticate", "{empty}");
 
-        let nul = PamSession::open(&service.name, TEST_USER, b"a\0b", None).unwrap_err();
+        let nul = PamSession::open(&service.name, &account.name, b"a\0b", None).unwrap_err();
         assert_eq!(nul.step, "input");
     }
 }
