@@ -42,7 +42,7 @@ impl fmt::Debug for CramSecrets {
 /// readable or writable by group or others, unreadable, too big); the caller logs the reason.
 /// Owner "ourselves" lets an unprivileged server (serving only its own user) use its own file.
 pub fn load(path: &Path) -> Result<Option<CramSecrets>, String> {
-    let mut file = match File::options()
+    let file = match File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
@@ -55,8 +55,11 @@ pub fn load(path: &Path) -> Result<Option<CramSecrets>, String> {
         .metadata()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     check_safe(&meta).map_err(|why| format!("{}: {why}; ignored", path.display()))?;
-    let mut content = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
-    file.read_to_end(&mut content)
+    // Read exactly the size fstat saw into a buffer with room for it and the EOF probe, so it
+    // never reallocates (which would leave an unwiped copy of the secrets behind).
+    let mut content = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    file.take(meta.len())
+        .read_to_end(&mut content)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Some(CramSecrets::parse(&content)))
 }

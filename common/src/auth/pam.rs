@@ -13,7 +13,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::fmt;
-use std::ptr;
+use std::ptr::{self, NonNull};
 
 use zeroize::{Zeroize, Zeroizing};
 
@@ -80,8 +80,8 @@ extern "C" {
     fn pam_strerror(pamh: *mut PamHandle, errnum: c_int) -> *const c_char;
 }
 
-/// What the conversation function answers with. Boxed so its address is stable while PAM
-/// holds it as `appdata_ptr`.
+/// What the conversation function answers with. Allocated with `Box::into_raw` so that PAM's
+/// `appdata_ptr` stays valid (and is the only pointer used to reach it) until `pam_end`.
 struct ConversationData {
     user: CString,
     /// The password and its terminating NUL.
@@ -107,10 +107,9 @@ impl std::error::Error for PamError {}
 /// An authenticated PAM transaction with an open session; closed when dropped.
 pub struct PamSession {
     handle: *mut PamHandle,
-    /// Read by PAM through `appdata_ptr` for as long as `handle` lives.
-    conversation: Box<ConversationData>,
-    /// `pam_start` copies the struct, but it stays with its data for clarity and safety.
-    _conv: Box<PamConv>,
+    /// Owned (from `Box::into_raw`); read by PAM through `appdata_ptr` while `handle` lives,
+    /// freed in `Drop` after `pam_end`.
+    conversation: NonNull<ConversationData>,
     credentials_established: bool,
     session_open: bool,
     last_status: c_int,
@@ -119,7 +118,7 @@ pub struct PamSession {
 impl fmt::Debug for PamSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PamSession")
-            .field("user", &self.conversation.user)
+            .field("user", &self.conversation().user)
             .field("session_open", &self.session_open)
             .finish_non_exhaustive()
     }
@@ -143,27 +142,26 @@ impl PamSession {
         let mut secret = Zeroizing::new(Vec::with_capacity(password.len() + 1));
         secret.extend_from_slice(password);
         secret.push(0);
-        let mut conversation = Box::new(ConversationData {
+        let user_ptr = user.as_ptr();
+        let conversation = NonNull::from(Box::leak(Box::new(ConversationData {
             user,
             password: secret,
-        });
-        let conv = Box::new(PamConv {
+        })));
+        // Linux-PAM copies this struct in pam_start; only `appdata_ptr` must outlive the call.
+        let conv = PamConv {
             conv: Some(converse),
-            appdata_ptr: ptr::addr_of_mut!(*conversation).cast::<c_void>(),
-        });
-        let mut handle: *mut PamHandle = ptr::null_mut();
-        // SAFETY: all pointers are valid NUL-terminated strings / a valid pam_conv for the call;
-        // `conversation` (the appdata) is boxed and owned by the PamSession built below, which
-        // outlives the handle (pam_end runs in its Drop).
-        let status = unsafe {
-            pam_start(
-                service.as_ptr(),
-                conversation.user.as_ptr(),
-                &*conv,
-                &mut handle,
-            )
+            appdata_ptr: conversation.as_ptr().cast::<c_void>(),
         };
+        let mut handle: *mut PamHandle = ptr::null_mut();
+        // SAFETY: the strings are valid and NUL-terminated (`user_ptr` points into the leaked
+        // ConversationData, alive until Drop/`free_conversation`), `conv` is valid for the call.
+        let status = unsafe { pam_start(service.as_ptr(), user_ptr, &conv, &mut handle) };
         if status != PAM_SUCCESS || handle.is_null() {
+            if !handle.is_null() {
+                // SAFETY: a handle pam_start returned, ended once, before its appdata is freed.
+                unsafe { pam_end(handle, status) };
+            }
+            free_conversation(conversation);
             return Err(PamError {
                 step: "pam_start",
                 code: status,
@@ -173,16 +171,27 @@ impl PamSession {
         let mut session = PamSession {
             handle,
             conversation,
-            _conv: conv,
             credentials_established: false,
             session_open: false,
             last_status: PAM_SUCCESS,
         };
         let result = session.log_in(rhost);
-        session.conversation.password.zeroize();
-        session.conversation.password.push(0);
+        session.forget_password();
         crate::log::reopen();
         result.map(|()| session)
+    }
+
+    fn conversation(&self) -> &ConversationData {
+        // SAFETY: owned by `self` until Drop; PAM only reads it, and only during our calls.
+        unsafe { self.conversation.as_ref() }
+    }
+
+    /// Wipe our copy of the password; a later prompt would get an empty string.
+    fn forget_password(&mut self) {
+        // SAFETY: owned by `self`; no PAM call is running, so nothing else reads it now.
+        let data = unsafe { self.conversation.as_mut() };
+        data.password.zeroize();
+        data.password.push(0);
     }
 
     fn log_in(&mut self, rhost: Option<&str>) -> Result<(), PamError> {
@@ -237,8 +246,8 @@ impl PamSession {
 
 impl Drop for PamSession {
     fn drop(&mut self) {
-        // SAFETY: `self.handle` is the live handle from pam_start, ended exactly once, here.
-        // The conversation data it points to is dropped only after this body.
+        // SAFETY: `self.handle` is the live handle from pam_start, ended exactly once, here,
+        // before the conversation data it points to is freed.
         unsafe {
             if self.session_open {
                 pam_close_session(self.handle, 0);
@@ -248,8 +257,16 @@ impl Drop for PamSession {
             }
             pam_end(self.handle, self.last_status);
         }
+        free_conversation(self.conversation);
         crate::log::reopen();
     }
+}
+
+/// Free (and wipe) conversation data once no PAM handle refers to it any more.
+fn free_conversation(conversation: NonNull<ConversationData>) {
+    // SAFETY: created by Box::leak in `PamSession::open` and freed exactly once: either when
+    // pam_start failed or in Drop after pam_end.
+    drop(unsafe { Box::from_raw(conversation.as_ptr()) });
 }
 
 fn c_string(text: &str, what: &'static str) -> Result<CString, PamError> {
@@ -424,13 +441,16 @@ pub(crate) mod tests {
 
     impl TestService {
         pub(crate) fn install(tag: &str) -> TestService {
-            let name = format!("mailsuite-test-{tag}-{}", std::process::id());
-            let path = PathBuf::from("/etc/pam.d").join(&name);
-            std::fs::write(
-                &path,
+            TestService::install_with(
+                tag,
                 "@include common-auth\n@include common-account\n@include common-session\n",
             )
-            .expect("write PAM service file");
+        }
+
+        fn install_with(tag: &str, content: &str) -> TestService {
+            let name = format!("mailsuite-test-{tag}-{}", std::process::id());
+            let path = PathBuf::from("/etc/pam.d").join(&name);
+            std::fs::write(&path, content).expect("write PAM service file");
             TestService { name, path }
         }
     }
@@ -455,7 +475,7 @@ pub(crate) mod tests {
         )
         .expect("right password accepted");
         assert!(session.is_open());
-        assert!(session.conversation.password.iter().all(|&b| b == 0));
+        assert!(session.conversation().password.iter().all(|&b| b == 0));
         drop(session);
 
         let wrong = PamSession::open(&service.name, &account.name, b"wrong", None).unwrap_err();
@@ -475,5 +495,20 @@ pub(crate) mod tests {
 
         let nul = PamSession::open(&service.name, &account.name, b"a\0b", None).unwrap_err();
         assert_eq!(nul.step, "input");
+    }
+
+    #[test]
+    fn account_refused_after_right_password_fails_in_acct_mgmt() {
+        let Some(account) = TestAccount::create("acct") else {
+            return;
+        };
+        let service = TestService::install_with(
+            "acct",
+            "@include common-auth\naccount required pam_deny.so\n@include common-session\n",
+        );
+        let refused =
+            PamSession::open(&service.name, &account.name, TEST_PASSWORD.as_bytes(), None)
+                .unwrap_err();
+        assert_eq!(refused.step, "pam_acct_mgmt", "{refused}");
     }
 }
