@@ -167,17 +167,19 @@ pub(crate) mod tests {
             println!("skipped: needs root to create and become {TEST_USER}");
             return None;
         }
-        if lookup(TEST_USER).is_none() {
-            let status = Command::new("useradd")
-                .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
-                .args(["--shell", "/usr/sbin/nologin", TEST_USER])
-                .status();
-            if !matches!(status, Ok(s) if s.success()) {
-                println!("skipped: useradd {TEST_USER} failed: {status:?}");
-                return None;
-            }
+        if let Some(acct) = lookup(TEST_USER) {
+            return Some(acct);
         }
-        lookup(TEST_USER)
+        // Tests run in parallel: a concurrent useradd may win the race, so look up again.
+        let status = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
+            .args(["--shell", "/usr/sbin/nologin", TEST_USER])
+            .status();
+        let acct = lookup(TEST_USER);
+        if acct.is_none() {
+            println!("skipped: useradd {TEST_USER} failed: {status:?}");
+        }
+        acct
     }
 
     /// Run test `name` of this binary in a child process with [`CHILD_ENV`] set.

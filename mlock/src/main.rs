@@ -1,9 +1,10 @@
 //! `mlock <mailbox>`: the setgid-mail helper that creates `<mailbox>.lock` in a spool directory
 //! (Debian's /var/mail is 2775 root:mail) for a server that has already dropped to the user.
 //!
-//! Installed `root:mail` mode 2755. This is the only code that runs with the mail group, so it is
-//! paranoid: it trusts no environment variable, never follows a symlink on the mailbox or the lock
-//! name, and only locks `<canonical dir>/<name>.lock` when the real uid owns `<dir>/<name>` (a
+//! Install: `install -o root -g mail -m 2755 target/release/mlock /usr/local/libexec/mailsuite/mlock`
+//! (the servers' `--dotlock-helper` default). This is the only code that runs with the mail
+//! group, so it is paranoid: it trusts no environment variable, never follows a symlink on the
+//! mailbox or the lock name, and only locks `<canonical dir>/<name>.lock` when the real uid owns `<dir>/<name>` (a
 //! regular file, checked with lstat) or, when that mailbox does not exist yet, when `<name>` is
 //! the real user's login name.
 //!

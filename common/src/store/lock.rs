@@ -805,7 +805,12 @@ mod tests {
         assert!(lock.dotlocked(), "{:?}", lock.dotlock_skipped());
         let meta = fs::symlink_metadata(&lock_path).expect("no dotlock made by helper");
         assert_eq!(meta.uid(), acct.uid);
-        assert_eq!(meta.gid(), 8, "lock not created with the mail group");
+        let mail = nix::unistd::Group::from_name("mail").unwrap().unwrap();
+        assert_eq!(
+            meta.gid(),
+            mail.gid.as_raw(),
+            "lock not made with the mail group"
+        );
         let second = MailboxLock::acquire(&mailbox, &file, &helper, ms(300));
         assert_eq!(second.err().unwrap().kind(), io::ErrorKind::TimedOut);
         drop(lock);
