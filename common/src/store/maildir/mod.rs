@@ -985,6 +985,61 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn waits_for_a_uidlist_lock_held_by_another_writer() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "new", "1700000001.M1P1.host", b"a\n");
+        let lock_path = root.join(uidlist::LOCK_NAME);
+        fs::write(&lock_path, b"").unwrap();
+        let releaser = {
+            let lock_path = lock_path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                fs::remove_file(lock_path).unwrap();
+            })
+        };
+        let start = std::time::Instant::now();
+        let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(250));
+        releaser.join().unwrap();
+        assert_eq!(uids(&mailbox), [1]);
+        assert!(root.join(uidlist::UIDLIST_NAME).is_file());
+        assert!(!lock_path.exists());
+    }
+
+    #[test]
+    fn concurrent_openers_agree_on_uids() {
+        let (_tmp, root) = maildir();
+        for n in 0..50 {
+            deliver(
+                &root,
+                "new",
+                &format!("{}.M1P1.host", 1_700_000_000 + n),
+                b"m\n",
+            );
+        }
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+                    let seen: Vec<(u32, String)> = mailbox
+                        .files
+                        .iter()
+                        .zip(mailbox.messages())
+                        .map(|(f, m)| (m.uid, f.base.clone()))
+                        .collect();
+                    seen
+                })
+            })
+            .collect();
+        let results: Vec<_> = openers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(results[0].len(), 50);
+        assert!(results.iter().all(|r| *r == results[0]));
+        let list = uidlist::read(&root).unwrap().unwrap();
+        assert_eq!(list.next_uid, 51);
+    }
+
+    #[test]
     fn opens_ten_thousand_sized_messages_quickly() {
         let (_tmp, root) = maildir();
         for n in 0..10_000 {
