@@ -7,8 +7,8 @@
 //! once on disk. Never copies a message, never reads bodies at open when the name carries its size,
 //! never writes anything when opened [`Access::ReadOnly`].
 //!
-//! Submodules: [`name`] (file names and info letters), [`uidlist`] (the UID file and its lock),
-//! [`keywords`] (keyword letters), [`body`] (CRLF presentation and sizes).
+//! Submodules: `name` (file names and info letters), `uidlist` (the UID file and its lock),
+//! `keywords` (keyword letters), `body` (CRLF presentation and sizes).
 
 mod body;
 mod keywords;
@@ -105,12 +105,13 @@ impl MaildirMailbox {
             _ => None,
         };
         let keywords = Keywords::read(&root).map_err(io_at(root.join(keywords::KEYWORDS_NAME)))?;
-        let mut index = Index::build(&root)?;
+        let mut index = Index::build(&root, &HashMap::new())?;
         if access != Access::ReadOnly && index.needs_write {
             let lock = UidlistLock::acquire(&root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER)
                 .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
             // Another writer may have assigned UIDs since we looked: look again under the lock.
-            index = Index::build(&root)?;
+            // Sizes do not change (Maildir files are immutable): don't read bodies twice.
+            index = Index::build(&root, &index.sizes_by_base())?;
             if index.needs_write {
                 lock.replace(&index.list)
                     .map_err(io_at(root.join(uidlist::UIDLIST_NAME)))?;
@@ -366,7 +367,9 @@ struct Index {
 }
 
 impl Index {
-    fn build(root: &Path) -> Result<Index, StoreError> {
+    /// Scan `root` and match it against its uidlist. `known_sizes` (by base name) spares reading
+    /// bodies whose size an earlier pass computed.
+    fn build(root: &Path, known_sizes: &HashMap<&str, u64>) -> Result<Index, StoreError> {
         let list_path = root.join(uidlist::UIDLIST_NAME);
         let existing = uidlist::read(root).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => {
@@ -401,7 +404,7 @@ impl Index {
             let Some(found) = scanned[at].take() else {
                 continue;
             };
-            match size_entry(root, record, found, &mut needs_write)? {
+            match size_entry(root, record, found, known_sizes, &mut needs_write)? {
                 Some((record, entry)) => {
                     list.records.push(record);
                     entries.push(entry);
@@ -420,7 +423,9 @@ impl Index {
                 extensions: Vec::new(),
                 base: name::base_of(&found.name).to_string(),
             };
-            if let Some((record, entry)) = size_entry(root, record, found, &mut needs_write)? {
+            if let Some((record, entry)) =
+                size_entry(root, record, found, known_sizes, &mut needs_write)?
+            {
                 list.next_uid = list.next_uid.checked_add(1).ok_or_else(|| {
                     StoreError::Damaged(format!("{}: UIDs exhausted", list_path.display()))
                 })?;
@@ -435,33 +440,47 @@ impl Index {
             needs_write,
         })
     }
+
+    fn sizes_by_base(&self) -> HashMap<&str, u64> {
+        self.list
+            .records
+            .iter()
+            .zip(&self.entries)
+            .map(|(record, entry)| (record.base.as_str(), entry.size))
+            .collect()
+    }
 }
 
 /// The presented size of a message: `,W=` in its name, else the uidlist's `W` extension, else
-/// read from the file once (and then remembered in the record, setting `needs_write`).
-/// `None` when the file vanished meanwhile.
+/// else `known_sizes`, else read from the file once; the last two are remembered in the record
+/// (setting `needs_write`). `None` when the file vanished meanwhile.
 fn size_entry(
     root: &Path,
     mut record: Record,
     found: Found,
+    known_sizes: &HashMap<&str, u64>,
     needs_write: &mut bool,
 ) -> Result<Option<(Record, Entry)>, StoreError> {
-    let known = name::size_field(&record.base, 'W')
+    let recorded = name::size_field(&record.base, 'W')
         .or_else(|| record.extension('W').and_then(|w| w.parse().ok()));
-    let size = match known {
+    let size = match recorded {
         Some(size) => size,
         None => {
-            let path = root.join(found.subdir.name()).join(&found.name);
-            match body::presented_size(&path) {
-                Ok(size) => {
-                    record.extensions.retain(|e| !e.starts_with('W'));
-                    record.extensions.push(format!("W{size}"));
-                    *needs_write = true;
-                    size
+            let size = match known_sizes.get(record.base.as_str()) {
+                Some(size) => *size,
+                None => {
+                    let path = root.join(found.subdir.name()).join(&found.name);
+                    match body::presented_size(&path) {
+                        Ok(size) => size,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(StoreError::Io(path, e)),
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(StoreError::Io(path, e)),
-            }
+            };
+            record.extensions.retain(|e| !e.starts_with('W'));
+            record.extensions.push(format!("W{size}"));
+            *needs_write = true;
+            size
         }
     };
     let uid = record.uid;
