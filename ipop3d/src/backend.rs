@@ -32,12 +32,17 @@ impl Backend for SystemBackend {
         let account = privs::lookup(&login.user)
             .ok_or_else(|| LoginError::Refused("no such user in passwd".into()))?;
         if account.uid == 0 || account.uid < self.min_uid {
-            return Err(LoginError::Refused(format!("uid {} may not log in", account.uid)));
+            return Err(LoginError::Refused(format!(
+                "uid {} may not log in",
+                account.uid
+            )));
         }
         if self.as_root {
             privs::become_user(&account, self.min_uid).map_err(LoginError::Permanent)?;
         } else if privs::current().map(|me| me.uid) != Some(account.uid) {
-            return Err(LoginError::Refused("not running as root: cannot serve other users".into()));
+            return Err(LoginError::Refused(
+                "not running as root: cannot serve other users".into(),
+            ));
         }
         self.login = Some(login);
         self.check_login_delay(&account)?;
@@ -53,15 +58,25 @@ impl SystemBackend {
                 .authenticator
                 .check_password(user, password, self.rhost.as_deref())
                 .map_err(refused),
-            Credentials::Apop { user, timestamp, digest_hex } => self
+            Credentials::Apop {
+                user,
+                timestamp,
+                digest_hex,
+            } => self
                 .authenticator
                 .check_apop(user, timestamp, digest_hex)
                 .map_err(refused),
-            Credentials::Cram { user, challenge, digest_hex } => self
+            Credentials::Cram {
+                user,
+                challenge,
+                digest_hex,
+            } => self
                 .authenticator
                 .check_cram(user, challenge, digest_hex)
                 .map_err(refused),
-            Credentials::External { user } if !self.as_root => Ok(Login::external(user)),
+            Credentials::External { user } if !self.as_root => {
+                Login::external(user).map_err(refused)
+            }
             Credentials::External { .. } => {
                 Err(LoginError::Refused("EXTERNAL only when not root".into()))
             }
@@ -69,13 +84,16 @@ impl SystemBackend {
     }
 
     fn open_inbox(&self, account: &Account) -> Result<Box<dyn Mailbox>, LoginError> {
-        let mail_env = if self.as_root {
-            None
-        } else {
-            std::env::var_os("MAIL").map(PathBuf::from)
+        // Run by the user (ssh, tunnels), the user's own environment says where mail is, as it
+        // does for mail(1) and mutt. Run as root, only the passwd entry counts.
+        let from_env = |name: &str| {
+            (!self.as_root)
+                .then(|| std::env::var_os(name).map(PathBuf::from))
+                .flatten()
         };
-        let location =
-            store::locate_inbox(&self.store, &account.name, &account.home, mail_env.as_deref());
+        let home = from_env("HOME").unwrap_or_else(|| account.home.clone());
+        let mail_env = from_env("MAIL");
+        let location = store::locate_inbox(&self.store, &account.name, &home, mail_env.as_deref());
         store::open_inbox(&self.store, &location, Access::Exclusive).map_err(|e| match e {
             StoreError::InUse(why) => LoginError::InUse(why),
             StoreError::Damaged(why) => LoginError::Permanent(format!("Can't open mailbox: {why}")),

@@ -73,7 +73,11 @@ impl Maildrop {
 
     /// UW's unique-id: UIDVALIDITY and UID, each as 8 lower-case hex digits.
     pub fn unique_id(&self, n: u32) -> String {
-        format!("{:08x}{:08x}", self.mailbox.uid_validity(), self.info(n).uid)
+        format!(
+            "{:08x}{:08x}",
+            self.mailbox.uid_validity(),
+            self.info(n).uid
+        )
     }
 
     fn live_numbers(&self) -> impl Iterator<Item = u32> + '_ {
@@ -82,8 +86,9 @@ impl Maildrop {
 
     /// Number of live messages and their total size.
     pub fn stat(&self) -> (usize, u64) {
-        self.live_numbers()
-            .fold((0, 0), |(count, octets), n| (count + 1, octets + self.size(n)))
+        self.live_numbers().fold((0, 0), |(count, octets), n| {
+            (count + 1, octets + self.size(n))
+        })
     }
 
     pub fn listing(&self) -> Vec<(u32, u64)> {
@@ -91,7 +96,9 @@ impl Maildrop {
     }
 
     pub fn uid_listing(&self) -> Vec<(u32, String)> {
-        self.live_numbers().map(|n| (n, self.unique_id(n))).collect()
+        self.live_numbers()
+            .map(|n| (n, self.unique_id(n)))
+            .collect()
     }
 
     /// RETR/TOP: the message counts as accessed and will be marked \Seen at QUIT.

@@ -29,7 +29,11 @@ const PAM_SERVICE: &str = "pop";
 const DEFAULT_IDLE_TIMEOUT: u64 = 600;
 
 #[derive(Parser, Debug)]
-#[command(name = "ipop3d", version, about = "POP3 server for one connection on stdin/stdout")]
+#[command(
+    name = "ipop3d",
+    version,
+    about = "POP3 server for one connection on stdin/stdout"
+)]
 struct Args {
     #[command(flatten)]
     server: ServerOptions,
@@ -65,7 +69,13 @@ fn serve_one(args: &Args, program: &str) -> i32 {
     let peer = Peer::from_fd0();
     let tls_config = load_tls(opts);
     let implicit_tls = opts.tls || launch::implicit_tls_by_name(program);
-    let mut conn = Conn::from_stdio();
+    let mut conn = match Conn::from_stdio() {
+        Ok(conn) => conn,
+        Err(e) => {
+            log::err(&format!("cannot use stdin/stdout: {e}"));
+            return 1;
+        }
+    };
     if implicit_tls {
         let Some(config) = tls_config.clone() else {
             let msg = "implicit TLS requested but no usable certificate (see --cert/--key)";
@@ -83,7 +93,9 @@ fn serve_one(args: &Args, program: &str) -> i32 {
         opts.pam_service.as_deref().unwrap_or(PAM_SERVICE),
         &opts.cram_file,
     );
-    let preauth_user = (!as_root).then(|| privs::current().map(|a| a.name)).flatten();
+    let preauth_user = (!as_root)
+        .then(|| privs::current().map(|a| a.name))
+        .flatten();
     let policy = session::Policy {
         host: host_name(),
         peer: peer.to_string(),

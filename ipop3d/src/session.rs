@@ -27,9 +27,20 @@ pub trait Transport: Write {
 
 /// What the client offered as proof of identity.
 pub enum Credentials {
-    Password { user: String, password: zeroize::Zeroizing<Vec<u8>> },
-    Apop { user: String, timestamp: String, digest_hex: String },
-    Cram { user: String, challenge: Vec<u8>, digest_hex: String },
+    Password {
+        user: String,
+        password: zeroize::Zeroizing<Vec<u8>>,
+    },
+    Apop {
+        user: String,
+        timestamp: String,
+        digest_hex: String,
+    },
+    Cram {
+        user: String,
+        challenge: Vec<u8>,
+        digest_hex: String,
+    },
     /// Pre-authenticated (the server runs as this user already).
     External { user: String },
 }
@@ -244,7 +255,9 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
             return self.err("No USER command").map(|_| Next::Continue);
         };
         if cmd.rest.is_empty() {
-            return self.err("Missing password argument").map(|_| Next::Continue);
+            return self
+                .err("Missing password argument")
+                .map(|_| Next::Continue);
         }
         let password = zeroize::Zeroizing::new(cmd.rest.clone());
         self.login(Credentials::Password { user, password }, "plain")
@@ -263,7 +276,14 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         if !valid_user_name(&user) {
             return self.err("[AUTH] Bad login").map(|_| Next::Continue);
         }
-        self.login(Credentials::Apop { user, timestamp, digest_hex }, "APOP")
+        self.login(
+            Credentials::Apop {
+                user,
+                timestamp,
+                digest_hex,
+            },
+            "APOP",
+        )
     }
 
     fn sasl_mechanisms(&self) -> Vec<&'static str> {
@@ -282,7 +302,9 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
 
     fn auth_command(&mut self, cmd: &Command) -> io::Result<Next> {
         let args = cmd.args();
-        let Some(mech_name) = args.first().map(|m| String::from_utf8_lossy(m).to_ascii_uppercase())
+        let Some(mech_name) = args
+            .first()
+            .map(|m| String::from_utf8_lossy(m).to_ascii_uppercase())
         else {
             self.ok("Supported authentication mechanisms:")?;
             for mech in self.sasl_mechanisms() {
@@ -328,7 +350,8 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
                 sasl::Step::Failed(e) => return Ok(Err(sasl_error_text(&e))),
                 sasl::Step::Challenge(bytes) => {
                     self.client.write_all(b"+ ")?;
-                    self.client.write_all(sasl::encode_challenge(&bytes).as_bytes())?;
+                    self.client
+                        .write_all(sasl::encode_challenge(&bytes).as_bytes())?;
                     self.client.write_all(b"\r\n")?;
                     self.client.flush()?;
                     match self.client.read_line(MAX_LINE, self.policy.login_timeout)? {
@@ -444,7 +467,10 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
                         format!("[SYS/PERM] {why}")
                     }
                 };
-                log::info(&format!("Error opening or locking INBOX {}: {text}", self.who()));
+                log::info(&format!(
+                    "Error opening or locking INBOX {}: {text}",
+                    self.who()
+                ));
                 self.err(&text).map(|_| Next::Close)
             }
         }
@@ -540,7 +566,9 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
             }
             Err(e) => {
                 log::err(&format!("Update failed {}: {e}", self.who()));
-                self.err(&format!("[SYS/TEMP] Mailbox not updated, nothing deleted: {e}"))?;
+                self.err(&format!(
+                    "[SYS/TEMP] Mailbox not updated, nothing deleted: {e}"
+                ))?;
             }
         }
         log::info(&format!("Logout {}", self.who()));
@@ -637,9 +665,15 @@ fn from_sasl(creds: sasl::Credentials) -> Credentials {
         sasl::Credentials::Password { user, password, .. } => {
             Credentials::Password { user, password }
         }
-        sasl::Credentials::CramMd5 { user, challenge, digest_hex } => {
-            Credentials::Cram { user, challenge, digest_hex }
-        }
+        sasl::Credentials::CramMd5 {
+            user,
+            challenge,
+            digest_hex,
+        } => Credentials::Cram {
+            user,
+            challenge,
+            digest_hex,
+        },
     }
 }
 

@@ -183,7 +183,15 @@ mod tests {
     fn numbers_are_strict() {
         assert_eq!(parse_number(b"1"), Some(1));
         assert_eq!(parse_number(b"4294967295"), Some(u32::MAX));
-        for bad in [&b"0x1"[..], b"-1", b"+1", b"", b"99999999999", b"4294967296", b"1 "] {
+        for bad in [
+            &b"0x1"[..],
+            b"-1",
+            b"+1",
+            b"",
+            b"99999999999",
+            b"4294967296",
+            b"1 ",
+        ] {
             assert_eq!(parse_number(bad), None, "{bad:?}");
         }
         assert_eq!(parse_number(b"0"), Some(0));
@@ -197,7 +205,10 @@ mod tests {
 
     #[test]
     fn adds_missing_final_crlf() {
-        assert_eq!(stuffed(b"A: b\r\n\r\nno newline", None), b"A: b\r\n\r\nno newline\r\n.\r\n");
+        assert_eq!(
+            stuffed(b"A: b\r\n\r\nno newline", None),
+            b"A: b\r\n\r\nno newline\r\n.\r\n"
+        );
         assert_eq!(stuffed(b"", None), b".\r\n");
     }
 
@@ -205,7 +216,10 @@ mod tests {
     fn top_limits_body_lines() {
         let msg = b"A: b\r\nC: d\r\n\r\nl1\r\n.l2\r\nl3\r\n";
         assert_eq!(stuffed(msg, Some(0)), b"A: b\r\nC: d\r\n\r\n.\r\n");
-        assert_eq!(stuffed(msg, Some(2)), b"A: b\r\nC: d\r\n\r\nl1\r\n..l2\r\n.\r\n");
+        assert_eq!(
+            stuffed(msg, Some(2)),
+            b"A: b\r\nC: d\r\n\r\nl1\r\n..l2\r\n.\r\n"
+        );
         assert_eq!(stuffed(msg, Some(99)), [&msg[..], b".\r\n"].concat());
     }
 

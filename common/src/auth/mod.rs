@@ -49,6 +49,12 @@ pub struct Login {
 }
 
 impl Login {
+    /// A login without credentials, for a server already running as `user` (SASL EXTERNAL when
+    /// started by that user, e.g. `ssh host ipop3d`). The account must exist.
+    pub fn external(user: &str) -> Result<Login, AuthFailure> {
+        account(user, None)
+    }
+
     /// Whether a PAM session is held (false for users of the secrets file).
     pub fn has_pam_session(&self) -> bool {
         self.pam.is_some()
