@@ -72,6 +72,8 @@ pub fn status_line(out: &mut dyn Write, ok: bool, text: &str) -> io::Result<()> 
 pub struct DotStuffer<'a> {
     out: &'a mut dyn Write,
     at_line_start: bool,
+    /// The current line has a byte other than CR/LF so far (an empty line ends the header).
+    line_has_text: bool,
     in_header: bool,
     /// For TOP: body lines still allowed; `None` means unlimited (RETR).
     body_lines_left: Option<u64>,
@@ -85,6 +87,7 @@ impl<'a> DotStuffer<'a> {
         DotStuffer {
             out,
             at_line_start: true,
+            line_has_text: false,
             in_header: true,
             body_lines_left: body_lines,
             wrote_any: false,
@@ -121,20 +124,24 @@ impl<'a> DotStuffer<'a> {
             self.out.write_all(piece)?;
             self.wrote_any = true;
             self.last_was_lf = piece.last() == Some(&b'\n');
+            self.line_has_text |= piece.iter().any(|&b| b != b'\r' && b != b'\n');
             self.at_line_start = line_end.is_some();
+            if self.at_line_start {
+                if !self.line_has_text {
+                    self.in_header = false;
+                }
+                self.line_has_text = false;
+            }
             chunk = &chunk[piece.len()..];
         }
         Ok(())
     }
 
-    /// Called at the first bytes of every line: tracks header/body and the TOP limit, and
+    /// Called at the first bytes of every line: applies the TOP limit to body lines and
     /// stuffs a leading dot.
     fn begin_line(&mut self, piece: &[u8]) -> io::Result<()> {
-        if self.in_header {
-            if piece == b"\r\n" || piece == b"\n" {
-                self.in_header = false;
-            }
-        } else if let Some(left) = self.body_lines_left.as_mut() {
+        // Header lines and the empty line that ends the header are always sent.
+        if let (false, Some(left)) = (self.in_header, self.body_lines_left.as_mut()) {
             if *left == 0 {
                 self.done = true;
                 return Ok(());
@@ -220,7 +227,10 @@ mod tests {
             stuffed(msg, Some(2)),
             b"A: b\r\nC: d\r\n\r\nl1\r\n..l2\r\n.\r\n"
         );
-        assert_eq!(stuffed(msg, Some(99)), [&msg[..], b".\r\n"].concat());
+        assert_eq!(
+            stuffed(msg, Some(99)),
+            b"A: b\r\nC: d\r\n\r\nl1\r\n..l2\r\nl3\r\n.\r\n"
+        );
     }
 
     #[test]
