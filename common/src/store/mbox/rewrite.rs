@@ -8,7 +8,9 @@
 //! the old inode). Owns the write plan and its execution; never takes locks itself.
 
 use super::journal::{Journal, Region};
-use super::meta::{pseudo_message, write_xstatus, BaseInfo, HeaderFilter, LineKind, MessageMeta};
+use super::meta::{
+    for_each_header_line, pseudo_message, write_xstatus, BaseInfo, LineKind, MessageMeta,
+};
 use super::parse::{Entry, PseudoInfo};
 use crate::store::MessageInfo;
 use std::fs::File;
@@ -97,19 +99,10 @@ fn filtered_header(
 ) -> io::Result<()> {
     let mut raw = vec![0u8; (entry.body_off - entry.hdr_off) as usize];
     read(entry.hdr_off, &mut raw)?;
-    let mut filter = HeaderFilter::new();
-    let mut rest = raw.as_slice();
-    let mut at_line_start = true;
-    while !rest.is_empty() {
-        let n = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
-        let line = &rest[..n];
-        match filter.classify(line, at_line_start) {
-            LineKind::Visible | LineKind::ContentLength => out.extend_from_slice(line),
-            LineKind::Internal | LineKind::End => {}
-        }
-        at_line_start = line.last() == Some(&b'\n');
-        rest = &rest[n..];
-    }
+    for_each_header_line(&raw, |line, kind| match kind {
+        LineKind::Visible | LineKind::ContentLength => out.extend_from_slice(line),
+        LineKind::Internal | LineKind::End => {}
+    });
     if out.last().is_some_and(|&c| c != b'\n') {
         out.push(b'\n');
     }
