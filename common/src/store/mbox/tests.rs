@@ -586,3 +586,86 @@ fn commit_survives_a_kill_at_any_point() {
         assert!(!dir.path().join(".user.mbox-journal").exists());
     }
 }
+
+// ---- disk full --------------------------------------------------------------------------
+
+const FULL_DIR_ENV: &str = "MBOX_TEST_FULL_DIR";
+const FULL_LIMIT_ENV: &str = "MBOX_TEST_FULL_LIMIT";
+const LONG_KEYWORD: &str = "Important-keyword-with-a-long-name";
+
+/// Makes the last three messages' metadata grow, so the file must get longer.
+fn growing_commit(path: &Path) -> Result<CommitReport, StoreError> {
+    let mut mb = MboxMailbox::open(path, Access::Shared, helper())?;
+    let k = mb.keyword_index(LONG_KEYWORD).unwrap();
+    let n = mb.messages().len();
+    for i in n - 3..n {
+        mb.set_keywords(i, 1 << k);
+    }
+    mb.commit(false)
+}
+
+/// Run by `disk_full_leaves_the_mailbox_untouched` in a child whose file size limit makes
+/// writes fail with EFBIG, as a full disk makes them fail with ENOSPC.
+#[test]
+#[ignore = "helper run in a child process by the disk-full test"]
+fn disk_full_child() {
+    let (Some(dir), Some(limit)) = (
+        std::env::var_os(FULL_DIR_ENV),
+        std::env::var_os(FULL_LIMIT_ENV),
+    ) else {
+        return;
+    };
+    let limit: libc::rlim_t = limit.to_string_lossy().parse().unwrap();
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: plain FFI calls with valid arguments; ignoring SIGXFSZ makes oversized writes
+    // fail with EFBIG instead of killing the process, and the limit applies to this child only.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit), 0);
+    }
+    match growing_commit(&PathBuf::from(dir).join("user")) {
+        Err(StoreError::Io(_, e)) => eprintln!("refused as expected: {e}"),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+#[test]
+fn disk_full_leaves_the_mailbox_untouched() {
+    let dir = TempDir::new("full");
+    let path = mailbox_with(&dir, &crash_fixture());
+    drop(MboxMailbox::open(&path, Access::Exclusive, helper()).unwrap());
+    let prepared = std::fs::read(&path).unwrap();
+    let len = prepared.len() as u64;
+    let exe = std::env::current_exe().unwrap();
+    // 100 bytes: the journal cannot be written. len + 1: the journal fits, the file cannot grow.
+    for limit in [100, len + 1] {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "store::mbox::tests::disk_full_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(FULL_DIR_ENV, dir.path())
+            .env(FULL_LIMIT_ENV, limit.to_string())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "limit {limit}: {stderr}");
+        assert!(
+            stderr.contains("refused as expected"),
+            "limit {limit}: {stderr}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), prepared, "limit {limit}");
+        assert!(!dir.path().join(".user.mbox-journal").exists());
+    }
+    growing_commit(&path).unwrap();
+    let mb = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() > len);
+    assert_eq!(mb.keyword_names(), [LONG_KEYWORD]);
+    assert_eq!(mb.messages().iter().filter(|m| m.keywords == 1).count(), 3);
+}
