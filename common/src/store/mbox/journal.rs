@@ -407,6 +407,21 @@ fn appended_after_crash(mailbox: &File, found: &Found) -> io::Result<Vec<u8>> {
     Ok(tail)
 }
 
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// True when a journal file (complete or not) exists for the mailbox open as `mailbox`.
+pub(super) fn pending(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
+    let id = FileId::of(mailbox)?;
+    Ok(journal_paths(mailbox_path, id)
+        .iter()
+        .any(|p| std::fs::symlink_metadata(p).is_ok()))
+}
+
 /// Replay or discard any journal left for `mailbox_path` (whose open handle is `mailbox`); call
 /// with the mailbox lock held. Returns true when a rewrite was rolled back.
 pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
@@ -428,14 +443,14 @@ pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
                 // Incomplete (the rewrite never started) or a leftover for an older file
                 // of the same name next to the mailbox: either way it no longer applies.
                 if is_ours_by_name || path.parent() == mailbox_path.parent() {
-                    std::fs::remove_file(&path)?;
+                    remove_if_present(&path)?;
                 }
             }
             Some(found) => {
                 let writable = OpenOptions::new().write(true).open(mailbox_path)?;
                 let appended = appended_after_crash(mailbox, &found)?;
                 restore_regions(&journal, &found.table, &writable, found.orig_len, &appended)?;
-                std::fs::remove_file(&path)?;
+                remove_if_present(&path)?;
                 sync_dir(&path);
                 recovered = true;
             }

@@ -174,21 +174,50 @@ impl MboxMailbox {
             .map_err(|e| self.io_error(e))
     }
 
+    /// Undo an interrupted rewrite (see [`journal`]); call with the mailbox lock held.
     fn recover(&self, file: &File) -> Result<(), StoreError> {
-        match journal::recover(&self.path, file) {
-            Ok(_) => Ok(()),
-            Err(e) if self.access == Access::ReadOnly => Err(StoreError::Damaged(format!(
-                "{}: an interrupted rewrite awaits recovery by a read-write session ({e})",
-                self.path.display()
-            ))),
-            Err(e) => Err(self.io_error(e)),
-        }
+        journal::recover(&self.path, file)
+            .map(|_| ())
+            .map_err(|e| self.io_error(e))
+    }
+
+    /// A read-only session holds only a read lock, so it must not replay a journal under it:
+    /// the recovery takes the write lock on a writable descriptor of its own. This restore of
+    /// the pre-crash bytes is the only write a read-only open ever makes.
+    fn recover_for_reader(&self) -> Result<(), StoreError> {
+        let writable = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| {
+                StoreError::Damaged(format!(
+                    "{}: an interrupted rewrite awaits recovery by a read-write session ({e})",
+                    self.path.display()
+                ))
+            })?;
+        let _lock = self.lock(&writable)?;
+        self.recover(&writable)
+    }
+
+    fn journal_pending(&self, file: &File) -> Result<bool, StoreError> {
+        journal::pending(&self.path, file).map_err(|e| self.io_error(e))
     }
 
     /// Parse `file` under the lock, and persist made-up UIDs unless read-only.
     fn load(&mut self, file: File) -> Result<(), StoreError> {
+        let read_only = self.access == Access::ReadOnly;
+        if read_only && self.journal_pending(&file)? {
+            self.recover_for_reader()?;
+        }
         let _lock = self.lock(&file)?;
-        self.recover(&file)?;
+        if !read_only {
+            self.recover(&file)?;
+        } else if self.journal_pending(&file)? {
+            return Err(StoreError::InUse(format!(
+                "{}: a rewrite was interrupted just now; try again",
+                self.path.display()
+            )));
+        }
         let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
         let parsed = self.parse_file(&file, stamp.len)?;
         let needs_persist = parsed.needs_persist;

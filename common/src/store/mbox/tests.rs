@@ -114,6 +114,11 @@ fn pop1_fresh_session_leaves_the_file_uw_leaves() {
     let report = mb.commit(true).unwrap();
     assert_eq!(report.expunged, vec![0]);
     drop(mb);
+    let m = std::fs::metadata(&path).unwrap();
+    assert!(
+        m.modified().unwrap() < m.accessed().unwrap(),
+        "no \"new mail\" after our write"
+    );
     let got = std::fs::read(&path).unwrap();
     assert_eq!(mask_validity(&got), mask_validity(AFTER_POP1));
     let mb = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
@@ -545,7 +550,7 @@ fn commit_survives_a_kill_at_any_point() {
     points.extend((0..30).map(|k| Some(k * final_len / 29)));
     points.push(Some(final_len * 2));
     let exe = std::env::current_exe().unwrap();
-    for point in points {
+    for (n, point) in points.into_iter().enumerate() {
         std::fs::write(&path, &prepared).unwrap();
         let mut child = std::process::Command::new(&exe);
         child
@@ -570,7 +575,13 @@ fn commit_survives_a_kill_at_any_point() {
         );
         // The killed child left its dotlock; an MTA would take it over as stale after 5 minutes.
         let _ = std::fs::remove_file(dir.path().join("user.lock"));
-        let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+        // Recovery happens on any open, read-only ones included.
+        let access = if n % 2 == 0 {
+            Access::Shared
+        } else {
+            Access::ReadOnly
+        };
+        let mut mb = MboxMailbox::open(&path, access, helper()).unwrap();
         let now = message_ids(&mut mb);
         for (i, (id, text)) in originals.iter().enumerate() {
             let copies: Vec<_> = now.iter().filter(|(n, _)| n == id).collect();
