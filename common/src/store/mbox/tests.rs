@@ -469,6 +469,25 @@ fn parses_ten_thousand_messages_quickly() {
     let expected: u64 = mb.messages().iter().map(|m| m.size).sum();
     assert_eq!(total, expected);
     eprintln!("parse {parse_time:?}, read {total} bytes in {read_time:?}");
+    drop(mb);
+
+    let started = std::time::Instant::now();
+    let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let persist_time = started.elapsed();
+    let started = std::time::Instant::now();
+    mb.set_flags(5000, Flags::SEEN);
+    mb.commit(false).unwrap();
+    let flag_time = started.elapsed();
+    let started = std::time::Instant::now();
+    mb.set_flags(0, Flags::DELETED);
+    assert_eq!(mb.commit(true).unwrap().expunged, vec![0]);
+    let expunge_time = started.elapsed();
+    assert_eq!(mb.messages().len(), 9_999);
+    assert!(mb.messages()[4999].flags.contains(Flags::SEEN));
+    assert_eq!(mb.messages()[0].uid, 2);
+    eprintln!(
+        "persist UIDs {persist_time:?}, flag one {flag_time:?}, expunge first {expunge_time:?}"
+    );
 }
 
 // ---- crash safety ----------------------------------------------------------------------
