@@ -5,7 +5,16 @@
 //! writing flags/UIDs back and expunging in place ([`rewrite`]) behind an undo journal
 //! ([`journal`]). Every read and write of the file happens under [`MailboxLock`]; a POP3 session
 //! additionally holds the [`SessionLock`] for its whole life. Never keeps message bodies in
-//! memory, never replaces the mailbox file by rename, and never writes in `ReadOnly` mode.
+//! memory, never replaces the mailbox file by rename, and never writes in `ReadOnly` mode
+//! (except to finish the recovery of a rewrite that a killed process left half done).
+//!
+//! Rewrites need room for a journal: `.<name>.mbox-journal` beside the mailbox, or, when that
+//! directory is not writable (a setgid-mail spool), `$HOME/.mbox-journal.<dev>.<ino>` — so
+//! `HOME` must be set once privileges are dropped.
+//!
+//! Deliberate differences from imap-2007f: `Content-Length` is hidden from clients (kept in the
+//! file); line ends are kept as stored when a message is rewritten (UW squeezes CRs out of moved
+//! text only); an unchanged first message is not rewritten (UW rewrites it to the same bytes).
 
 mod fromline;
 mod journal;
