@@ -1,9 +1,9 @@
 //! UW-compatible mbox mailboxes (the `/var/mail/$USER` spool and folders), read and written
 //! byte-compatibly with UW-IMAP imap-2007f's "unix" driver.
 //!
-//! Owns: parsing the file into a compact index ([`parse`]), presenting messages ([`reader`]),
-//! writing flags/UIDs back and expunging in place ([`rewrite`]) behind an undo journal
-//! ([`journal`]). Every read and write of the file happens under [`MailboxLock`]; a POP3 session
+//! Owns: parsing the file into a compact index (`parse`), presenting messages (`reader`),
+//! writing flags/UIDs back and expunging in place (`rewrite`) behind an undo journal
+//! (`journal`). Every read and write of the file happens under [`MailboxLock`]; a POP3 session
 //! additionally holds the [`SessionLock`] for its whole life. Never keeps message bodies in
 //! memory, never replaces the mailbox file by rename, and never writes in `ReadOnly` mode
 //! (except to finish the recovery of a rewrite that a killed process left half done).
