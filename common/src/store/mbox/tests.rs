@@ -699,3 +699,126 @@ fn disk_full_leaves_the_mailbox_untouched() {
     assert_eq!(mb.keyword_names(), [LONG_KEYWORD]);
     assert_eq!(mb.messages().iter().filter(|m| m.keywords == 1).count(), 3);
 }
+
+// ---- randomized round trips ---------------------------------------------------------------
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a [u8]]) -> &'a [u8] {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+fn random_mailbox(rng: &mut XorShift) -> Vec<u8> {
+    const FROM: [&[u8]; 4] = [
+        b"From a@b Mon Jan  1 10:00:00 2024\n",
+        b"From x y Tue Feb 13 01:02 PST 1990\n",
+        b"From z@w Wed Mar  3 23:59:59 2021 -0700 remote from q\n",
+        b"From c@d Thu Apr  4 04:04:04 2004\r\n",
+    ];
+    const HEADER: [&[u8]; 14] = [
+        b"Subject: hello\n",
+        b"Status: RO\n",
+        b"X-UID: 7\n",
+        b"x-status: F\n",
+        b"X-Status: DA\n",
+        b"Content-Length: 5\n",
+        b"X-Keywords: a b\n",
+        b" continuation\n",
+        b"\tmore\r\n",
+        b"Subject: From x Mon Jan  1 10:00:00 2024\n",
+        b"X-IMAPbase: 5 9 a b\n",
+        b"To: \xff\xfe\n",
+        b"Received: by x\r\n",
+        b"X-Other: y\n",
+    ];
+    const BODY: [&[u8]; 9] = [
+        b"\n",
+        b"From the desk\n",
+        b">From x Mon Jan  1 10:00:00 2024\n",
+        b"line\r\n",
+        b"lone\rcr\n",
+        b"8bit \xff\x80\n",
+        b"\r\n",
+        b"text text text\n",
+        b"Status: RO\n",
+    ];
+    let mut out = Vec::new();
+    for _ in 0..1 + rng.next() % 8 {
+        out.extend_from_slice(rng.pick(&FROM));
+        for _ in 0..rng.next() % 7 {
+            out.extend_from_slice(rng.pick(&HEADER));
+        }
+        out.extend_from_slice(b"\n");
+        for _ in 0..rng.next() % 6 {
+            out.extend_from_slice(rng.pick(&BODY));
+        }
+        if !rng.next().is_multiple_of(3) {
+            out.extend_from_slice(b"\n");
+        }
+    }
+    out
+}
+
+fn snapshot(mb: &mut MboxMailbox) -> Vec<(u32, Flags, Vec<u8>)> {
+    (0..mb.messages().len())
+        .map(|i| {
+            (
+                mb.messages()[i].uid,
+                mb.messages()[i].flags,
+                read_all(mb, i),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn random_mailboxes_round_trip_through_commits() {
+    let dir = TempDir::new("random");
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    for round in 0..150 {
+        let bytes = random_mailbox(&mut rng);
+        let path = mailbox_with(&dir, &bytes);
+        let mut ro = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+        assert_sizes_exact(&mut ro);
+        let ro_texts: Vec<Vec<u8>> = snapshot(&mut ro).into_iter().map(|(_, _, t)| t).collect();
+        drop(ro);
+        let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+        let before = snapshot(&mut mb);
+        let texts: Vec<Vec<u8>> = before.iter().map(|(_, _, t)| t.clone()).collect();
+        assert_eq!(
+            texts, ro_texts,
+            "round {round}: persisting UIDs changed text"
+        );
+        let mut expected = Vec::new();
+        for (i, (uid, _, text)) in before.iter().enumerate() {
+            let flags = Flags::from_bits((rng.next() % 32) as u8);
+            mb.set_flags(i, flags);
+            if !flags.contains(Flags::DELETED) {
+                expected.push((*uid, flags, text.clone()));
+            }
+        }
+        mb.commit(true).unwrap();
+        let mut after = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+        assert_eq!(after.uid_validity(), mb.uid_validity(), "round {round}");
+        assert_eq!(
+            snapshot(&mut after),
+            expected,
+            "round {round}: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(
+            snapshot(&mut mb),
+            expected,
+            "round {round}: session index after commit"
+        );
+    }
+}
