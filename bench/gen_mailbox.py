@@ -22,6 +22,7 @@ import email.utils
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 BASE_TIME = 1_767_225_600  # 2026-01-01 00:00:00 UTC: every date derives from it and the seed.
@@ -123,7 +124,7 @@ def wrap_base64(data: bytes) -> str:
     return "\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76)) + "\n"
 
 
-def make_message(rng: random.Random, index: int, count: int) -> bytes:
+def make_message(rng: random.Random, index: int) -> bytes:
     """One RFC 5322 message with LF line endings (as stored in mbox and Maildir)."""
     when = BASE_TIME + index * 600 + rng.randint(0, 599)
     from_hdr = address(rng)
@@ -182,7 +183,7 @@ def make_message(rng: random.Random, index: int, count: int) -> bytes:
 
 def generate(count: int, seed: int) -> list[bytes]:
     rng = random.Random(seed)
-    return [make_message(rng, i, count) for i in range(count)]
+    return [make_message(rng, i) for i in range(count)]
 
 
 def envelope_sender(message: bytes) -> str:
@@ -213,7 +214,6 @@ def escape_from_lines(message: bytes) -> bytes:
 
 
 def write_mbox(path: Path, messages: list[bytes]) -> None:
-    import time
     with open(path, "wb") as out:
         for message in messages:
             stamp = time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(date_of(message)))

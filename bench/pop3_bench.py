@@ -65,15 +65,17 @@ class Pop3Client:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
+        self.chunk = bytearray(1 << 18)
+        self.chunk_view = memoryview(self.chunk)
 
     def send(self, line: str) -> None:
         self.sock.sendall(line.encode("ascii") + b"\r\n")
 
     def _fill(self) -> None:
-        chunk = self.sock.recv(1 << 20)
-        if not chunk:
+        received = self.sock.recv_into(self.chunk)
+        if not received:
             raise BenchError("server closed the connection")
-        self.buf += chunk
+        self.buf += self.chunk_view[:received]
 
     def line(self) -> bytes:
         while True:
@@ -111,7 +113,7 @@ class Pop3Client:
         self.send("UIDL")
         self.ok()
         count = 0
-        while (line := self.line()) != b".":
+        while self.line() != b".":
             count += 1
         return count
 
@@ -394,17 +396,18 @@ class Session:
         except (OSError, ValueError, IndexError):
             return 0
 
-    def finish(self) -> tuple[int, int]:
-        """Wait for the server to exit; return (exit code, peak RSS in KiB or 0 if unknown)."""
+    def finish(self) -> tuple[int, int, float]:
+        """Wait for the server to exit; return (exit code, peak RSS in KiB, CPU seconds) with
+        0 for what GNU time did not report."""
         code = self.proc.wait()
         self.sock.close()
-        maxrss = 0
-        if self.maxrss_file is not None:
-            try:
-                maxrss = int(self.maxrss_file.read_text().split()[-1])
-            except (OSError, ValueError, IndexError):
-                maxrss = 0
-        return code, maxrss
+        if self.maxrss_file is None:
+            return code, 0, 0.0
+        try:
+            maxrss, user, system = self.maxrss_file.read_text().split()[-3:]
+            return code, int(maxrss), float(user) + float(system)
+        except (OSError, ValueError):
+            return code, 0, 0.0
 
 
 def start(server: Server, launch: Launch, stderr_path: Path, track_rss: bool) -> Session:
@@ -416,7 +419,7 @@ def start(server: Server, launch: Launch, stderr_path: Path, track_rss: bool) ->
     if track_rss:
         maxrss_file = server.work / "maxrss.txt"
         maxrss_file.unlink(missing_ok=True)
-        argv = [TIME_BINARY, "-q", "-f", "%M", "-o", str(maxrss_file)] + argv
+        argv = [TIME_BINARY, "-q", "-f", "%M %U %S", "-o", str(maxrss_file)] + argv
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.settimeout(SOCKET_TIMEOUT)
     with open(stderr_path, "ab") as stderr:
@@ -508,7 +511,7 @@ def measure_session(server: Server, fmt: str, corpus: Path, count: int) -> dict:
     except (BenchError, OSError):
         abort(session)
         raise
-    code, maxrss = session.finish()
+    code, maxrss, cpu = session.finish()
     t_done = time.perf_counter()
     return {
         "open_s": t_open - session.t0,
@@ -518,6 +521,7 @@ def measure_session(server: Server, fmt: str, corpus: Path, count: int) -> dict:
         "dele_quit_s": t_done - t_dele,
         "vmhwm_before_quit_kib": hwm,
         "maxrss_kib": maxrss,
+        "cpu_s": cpu,
         "exit_code": code,
         "emptied": mailbox_is_empty(fmt, launch.mailbox),
     }
@@ -555,6 +559,7 @@ METRICS = [
     ("retr_mb_s", "RETR throughput", 1.0, "MB/s", "rate"),
     ("retr_octets", "RETR volume (sanity)", 1e-6, "MB", None),
     ("dele_quit_s", "DELE all+QUIT (rewrite)", 1e3, "ms", "cost"),
+    ("cpu_s", "server CPU, whole session", 1e3, "ms", "cost"),
     ("maxrss_kib", "peak RSS (GNU time %M)", 1 / 1024, "MiB", "cost"),
 ]
 
