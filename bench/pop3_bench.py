@@ -94,9 +94,12 @@ class Pop3Client:
             raise BenchError(f"{command!r} -> {reply[:200]!r}")
         return reply
 
+    def send_batch(self, commands: list[str]) -> None:
+        self.sock.sendall("".join(c + "\r\n" for c in commands).encode("ascii"))
+
     def multiline(self, command: str) -> int:
-        """Send command, read a +OK multi-line reply, return the octets after the status line."""
-        self.send(command)
+        """Read the +OK multi-line reply to `command` (already sent); return the octets after
+        the status line."""
         while (status_end := self.buf.find(b"\r\n")) < 0:
             self._fill()
         if not self.buf.startswith(b"+OK"):
@@ -116,6 +119,24 @@ class Pop3Client:
         while self.line() != b".":
             count += 1
         return count
+
+    def retr_all(self, count: int, window: int) -> int:
+        """RETR 1..count, `window` commands in flight (1 = wait for each reply); octets read."""
+        octets = 0
+        for first in range(1, count + 1, window):
+            batch = [f"RETR {n}" for n in range(first, min(first + window, count + 1))]
+            self.send_batch(batch)
+            octets += sum(self.multiline(command) for command in batch)
+        return octets
+
+    def dele_all(self, count: int, window: int) -> None:
+        for first in range(1, count + 1, window):
+            batch = [f"DELE {n}" for n in range(first, min(first + window, count + 1))]
+            self.send_batch(batch)
+            for command in batch:
+                reply = self.line()
+                if not reply.startswith(b"+OK"):
+                    raise BenchError(f"{command!r} -> {reply[:200]!r}")
 
     def wait_eof(self) -> None:
         while self.sock.recv(1 << 16):
@@ -482,8 +503,9 @@ def measure_startup(server: Server, fmt: str, empty: Path) -> float:
     return elapsed
 
 
-def measure_session(server: Server, fmt: str, corpus: Path, count: int) -> dict:
-    """Download-and-delete: login+STAT+UIDL, RETR all, DELE all + QUIT."""
+def measure_session(server: Server, fmt: str, corpus: Path, count: int, window: int) -> dict:
+    """Download-and-delete: login+STAT+UIDL, RETR all, DELE all + QUIT; `window` commands
+    in flight during RETR and DELE (1 = lockstep)."""
     server.reset_home()
     server.place(fmt, corpus / ("mbox" if fmt == "mbox" else "Maildir"))
     server.warm_up(fmt)
@@ -499,13 +521,12 @@ def measure_session(server: Server, fmt: str, corpus: Path, count: int) -> dict:
             raise BenchError("UIDL listing has the wrong length")
         t_open = time.perf_counter()
 
-        octets = sum(client.multiline(f"RETR {n}") for n in range(1, count + 1))
+        octets = client.retr_all(count, window)
         t_retr = time.perf_counter()
 
         hwm = vm_hwm_kib(session.server_pid())
         t_dele = time.perf_counter()
-        for n in range(1, count + 1):
-            client.ok(f"DELE {n}")
+        client.dele_all(count, window)
         client.ok("QUIT")
         client.wait_eof()
     except (BenchError, OSError):
@@ -571,7 +592,9 @@ def ratio(ours: float | None, other: float | None, kind: str | None) -> str:
     return f"{value:.2f}"
 
 
-def print_table(results: dict, servers: list[str]) -> None:
+def print_table(results: dict, servers: list[str], title: str) -> None:
+    print()
+    print(title)
     head = f"{'mailbox':<14}{'metric':<30}" + "".join(f"{s:>12}" for s in servers)
     head += f"{'ours/dovecot':>14}{'ours/mailutils':>16}"
     print()
@@ -594,7 +617,7 @@ def print_table(results: dict, servers: list[str]) -> None:
 
 
 def run_config(servers: dict[str, Server], fmt: str, count: int, corpus: Path,
-               rounds: int) -> dict:
+               rounds: int, window: int) -> dict:
     empty = corpus / ("empty.mbox" if fmt == "mbox" else "empty.Maildir")
     samples: dict[str, dict[str, list]] = {name: {} for name in servers}
     failures: dict[str, list[str]] = {name: [] for name in servers}
@@ -603,7 +626,7 @@ def run_config(servers: dict[str, Server], fmt: str, count: int, corpus: Path,
             try:
                 samples[name].setdefault("startup_s", []).append(
                     measure_startup(server, fmt, empty))
-                result = measure_session(server, fmt, corpus, count)
+                result = measure_session(server, fmt, corpus, count, window)
             except (BenchError, OSError, subprocess.CalledProcessError) as err:
                 failures[name].append(f"round {round_no}: {err}")
                 print(f"  {fmt} {count} round {round_no} {name}: FAILED {err}", flush=True)
@@ -652,6 +675,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help="comma list of ours,dovecot,mailutils,dovecot-idx")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pipeline", type=int, default=1, metavar="N",
+                        help="RETR/DELE commands in flight (all three servers advertise "
+                             "PIPELINING); default 1 = wait for each reply")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/pop3-bench"))
     parser.add_argument("--ipop3d", type=Path, default=REPO_ROOT / "target/release/ipop3d")
@@ -688,7 +714,10 @@ def main(argv: list[str]) -> int:
     if not servers:
         return 1
 
+    if args.pipeline < 1:
+        sys.exit("--pipeline must be at least 1")
     report = {"machine": machine_info(), "run_as": run_as.name, "rounds": args.rounds,
+              "pipeline_window": args.pipeline,
               "versions": {n: s.version() for n, s in servers.items()}, "skipped": skipped,
               "results": {}}
     print(f"servers run as {run_as.name}; versions: {report['versions']}", flush=True)
@@ -697,10 +726,15 @@ def main(argv: list[str]) -> int:
         report.setdefault("corpora", {})[count] = json.loads((corpus / "stats.json").read_text())
         for fmt in args.formats.split(","):
             config = f"{fmt} {count}"
-            report["results"][config] = run_config(servers, fmt, count, corpus, args.rounds)
+            report["results"][config] = run_config(servers, fmt, count, corpus, args.rounds,
+                                                   args.pipeline)
     report["machine"]["loadavg_end"] = os.getloadavg()
 
-    print_table(report["results"], list(servers))
+    mode = "lockstep" if args.pipeline == 1 else f"pipelined, {args.pipeline} in flight"
+    print_table(report["results"], list(servers),
+                f"median of {args.rounds} interleaved rounds; RETR/DELE {mode}; load average "
+                f"{report['machine']['loadavg_start'][0]:.1f} at start, "
+                f"{report['machine']['loadavg_end'][0]:.1f} at end")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     args.results.mkdir(parents=True, exist_ok=True)
