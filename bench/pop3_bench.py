@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gen_mailbox
@@ -643,6 +643,7 @@ def run_config(servers: dict[str, Server], fmt: str, count: int, corpus: Path,
         out[name] = {
             "samples": samples[name],
             "median": {k: median(v) for k, v in numeric.items()},
+            "min": {k: min(v) for k, v in numeric.items() if v},
             "failures": failures[name],
         }
         notes = []
@@ -702,6 +703,8 @@ def main(argv: list[str]) -> int:
     servers: dict[str, Server] = {}
     skipped: dict[str, str] = {}
     for name in args.servers.split(","):
+        if name not in constructors:
+            sys.exit(f"unknown server {name!r}: choose from {', '.join(constructors)}")
         server = constructors[name]()
         server.work.mkdir(parents=True, exist_ok=True)
         run_as.chown_tree(server.work)
