@@ -1,0 +1,1052 @@
+//! Typed IMAP commands: the recursive-descent parser from [`RawCommand`] to [`Command`].
+//!
+//! Owns the command grammar of RFC 3501 and the extensions `imapd` announces: LITERAL+ (framing,
+//! in the reader), SASL-IR, UIDPLUS (`UID EXPUNGE`), UNSELECT, IDLE, NAMESPACE, ID, ENABLE,
+//! MULTIAPPEND, BINARY, ESEARCH (`SEARCH RETURN`), WITHIN, SORT, THREAD, MOVE, LIST-EXTENDED
+//! basics and SPECIAL-USE, CONDSTORE's SELECT parameter. Fetch macros (ALL, FAST, FULL) are
+//! expanded here, so the session only sees single items.
+//!
+//! It never checks state (whether a mailbox is selected), never performs I/O and never touches a
+//! mailbox. Every error is a [`CommandError`] answered `tag BAD <message>`. Nesting (search keys)
+//! is bounded by [`ParseLimits::max_depth`] and arguments by [`ParseLimits::max_tokens`].
+
+use crate::wire::mutf7;
+use crate::wire::parser::{
+    Cursor, Date, DateTime, Flag, PResult, ParseError, ParseLimits, SequenceSet,
+};
+use crate::wire::reader::{Literal, RawCommand};
+use base64::Engine;
+
+/// A parsed command with its tag.
+#[derive(Debug)]
+pub struct TaggedCommand {
+    pub tag: String,
+    pub command: Command,
+}
+
+/// A command that did not parse: answer `tag BAD msg`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    pub tag: String,
+    pub msg: String,
+}
+
+impl CommandError {
+    /// `tag BAD msg\r\n`.
+    pub fn response_line(&self) -> Vec<u8> {
+        format!("{} BAD {}\r\n", self.tag, self.msg).into_bytes()
+    }
+}
+
+/// Every command `imapd` understands.
+#[derive(Debug)]
+pub enum Command {
+    Capability,
+    Noop,
+    Logout,
+    StartTls,
+    /// `initial` is the decoded SASL-IR initial response (`=` gives an empty one).
+    Authenticate {
+        mechanism: String,
+        initial: Option<Vec<u8>>,
+    },
+    Login {
+        user: Vec<u8>,
+        password: Vec<u8>,
+    },
+    Select {
+        mailbox: String,
+        condstore: bool,
+    },
+    Examine {
+        mailbox: String,
+        condstore: bool,
+    },
+    Create(String),
+    Delete(String),
+    Rename {
+        from: String,
+        to: String,
+    },
+    Subscribe(String),
+    Unsubscribe(String),
+    List(ListCommand),
+    Lsub {
+        reference: String,
+        pattern: String,
+    },
+    Status {
+        mailbox: String,
+        items: Vec<StatusItem>,
+    },
+    Append {
+        mailbox: String,
+        messages: Vec<AppendMessage>,
+    },
+    Check,
+    Close,
+    Unselect,
+    Expunge,
+    UidExpunge(SequenceSet),
+    Search {
+        uid: bool,
+        charset: Option<String>,
+        /// `Some` for ESEARCH (`RETURN (...)`); an empty list means `ALL`.
+        returns: Option<Vec<SearchReturn>>,
+        key: SearchKey,
+    },
+    Fetch {
+        uid: bool,
+        set: SequenceSet,
+        items: Vec<FetchItem>,
+    },
+    Store {
+        uid: bool,
+        set: SequenceSet,
+        mode: StoreMode,
+        silent: bool,
+        flags: Vec<Flag>,
+    },
+    Copy {
+        uid: bool,
+        set: SequenceSet,
+        mailbox: String,
+    },
+    Move {
+        uid: bool,
+        set: SequenceSet,
+        mailbox: String,
+    },
+    Sort {
+        uid: bool,
+        criteria: Vec<SortCriterion>,
+        charset: String,
+        key: SearchKey,
+    },
+    Thread {
+        uid: bool,
+        algorithm: ThreadAlgorithm,
+        charset: String,
+        key: SearchKey,
+    },
+    Idle,
+    Namespace,
+    /// `None` for `ID NIL`.
+    Id(Option<Vec<(String, Option<String>)>>),
+    Enable(Vec<String>),
+}
+
+/// LIST (RFC 3501, RFC 5258 basics, RFC 6154 SPECIAL-USE, RFC 5819 STATUS).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ListCommand {
+    pub reference: String,
+    pub patterns: Vec<String>,
+    /// Selection options.
+    pub select_subscribed: bool,
+    pub select_special_use: bool,
+    pub select_recursive_match: bool,
+    /// Return options.
+    pub return_subscribed: bool,
+    pub return_children: bool,
+    pub return_special_use: bool,
+    pub return_status: Option<Vec<StatusItem>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusItem {
+    Messages,
+    Recent,
+    UidNext,
+    UidValidity,
+    Unseen,
+}
+
+/// One message of a (MULTI)APPEND.
+#[derive(Debug)]
+pub struct AppendMessage {
+    pub flags: Vec<Flag>,
+    pub date: Option<DateTime>,
+    pub message: Literal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchReturn {
+    Min,
+    Max,
+    All,
+    Count,
+}
+
+/// A search key (RFC 3501 6.4.4, plus RFC 5032 WITHIN). Strings are raw bytes in the command's
+/// charset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchKey {
+    All,
+    Answered,
+    Bcc(Vec<u8>),
+    Before(Date),
+    Body(Vec<u8>),
+    Cc(Vec<u8>),
+    Deleted,
+    Draft,
+    Flagged,
+    From(Vec<u8>),
+    Header(Vec<u8>, Vec<u8>),
+    Keyword(String),
+    Larger(u64),
+    New,
+    Not(Box<SearchKey>),
+    Old,
+    On(Date),
+    Or(Box<SearchKey>, Box<SearchKey>),
+    Recent,
+    Seen,
+    SentBefore(Date),
+    SentOn(Date),
+    SentSince(Date),
+    Since(Date),
+    Smaller(u64),
+    Subject(Vec<u8>),
+    Text(Vec<u8>),
+    To(Vec<u8>),
+    Uid(SequenceSet),
+    Unanswered,
+    Undeleted,
+    Undraft,
+    Unflagged,
+    Unkeyword(String),
+    Unseen,
+    /// Messages whose internal date is at most this many seconds old.
+    Younger(u32),
+    /// Messages whose internal date is at least this many seconds old.
+    Older(u32),
+    SequenceSet(SequenceSet),
+    /// All of these (a parenthesised list, or the top-level key list).
+    And(Vec<SearchKey>),
+}
+
+/// A message data item to fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchItem {
+    Flags,
+    InternalDate,
+    Rfc822,
+    Rfc822Header,
+    Rfc822Size,
+    Rfc822Text,
+    Envelope,
+    /// `BODY` (non-extensible body structure).
+    Body,
+    BodyStructure,
+    Uid,
+    /// `BODY[section]<partial>` / `BODY.PEEK[...]`.
+    BodySection {
+        peek: bool,
+        section: Section,
+        partial: Option<Partial>,
+    },
+    /// `BINARY[part]<partial>` / `BINARY.PEEK[...]` (RFC 3516).
+    Binary {
+        peek: bool,
+        part: Vec<u32>,
+        partial: Option<Partial>,
+    },
+    /// `BINARY.SIZE[part]`.
+    BinarySize {
+        part: Vec<u32>,
+    },
+}
+
+/// `<origin.length>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    pub origin: u32,
+    pub length: u32,
+}
+
+/// A body section: a part path (empty = the whole message) and what of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Section {
+    pub part: Vec<u32>,
+    pub text: Option<SectionText>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SectionText {
+    Header,
+    /// Field names as sent (compare case-insensitively).
+    HeaderFields(Vec<String>),
+    HeaderFieldsNot(Vec<String>),
+    Text,
+    Mime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    Replace,
+    Add,
+    Remove,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortCriterion {
+    pub reverse: bool,
+    pub key: SortKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Arrival,
+    Cc,
+    Date,
+    From,
+    Size,
+    Subject,
+    To,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadAlgorithm {
+    OrderedSubject,
+    References,
+}
+
+/// Parse one raw command into a typed command.
+pub fn parse_command(raw: RawCommand, limits: ParseLimits) -> Result<TaggedCommand, CommandError> {
+    let tag = raw.tag.clone();
+    let mut c = Cursor::new(raw, limits);
+    let name = c.keyword().map_err(|_| CommandError {
+        tag: tag.clone(),
+        msg: "Missing or invalid command name".into(),
+    })?;
+    match parse_named(&name, &mut c) {
+        Ok(command) => Ok(TaggedCommand { tag, command }),
+        Err(e) => Err(CommandError {
+            tag,
+            msg: format!("{name}: {}", e.0),
+        }),
+    }
+}
+
+fn parse_named(name: &str, c: &mut Cursor) -> PResult<Command> {
+    let cmd = match name {
+        "CAPABILITY" => Command::Capability,
+        "NOOP" => Command::Noop,
+        "LOGOUT" => Command::Logout,
+        "STARTTLS" => Command::StartTls,
+        "CHECK" => Command::Check,
+        "CLOSE" => Command::Close,
+        "UNSELECT" => Command::Unselect,
+        "EXPUNGE" => Command::Expunge,
+        "IDLE" => Command::Idle,
+        "NAMESPACE" => Command::Namespace,
+        "AUTHENTICATE" => authenticate(c)?,
+        "LOGIN" => {
+            c.sp()?;
+            let user = c.astring()?;
+            c.sp()?;
+            let password = c.astring()?;
+            Command::Login { user, password }
+        }
+        "SELECT" | "EXAMINE" => {
+            c.sp()?;
+            let mailbox = c.mailbox()?;
+            let condstore = select_params(c)?;
+            if name == "SELECT" {
+                Command::Select { mailbox, condstore }
+            } else {
+                Command::Examine { mailbox, condstore }
+            }
+        }
+        "CREATE" => Command::Create(one_mailbox(c)?),
+        "DELETE" => Command::Delete(one_mailbox(c)?),
+        "SUBSCRIBE" => Command::Subscribe(one_mailbox(c)?),
+        "UNSUBSCRIBE" => Command::Unsubscribe(one_mailbox(c)?),
+        "RENAME" => {
+            let from = one_mailbox(c)?;
+            let to = one_mailbox(c)?;
+            Command::Rename { from, to }
+        }
+        "LIST" => Command::List(list(c)?),
+        "LSUB" => {
+            c.sp()?;
+            let reference = reference(c)?;
+            c.sp()?;
+            let pattern = c.list_mailbox()?;
+            Command::Lsub { reference, pattern }
+        }
+        "STATUS" => {
+            let mailbox = one_mailbox(c)?;
+            c.sp()?;
+            Command::Status {
+                mailbox,
+                items: status_items(c)?,
+            }
+        }
+        "APPEND" => append(c)?,
+        "SEARCH" => search(c, false)?,
+        "FETCH" => fetch(c, false)?,
+        "STORE" => store(c, false)?,
+        "COPY" => copy_or_move(c, false, false)?,
+        "MOVE" => copy_or_move(c, false, true)?,
+        "SORT" => sort(c, false)?,
+        "THREAD" => thread(c, false)?,
+        "UID" => uid(c)?,
+        "ID" => id(c)?,
+        "ENABLE" => enable(c)?,
+        _ => return Err(ParseError::new("Unknown command")),
+    };
+    c.end()?;
+    Ok(cmd)
+}
+
+fn one_mailbox(c: &mut Cursor) -> PResult<String> {
+    c.sp()?;
+    c.mailbox()
+}
+
+fn reference(c: &mut Cursor) -> PResult<String> {
+    let raw = c.astring()?;
+    mutf7::decode(&raw).map_err(|e| ParseError::new(format!("Invalid reference name: {}", e.0)))
+}
+
+/// `AUTHENTICATE mech [SP initial-response]` (RFC 4959).
+fn authenticate(c: &mut Cursor) -> PResult<Command> {
+    c.sp()?;
+    let mechanism = c.keyword()?;
+    let initial = if c.eat(b' ') {
+        let text = c.atom()?;
+        Some(decode_sasl(&text)?)
+    } else {
+        None
+    };
+    Ok(Command::Authenticate { mechanism, initial })
+}
+
+/// Decode a SASL initial response: `=` is empty, anything else strict base64.
+pub fn decode_sasl(text: &str) -> PResult<Vec<u8>> {
+    if text == "=" {
+        return Ok(Vec::new());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| ParseError::new("Invalid base64 in initial response"))
+}
+
+/// Optional `(CONDSTORE)` after SELECT/EXAMINE.
+fn select_params(c: &mut Cursor) -> PResult<bool> {
+    if !c.eat(b' ') {
+        return Ok(false);
+    }
+    let mut condstore = false;
+    paren_list(c, |c| {
+        match c.keyword()?.as_str() {
+            "CONDSTORE" => condstore = true,
+            _ => return Err(ParseError::new("Unknown SELECT parameter")),
+        }
+        Ok(())
+    })?;
+    Ok(condstore)
+}
+
+/// `"(" [item *(SP item)] ")"`, calling `item` for each element.
+fn paren_list(c: &mut Cursor, mut item: impl FnMut(&mut Cursor) -> PResult<()>) -> PResult<()> {
+    c.expect(b'(', "'('")?;
+    if c.eat(b')') {
+        return Ok(());
+    }
+    loop {
+        item(c)?;
+        if c.eat(b')') {
+            return Ok(());
+        }
+        c.sp()?;
+    }
+}
+
+fn list(c: &mut Cursor) -> PResult<ListCommand> {
+    let mut cmd = ListCommand::default();
+    c.sp()?;
+    if c.peek() == Some(b'(') {
+        paren_list(c, |c| {
+            match c.keyword()?.as_str() {
+                "SUBSCRIBED" => cmd.select_subscribed = true,
+                "SPECIAL-USE" => cmd.select_special_use = true,
+                "RECURSIVEMATCH" => cmd.select_recursive_match = true,
+                "REMOTE" => {}
+                _ => return Err(ParseError::new("Unknown LIST selection option")),
+            }
+            Ok(())
+        })?;
+        c.sp()?;
+    }
+    cmd.reference = reference(c)?;
+    c.sp()?;
+    if c.peek() == Some(b'(') {
+        let mut patterns = Vec::new();
+        paren_list(c, |c| {
+            patterns.push(c.list_mailbox()?);
+            Ok(())
+        })?;
+        if patterns.is_empty() {
+            return Err(ParseError::new("Empty pattern list"));
+        }
+        cmd.patterns = patterns;
+    } else {
+        cmd.patterns = vec![c.list_mailbox()?];
+    }
+    if c.eat(b' ') {
+        if !c.eat_keyword("RETURN") {
+            return Err(ParseError::new("Expected RETURN"));
+        }
+        c.sp()?;
+        paren_list(c, |c| {
+            match c.keyword()?.as_str() {
+                "SUBSCRIBED" => cmd.return_subscribed = true,
+                "CHILDREN" => cmd.return_children = true,
+                "SPECIAL-USE" => cmd.return_special_use = true,
+                "STATUS" => {
+                    c.sp()?;
+                    cmd.return_status = Some(status_items(c)?);
+                }
+                _ => return Err(ParseError::new("Unknown LIST return option")),
+            }
+            Ok(())
+        })?;
+    }
+    if cmd.select_recursive_match && !cmd.select_subscribed {
+        return Err(ParseError::new(
+            "RECURSIVEMATCH needs another selection option",
+        ));
+    }
+    Ok(cmd)
+}
+
+fn status_items(c: &mut Cursor) -> PResult<Vec<StatusItem>> {
+    let mut items = Vec::new();
+    paren_list(c, |c| {
+        items.push(match c.keyword()?.as_str() {
+            "MESSAGES" => StatusItem::Messages,
+            "RECENT" => StatusItem::Recent,
+            "UIDNEXT" => StatusItem::UidNext,
+            "UIDVALIDITY" => StatusItem::UidValidity,
+            "UNSEEN" => StatusItem::Unseen,
+            _ => return Err(ParseError::new("Unknown status item")),
+        });
+        Ok(())
+    })?;
+    if items.is_empty() {
+        return Err(ParseError::new("Empty status item list"));
+    }
+    Ok(items)
+}
+
+/// `APPEND mailbox 1*(SP [flag-list SP] [date-time SP] literal)` (RFC 3502).
+fn append(c: &mut Cursor) -> PResult<Command> {
+    let mailbox = one_mailbox(c)?;
+    let mut messages = Vec::new();
+    while c.eat(b' ') {
+        let mut flags = Vec::new();
+        if c.peek() == Some(b'(') {
+            flags = c.flag_list()?;
+            c.sp()?;
+        }
+        let date = if c.peek() == Some(b'"') {
+            let d = c.date_time()?;
+            c.sp()?;
+            Some(d)
+        } else {
+            None
+        };
+        let message = c.literal()?;
+        messages.push(AppendMessage {
+            flags,
+            date,
+            message,
+        });
+    }
+    if messages.is_empty() {
+        return Err(ParseError::new("Missing message literal"));
+    }
+    Ok(Command::Append { mailbox, messages })
+}
+
+/// `[SP RETURN (...)] [SP CHARSET astring] 1*(SP search-key)`.
+fn search(c: &mut Cursor, uid: bool) -> PResult<Command> {
+    c.sp()?;
+    let mut returns = None;
+    if c.eat_keyword("RETURN") {
+        c.sp()?;
+        let mut opts = Vec::new();
+        paren_list(c, |c| {
+            opts.push(match c.keyword()?.as_str() {
+                "MIN" => SearchReturn::Min,
+                "MAX" => SearchReturn::Max,
+                "ALL" => SearchReturn::All,
+                "COUNT" => SearchReturn::Count,
+                _ => return Err(ParseError::new("Unknown search return option")),
+            });
+            Ok(())
+        })?;
+        returns = Some(opts);
+        c.sp()?;
+    }
+    let mut charset = None;
+    if c.eat_keyword("CHARSET") {
+        c.sp()?;
+        charset = Some(charset_name(c)?);
+        c.sp()?;
+    }
+    let key = search_program(c)?;
+    Ok(Command::Search {
+        uid,
+        charset,
+        returns,
+        key,
+    })
+}
+
+fn charset_name(c: &mut Cursor) -> PResult<String> {
+    let raw = c.astring()?;
+    String::from_utf8(raw).map_err(|_| ParseError::new("Invalid charset name"))
+}
+
+/// `search-key *(SP search-key)`; a single key is returned as itself.
+fn search_program(c: &mut Cursor) -> PResult<SearchKey> {
+    let mut keys = vec![search_key(c)?];
+    while c.eat(b' ') {
+        keys.push(search_key(c)?);
+    }
+    Ok(if keys.len() == 1 {
+        keys.remove(0)
+    } else {
+        SearchKey::And(keys)
+    })
+}
+
+/// One search key; recursion (NOT, OR, parentheses) is bounded by the cursor's depth limit.
+fn search_key(c: &mut Cursor) -> PResult<SearchKey> {
+    c.enter()?;
+    let key = search_key_inner(c);
+    c.leave();
+    key
+}
+
+fn search_key_inner(c: &mut Cursor) -> PResult<SearchKey> {
+    match c.peek() {
+        Some(b'(') => {
+            let mut keys = Vec::new();
+            c.expect(b'(', "'('")?;
+            loop {
+                keys.push(search_key(c)?);
+                if c.eat(b')') {
+                    break;
+                }
+                c.sp()?;
+            }
+            return Ok(SearchKey::And(keys));
+        }
+        Some(b'*' | b'0'..=b'9') => return Ok(SearchKey::SequenceSet(c.sequence_set()?)),
+        _ => {}
+    }
+    let name = c.keyword()?;
+    let key = match name.as_str() {
+        "ALL" => SearchKey::All,
+        "ANSWERED" => SearchKey::Answered,
+        "DELETED" => SearchKey::Deleted,
+        "DRAFT" => SearchKey::Draft,
+        "FLAGGED" => SearchKey::Flagged,
+        "NEW" => SearchKey::New,
+        "OLD" => SearchKey::Old,
+        "RECENT" => SearchKey::Recent,
+        "SEEN" => SearchKey::Seen,
+        "UNANSWERED" => SearchKey::Unanswered,
+        "UNDELETED" => SearchKey::Undeleted,
+        "UNDRAFT" => SearchKey::Undraft,
+        "UNFLAGGED" => SearchKey::Unflagged,
+        "UNSEEN" => SearchKey::Unseen,
+        "BCC" => SearchKey::Bcc(arg_astring(c)?),
+        "BODY" => SearchKey::Body(arg_astring(c)?),
+        "CC" => SearchKey::Cc(arg_astring(c)?),
+        "FROM" => SearchKey::From(arg_astring(c)?),
+        "SUBJECT" => SearchKey::Subject(arg_astring(c)?),
+        "TEXT" => SearchKey::Text(arg_astring(c)?),
+        "TO" => SearchKey::To(arg_astring(c)?),
+        "HEADER" => {
+            let field = arg_astring(c)?;
+            SearchKey::Header(field, arg_astring(c)?)
+        }
+        "KEYWORD" => SearchKey::Keyword(arg_atom(c)?),
+        "UNKEYWORD" => SearchKey::Unkeyword(arg_atom(c)?),
+        "BEFORE" => SearchKey::Before(arg_date(c)?),
+        "ON" => SearchKey::On(arg_date(c)?),
+        "SINCE" => SearchKey::Since(arg_date(c)?),
+        "SENTBEFORE" => SearchKey::SentBefore(arg_date(c)?),
+        "SENTON" => SearchKey::SentOn(arg_date(c)?),
+        "SENTSINCE" => SearchKey::SentSince(arg_date(c)?),
+        "LARGER" => {
+            c.sp()?;
+            SearchKey::Larger(c.number64()?)
+        }
+        "SMALLER" => {
+            c.sp()?;
+            SearchKey::Smaller(c.number64()?)
+        }
+        "OLDER" => {
+            c.sp()?;
+            SearchKey::Older(c.nz_number()?)
+        }
+        "YOUNGER" => {
+            c.sp()?;
+            SearchKey::Younger(c.nz_number()?)
+        }
+        "UID" => {
+            c.sp()?;
+            SearchKey::Uid(c.sequence_set()?)
+        }
+        "NOT" => {
+            c.sp()?;
+            SearchKey::Not(Box::new(search_key(c)?))
+        }
+        "OR" => {
+            c.sp()?;
+            let a = search_key(c)?;
+            c.sp()?;
+            SearchKey::Or(Box::new(a), Box::new(search_key(c)?))
+        }
+        _ => return Err(ParseError::new(format!("Unknown search key {name}"))),
+    };
+    Ok(key)
+}
+
+fn arg_astring(c: &mut Cursor) -> PResult<Vec<u8>> {
+    c.sp()?;
+    c.astring()
+}
+
+fn arg_atom(c: &mut Cursor) -> PResult<String> {
+    c.sp()?;
+    c.atom()
+}
+
+fn arg_date(c: &mut Cursor) -> PResult<Date> {
+    c.sp()?;
+    c.date()
+}
+
+fn fetch(c: &mut Cursor, uid: bool) -> PResult<Command> {
+    c.sp()?;
+    let set = c.sequence_set()?;
+    c.sp()?;
+    let mut items = Vec::new();
+    if c.peek() == Some(b'(') {
+        paren_list(c, |c| fetch_att(c, &mut items))?;
+        if items.is_empty() {
+            return Err(ParseError::new("Empty fetch attribute list"));
+        }
+    } else {
+        let macros = [
+            (
+                "ALL",
+                &[
+                    FetchItem::Flags,
+                    FetchItem::InternalDate,
+                    FetchItem::Rfc822Size,
+                    FetchItem::Envelope,
+                ][..],
+            ),
+            (
+                "FAST",
+                &[
+                    FetchItem::Flags,
+                    FetchItem::InternalDate,
+                    FetchItem::Rfc822Size,
+                ][..],
+            ),
+            (
+                "FULL",
+                &[
+                    FetchItem::Flags,
+                    FetchItem::InternalDate,
+                    FetchItem::Rfc822Size,
+                    FetchItem::Envelope,
+                    FetchItem::Body,
+                ][..],
+            ),
+        ];
+        match macros.iter().find(|(name, _)| c.eat_keyword(name)) {
+            Some((_, expansion)) => items.extend_from_slice(expansion),
+            None => fetch_att(c, &mut items)?,
+        }
+    }
+    Ok(Command::Fetch { uid, set, items })
+}
+
+fn fetch_att(c: &mut Cursor, items: &mut Vec<FetchItem>) -> PResult<()> {
+    let name = c.word()?;
+    let item = match name.as_str() {
+        "FLAGS" => FetchItem::Flags,
+        "INTERNALDATE" => FetchItem::InternalDate,
+        "RFC822" => FetchItem::Rfc822,
+        "RFC822.HEADER" => FetchItem::Rfc822Header,
+        "RFC822.SIZE" => FetchItem::Rfc822Size,
+        "RFC822.TEXT" => FetchItem::Rfc822Text,
+        "ENVELOPE" => FetchItem::Envelope,
+        "BODYSTRUCTURE" => FetchItem::BodyStructure,
+        "UID" => FetchItem::Uid,
+        "BODY" if c.peek() != Some(b'[') => FetchItem::Body,
+        "BODY" | "BODY.PEEK" => {
+            let section = section(c)?;
+            FetchItem::BodySection {
+                peek: name == "BODY.PEEK",
+                section,
+                partial: partial(c)?,
+            }
+        }
+        "BINARY" | "BINARY.PEEK" => {
+            let part = binary_section(c)?;
+            FetchItem::Binary {
+                peek: name == "BINARY.PEEK",
+                part,
+                partial: partial(c)?,
+            }
+        }
+        "BINARY.SIZE" => FetchItem::BinarySize {
+            part: binary_section(c)?,
+        },
+        _ => return Err(ParseError::new(format!("Unknown fetch attribute {name}"))),
+    };
+    items.push(item);
+    Ok(())
+}
+
+/// `"[" [section-spec] "]"`.
+fn section(c: &mut Cursor) -> PResult<Section> {
+    c.expect(b'[', "'['")?;
+    let mut sec = Section::default();
+    if c.eat(b']') {
+        return Ok(sec);
+    }
+    sec.part = part_path(c)?;
+    if !sec.part.is_empty() && !c.eat(b'.') {
+        c.expect(b']', "']'")?;
+        return Ok(sec);
+    }
+    let name = c.word()?;
+    sec.text = Some(match name.as_str() {
+        "HEADER" => SectionText::Header,
+        "TEXT" => SectionText::Text,
+        "MIME" if !sec.part.is_empty() => SectionText::Mime,
+        "HEADER.FIELDS" => SectionText::HeaderFields(header_list(c)?),
+        "HEADER.FIELDS.NOT" => SectionText::HeaderFieldsNot(header_list(c)?),
+        _ => return Err(ParseError::new("Invalid section")),
+    });
+    c.expect(b']', "']'")?;
+    Ok(sec)
+}
+
+/// `nz-number *("." nz-number)`, stopping before a `.` that is not followed by a digit.
+fn part_path(c: &mut Cursor) -> PResult<Vec<u32>> {
+    let mut part = Vec::new();
+    while c.peek().is_some_and(|b| b.is_ascii_digit()) {
+        part.push(c.nz_number()?);
+        if part.len() > 100 {
+            return Err(ParseError::new("Section part path too deep"));
+        }
+        if !dot_then_digit(c) {
+            break;
+        }
+        c.eat(b'.');
+    }
+    Ok(part)
+}
+
+fn dot_then_digit(c: &Cursor) -> bool {
+    matches!(c.lookahead(), [b'.', d, ..] if d.is_ascii_digit())
+}
+
+fn binary_section(c: &mut Cursor) -> PResult<Vec<u32>> {
+    c.expect(b'[', "'['")?;
+    let part = part_path(c)?;
+    c.expect(b']', "']'")?;
+    Ok(part)
+}
+
+fn header_list(c: &mut Cursor) -> PResult<Vec<String>> {
+    c.sp()?;
+    let mut names = Vec::new();
+    paren_list(c, |c| {
+        let raw = c.astring()?;
+        let name = String::from_utf8(raw)
+            .ok()
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b > b' ' && b < 0x7f && b != b':'))
+            .ok_or_else(|| ParseError::new("Invalid header field name"))?;
+        names.push(name);
+        Ok(())
+    })?;
+    if names.is_empty() {
+        return Err(ParseError::new("Empty header list"));
+    }
+    Ok(names)
+}
+
+fn partial(c: &mut Cursor) -> PResult<Option<Partial>> {
+    if !c.eat(b'<') {
+        return Ok(None);
+    }
+    let origin = c.number()?;
+    c.expect(b'.', "'.' in partial")?;
+    let length = c.nz_number()?;
+    c.expect(b'>', "'>'")?;
+    Ok(Some(Partial { origin, length }))
+}
+
+fn store(c: &mut Cursor, uid: bool) -> PResult<Command> {
+    c.sp()?;
+    let set = c.sequence_set()?;
+    c.sp()?;
+    let mode = if c.eat(b'+') {
+        StoreMode::Add
+    } else if c.eat(b'-') {
+        StoreMode::Remove
+    } else {
+        StoreMode::Replace
+    };
+    let (silent, ok) = match c.word()?.as_str() {
+        "FLAGS" => (false, true),
+        "FLAGS.SILENT" => (true, true),
+        _ => (false, false),
+    };
+    if !ok {
+        return Err(ParseError::new("Expected FLAGS or FLAGS.SILENT"));
+    }
+    c.sp()?;
+    let flags = c.store_flags()?;
+    Ok(Command::Store {
+        uid,
+        set,
+        mode,
+        silent,
+        flags,
+    })
+}
+
+fn copy_or_move(c: &mut Cursor, uid: bool, is_move: bool) -> PResult<Command> {
+    c.sp()?;
+    let set = c.sequence_set()?;
+    let mailbox = one_mailbox(c)?;
+    Ok(if is_move {
+        Command::Move { uid, set, mailbox }
+    } else {
+        Command::Copy { uid, set, mailbox }
+    })
+}
+
+/// `SORT (criteria) charset search-keys` (RFC 5256).
+fn sort(c: &mut Cursor, uid: bool) -> PResult<Command> {
+    c.sp()?;
+    let mut criteria = Vec::new();
+    paren_list(c, |c| {
+        let reverse = c.eat_keyword("REVERSE");
+        if reverse {
+            c.sp()?;
+        }
+        let key = match c.keyword()?.as_str() {
+            "ARRIVAL" => SortKey::Arrival,
+            "CC" => SortKey::Cc,
+            "DATE" => SortKey::Date,
+            "FROM" => SortKey::From,
+            "SIZE" => SortKey::Size,
+            "SUBJECT" => SortKey::Subject,
+            "TO" => SortKey::To,
+            _ => return Err(ParseError::new("Unknown sort key")),
+        };
+        criteria.push(SortCriterion { reverse, key });
+        Ok(())
+    })?;
+    if criteria.is_empty() {
+        return Err(ParseError::new("Empty sort criteria"));
+    }
+    c.sp()?;
+    let charset = charset_name(c)?;
+    c.sp()?;
+    let key = search_program(c)?;
+    Ok(Command::Sort {
+        uid,
+        criteria,
+        charset,
+        key,
+    })
+}
+
+fn thread(c: &mut Cursor, uid: bool) -> PResult<Command> {
+    c.sp()?;
+    let algorithm = match c.keyword()?.as_str() {
+        "REFERENCES" => ThreadAlgorithm::References,
+        "ORDEREDSUBJECT" => ThreadAlgorithm::OrderedSubject,
+        _ => return Err(ParseError::new("Unknown thread algorithm")),
+    };
+    c.sp()?;
+    let charset = charset_name(c)?;
+    c.sp()?;
+    let key = search_program(c)?;
+    Ok(Command::Thread {
+        uid,
+        algorithm,
+        charset,
+        key,
+    })
+}
+
+fn uid(c: &mut Cursor) -> PResult<Command> {
+    c.sp()?;
+    match c.keyword()?.as_str() {
+        "FETCH" => fetch(c, true),
+        "SEARCH" => search(c, true),
+        "STORE" => store(c, true),
+        "COPY" => copy_or_move(c, true, false),
+        "MOVE" => copy_or_move(c, true, true),
+        "SORT" => sort(c, true),
+        "THREAD" => thread(c, true),
+        "EXPUNGE" => {
+            c.sp()?;
+            Ok(Command::UidExpunge(c.sequence_set()?))
+        }
+        _ => Err(ParseError::new("Unknown UID command")),
+    }
+}
+
+/// `ID ("(" string SP nstring *(SP string SP nstring) ")" / NIL)` (RFC 2971: at most 30 pairs).
+fn id(c: &mut Cursor) -> PResult<Command> {
+    c.sp()?;
+    if c.eat_keyword("NIL") {
+        return Ok(Command::Id(None));
+    }
+    let mut pairs = Vec::new();
+    paren_list(c, |c| {
+        let field = lossy(c.string()?);
+        c.sp()?;
+        let value = c.nstring()?.map(lossy);
+        pairs.push((field, value));
+        if pairs.len() > 30 {
+            return Err(ParseError::new("Too many ID fields"));
+        }
+        Ok(())
+    })?;
+    Ok(Command::Id(Some(pairs)))
+}
+
+fn lossy(v: Vec<u8>) -> String {
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+fn enable(c: &mut Cursor) -> PResult<Command> {
+    let mut caps = Vec::new();
+    while c.eat(b' ') {
+        caps.push(c.keyword()?);
+    }
+    if caps.is_empty() {
+        return Err(ParseError::new("Missing capability"));
+    }
+    Ok(Command::Enable(caps))
+}
