@@ -549,11 +549,11 @@ fn append(c: &mut Cursor) -> PResult<Command> {
         let mut flags = Vec::new();
         if c.peek() == Some(b'(') {
             flags = c.flag_list()?;
-            c.sp()?;
+            expect_more(c)?;
         }
         let date = if c.peek() == Some(b'"') {
             let d = c.date_time()?;
-            c.sp()?;
+            expect_more(c)?;
             Some(d)
         } else {
             None
@@ -569,6 +569,14 @@ fn append(c: &mut Cursor) -> PResult<Command> {
         return Err(ParseError::new("Missing message literal"));
     }
     Ok(Command::Append { mailbox, messages })
+}
+
+/// The space before the next APPEND argument; at the end, the message is what is missing.
+fn expect_more(c: &mut Cursor) -> PResult<()> {
+    if c.at_end() {
+        return Err(ParseError::new("Missing message literal"));
+    }
+    c.sp()
 }
 
 /// `[SP RETURN (...)] [SP CHARSET astring] 1*(SP search-key)`.
@@ -1049,4 +1057,512 @@ fn enable(c: &mut Cursor) -> PResult<Command> {
         return Err(ParseError::new("Missing capability"));
     }
     Ok(Command::Enable(caps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::parser::SeqNum;
+    use crate::wire::reader::{BufInput, CommandReader, Limits, ReadError};
+    use std::io::Read;
+    use std::time::Duration;
+
+    /// Frame `wire` with the real reader (answering continuations), then parse it.
+    fn parse_wire(wire: &[u8]) -> Result<TaggedCommand, CommandError> {
+        let reader = CommandReader::new(Limits::default());
+        let mut input = BufInput::new(std::io::Cursor::new(wire.to_vec()));
+        let raw = reader
+            .read_command(&mut input, Duration::from_secs(1), &mut || Ok(()))
+            .unwrap_or_else(|e| panic!("framing failed: {e:?}"));
+        parse_command(raw, ParseLimits::default())
+    }
+
+    fn parse(line: &str) -> Command {
+        match parse_wire(format!("{line}\r\n").as_bytes()) {
+            Ok(t) => t.command,
+            Err(e) => panic!("{line}: {}", e.msg),
+        }
+    }
+
+    fn bad(line: &str) -> String {
+        match parse_wire(format!("{line}\r\n").as_bytes()) {
+            Ok(t) => panic!("{line} parsed as {:?}", t.command),
+            Err(e) => {
+                assert!(e.response_line().starts_with(b"t BAD "), "{line}");
+                e.msg
+            }
+        }
+    }
+
+    #[test]
+    fn every_command_line_of_the_uw_recording_parses() {
+        let rec = include_str!("../../testdata/uw-imap1.txt");
+        let mut lines = rec.lines().peekable();
+        let mut count = 0;
+        while let Some(line) = lines.next() {
+            let Some(cmd) = line.strip_prefix("C: ") else {
+                continue;
+            };
+            if cmd.is_empty() {
+                continue;
+            }
+            let mut wire = format!("{cmd}\r\n").into_bytes();
+            if cmd.ends_with('}') {
+                // The recording shows the literal between markers, lines ending in U+240D for CR.
+                // Skip the server's continuation (if any) up to the literal's opening marker.
+                for l in lines.by_ref() {
+                    if l.starts_with("C[literal") {
+                        break;
+                    }
+                }
+                for l in lines.by_ref() {
+                    if l == "<<<" {
+                        break;
+                    }
+                    wire.extend_from_slice(l.trim_end_matches('\u{240d}').as_bytes());
+                    wire.extend_from_slice(b"\r\n");
+                }
+                wire.extend_from_slice(b"\r\n");
+            }
+            let parsed = parse_wire(&wire).unwrap_or_else(|e| panic!("{cmd}: {}", e.msg));
+            assert!(parsed.tag.starts_with('a'));
+            count += 1;
+        }
+        assert_eq!(count, 51);
+    }
+
+    #[test]
+    fn uw_recording_shapes() {
+        assert!(matches!(parse("a LOGIN uwtest pass"),
+            Command::Login { user, password } if user == b"uwtest" && password == b"pass"));
+        match parse("a FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)") {
+            Command::Fetch { uid, set, items } => {
+                assert!(!uid);
+                assert_eq!(set.0, vec![(SeqNum::Value(1), SeqNum::Last)]);
+                assert_eq!(
+                    items,
+                    vec![
+                        FetchItem::Flags,
+                        FetchItem::Uid,
+                        FetchItem::Rfc822Size,
+                        FetchItem::InternalDate,
+                        FetchItem::Envelope,
+                        FetchItem::BodyStructure
+                    ]
+                );
+            }
+            c => panic!("{c:?}"),
+        }
+        match parse("a STORE 2 +FLAGS.SILENT (\\Answered \\Flagged)") {
+            Command::Store {
+                mode,
+                silent,
+                flags,
+                ..
+            } => {
+                assert_eq!(mode, StoreMode::Add);
+                assert!(silent);
+                assert_eq!(flags, vec![Flag::Answered, Flag::Flagged]);
+            }
+            c => panic!("{c:?}"),
+        }
+        match parse("a SEARCH RETURN (MIN MAX COUNT ALL) ALL") {
+            Command::Search { returns, key, .. } => {
+                assert_eq!(
+                    returns,
+                    Some(vec![
+                        SearchReturn::Min,
+                        SearchReturn::Max,
+                        SearchReturn::Count,
+                        SearchReturn::All
+                    ])
+                );
+                assert_eq!(key, SearchKey::All);
+            }
+            c => panic!("{c:?}"),
+        }
+        assert!(matches!(parse("a UID COPY 3 mail/saved"),
+            Command::Copy { uid: true, mailbox, .. } if mailbox == "mail/saved"));
+        assert!(matches!(parse("a LIST \"\" \"mail/%\""),
+            Command::List(l) if l.patterns == vec!["mail/%".to_string()] && l.reference.is_empty()));
+        assert!(
+            matches!(parse("a STATUS INBOX (MESSAGES UIDNEXT UIDVALIDITY)"),
+            Command::Status { mailbox, items } if mailbox == "INBOX" && items.len() == 3)
+        );
+    }
+
+    #[test]
+    fn append_multiappend_with_flags_dates_and_literal_plus() {
+        let wire = b"t APPEND inbox (\\Seen) \"01-Feb-2024 12:00:00 +0000\" {5}\r\nhello {3+}\r\n\0\xff\n (\\Draft) ~{2}\r\n\0\0\r\n";
+        let Command::Append { mailbox, messages } = parse_wire(wire).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(mailbox, "INBOX");
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[0].flags, vec![Flag::Seen]);
+        assert_eq!(messages[0].date.unwrap().unix_seconds(), 1_706_788_800);
+        let mut body = Vec::new();
+        messages[0]
+            .message
+            .reader()
+            .unwrap()
+            .read_to_end(&mut body)
+            .unwrap();
+        assert_eq!(body, b"hello");
+        assert_eq!(messages[1].message.as_bytes(), Some(&b"\0\xff\n"[..]));
+        assert!(messages[1].flags.is_empty() && messages[1].date.is_none());
+        assert!(messages[2].message.binary);
+        assert!(bad("t APPEND INBOX").contains("Missing message"));
+        assert!(bad("t APPEND INBOX (\\Seen)").contains("Missing message literal"));
+        assert!(bad("t APPEND INBOX (\\Seen) \"01-Feb-2024 12:00:00 +0000\"").contains("Missing"));
+        assert!(
+            bad("t APPEND INBOX (\\Seen) \"01-Feb-2024 12:00:00 +0000\" x").contains("literal")
+        );
+    }
+
+    #[test]
+    fn fetch_sections_and_partials() {
+        let Command::Fetch { uid, items, .. } = parse(
+            "t UID FETCH 1,3:5 (BODY.PEEK[HEADER] BODY[TEXT] BODY[1.2.MIME] BODY[2.HEADER.FIELDS (From To)]<0.100> BODY[] BINARY.PEEK[1]<5.10> BINARY.SIZE[2] BODY BODY[3] BODY[HEADER.FIELDS.NOT (X-A)])",
+        ) else {
+            panic!()
+        };
+        assert!(uid);
+        let sec = |part: Vec<u32>, text| Section { part, text };
+        assert_eq!(
+            items,
+            vec![
+                FetchItem::BodySection {
+                    peek: true,
+                    section: sec(vec![], Some(SectionText::Header)),
+                    partial: None
+                },
+                FetchItem::BodySection {
+                    peek: false,
+                    section: sec(vec![], Some(SectionText::Text)),
+                    partial: None
+                },
+                FetchItem::BodySection {
+                    peek: false,
+                    section: sec(vec![1, 2], Some(SectionText::Mime)),
+                    partial: None
+                },
+                FetchItem::BodySection {
+                    peek: false,
+                    section: sec(
+                        vec![2],
+                        Some(SectionText::HeaderFields(vec!["From".into(), "To".into()]))
+                    ),
+                    partial: Some(Partial {
+                        origin: 0,
+                        length: 100
+                    })
+                },
+                FetchItem::BodySection {
+                    peek: false,
+                    section: sec(vec![], None),
+                    partial: None
+                },
+                FetchItem::Binary {
+                    peek: true,
+                    part: vec![1],
+                    partial: Some(Partial {
+                        origin: 5,
+                        length: 10
+                    })
+                },
+                FetchItem::BinarySize { part: vec![2] },
+                FetchItem::Body,
+                FetchItem::BodySection {
+                    peek: false,
+                    section: sec(vec![3], None),
+                    partial: None
+                },
+                FetchItem::BodySection {
+                    peek: false,
+                    section: sec(
+                        vec![],
+                        Some(SectionText::HeaderFieldsNot(vec!["X-A".into()]))
+                    ),
+                    partial: None
+                },
+            ]
+        );
+        let Command::Fetch { items, .. } = parse("t FETCH 1 full") else {
+            panic!()
+        };
+        assert_eq!(items.len(), 5);
+        let Command::Fetch { items, .. } = parse("t FETCH * FAST") else {
+            panic!()
+        };
+        assert_eq!(items.len(), 3);
+        for b in [
+            "t FETCH 1 (BODY[MIME])",
+            "t FETCH 1 (BODY.PEEK)",
+            "t FETCH 1 (BODY[0])",
+            "t FETCH 1 (BODY[1.0])",
+            "t FETCH 1 (BODY[]<0.0>)",
+            "t FETCH 1 (BODY[HEADER.FIELDS ()])",
+            "t FETCH 1 (BODY[HEADER.FIELDS])",
+            "t FETCH 1 (FLAGS",
+            "t FETCH 1 ()",
+            "t FETCH 1 (FLAGS) extra",
+            "t FETCH 1 BOGUS",
+            "t FETCH 1",
+        ] {
+            bad(b);
+        }
+    }
+
+    #[test]
+    fn sequence_set_edge_cases() {
+        assert!(matches!(parse("t FETCH *:* FLAGS"),
+            Command::Fetch { set, .. } if set.0 == vec![(SeqNum::Last, SeqNum::Last)]));
+        assert!(matches!(
+            parse("t FETCH 4294967295 FLAGS"),
+            Command::Fetch { .. }
+        ));
+        for b in [
+            "t FETCH 0 FLAGS",
+            "t FETCH 4294967296 FLAGS",
+            "t FETCH 1:0 FLAGS",
+            "t UID EXPUNGE 0",
+        ] {
+            bad(b);
+        }
+        assert!(bad("t FETCH 4294967296 FLAGS").contains("out of range"));
+    }
+
+    #[test]
+    fn search_keys() {
+        let Command::Search { key, charset, .. } = parse(
+            "t SEARCH CHARSET UTF-8 OR FROM bob (UNSEEN NOT DELETED) HEADER X-Spam yes LARGER 4294967296 SINCE 1-Feb-2024 UID 1:* 2,4 YOUNGER 3600 OLDER 60 KEYWORD $Junk",
+        ) else {
+            panic!()
+        };
+        assert_eq!(charset.as_deref(), Some("UTF-8"));
+        let SearchKey::And(keys) = key else { panic!() };
+        assert_eq!(
+            keys[0],
+            SearchKey::Or(
+                Box::new(SearchKey::From(b"bob".to_vec())),
+                Box::new(SearchKey::And(vec![
+                    SearchKey::Unseen,
+                    SearchKey::Not(Box::new(SearchKey::Deleted))
+                ]))
+            )
+        );
+        assert_eq!(
+            keys[1],
+            SearchKey::Header(b"X-Spam".to_vec(), b"yes".to_vec())
+        );
+        assert_eq!(keys[2], SearchKey::Larger(4_294_967_296));
+        assert_eq!(
+            keys[3],
+            SearchKey::Since(Date {
+                year: 2024,
+                month: 2,
+                day: 1
+            })
+        );
+        assert!(matches!(keys[4], SearchKey::Uid(_)));
+        assert!(matches!(keys[5], SearchKey::SequenceSet(_)));
+        assert_eq!(keys[6], SearchKey::Younger(3600));
+        assert_eq!(keys[7], SearchKey::Older(60));
+        assert_eq!(keys[8], SearchKey::Keyword("$Junk".into()));
+        assert!(matches!(parse("t SEARCH TEXT {9}\r\nFrom here"),
+            Command::Search { key: SearchKey::Text(t), .. } if t == b"From here"));
+        for b in [
+            "t SEARCH",
+            "t SEARCH BOGUS",
+            "t SEARCH (ALL",
+            "t SEARCH ()",
+            "t SEARCH OR ALL",
+            "t SEARCH SINCE 31-Feb-2024",
+            "t SEARCH FROM \"unbalanced",
+            "t SEARCH RETURN (BOGUS) ALL",
+            "t SEARCH ALL  ALL",
+        ] {
+            bad(b);
+        }
+    }
+
+    #[test]
+    fn ten_thousand_parentheses_are_refused_cleanly() {
+        let deep = format!("t SEARCH {}ALL{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert!(bad(&deep).contains("Too deeply nested"));
+        let nots = format!("t SEARCH {}ALL", "NOT ".repeat(10_000));
+        assert!(bad(&nots).contains("Too deeply nested"));
+        let ok = format!("t SEARCH {}ALL{}", "(".repeat(50), ")".repeat(50));
+        assert!(matches!(parse(&ok), Command::Search { .. }));
+    }
+
+    #[test]
+    fn argument_count_is_bounded() {
+        let many = format!("t SEARCH{}", " ALL".repeat(10_001));
+        assert!(bad(&many).contains("Too many arguments"));
+    }
+
+    #[test]
+    fn one_megabyte_atom() {
+        let atom = "x".repeat(1024 * 1024);
+        // Over the default line limit the reader refuses it...
+        let reader = CommandReader::new(Limits::default());
+        let wire = format!("t SELECT {atom}\r\n");
+        let mut input = BufInput::new(std::io::Cursor::new(wire.into_bytes()));
+        let e = reader
+            .read_command(&mut input, Duration::from_secs(1), &mut || Ok(()))
+            .unwrap_err();
+        assert!(matches!(e, ReadError::TooLong { .. }));
+        // ...and under a generous limit the parser answers it without trouble.
+        let raw = crate::wire::reader::RawCommand {
+            tag: "t".into(),
+            parts: vec![crate::wire::reader::Part::Text(atom.clone().into_bytes())],
+        };
+        let e = parse_command(raw, ParseLimits::default()).unwrap_err();
+        assert_eq!(
+            e.msg,
+            format!("{}: Unknown command", atom.to_ascii_uppercase()).as_str()
+        );
+    }
+
+    #[test]
+    fn quoted_string_errors() {
+        assert!(bad("t LOGIN \"user pass").contains("Unterminated"));
+        assert!(bad("t LOGIN \"us\0er\" pass").contains("NUL"));
+        assert!(bad("t LOGIN \"us\rer\" pass").contains("CR"));
+        assert!(matches!(parse("t LOGIN \"a \\\"b\\\\\" {2}\r\n\"x"),
+            Command::Login { user, password } if user == b"a \"b\\" && password == b"\"x"));
+    }
+
+    #[test]
+    fn mailbox_names() {
+        assert!(matches!(parse("t SELECT ~peter/mail/&U,BTFw-/&ZeVnLIqe-"),
+            Command::Select { mailbox, condstore: false }
+                if mailbox == "~peter/mail/\u{53f0}\u{5317}/\u{65e5}\u{672c}\u{8a9e}"));
+        assert!(matches!(parse("t EXAMINE InBoX (CONDSTORE)"),
+            Command::Examine { mailbox, condstore: true } if mailbox == "INBOX"));
+        for b in [
+            "t SELECT &Jjo",
+            "t CREATE &AGE-",
+            "t RENAME a &-&",
+            "t SELECT \"caf\u{e9}\"",
+            "t SELECT INBOX (QRESYNC)",
+            "t DELETE",
+            "t SUBSCRIBE a b",
+        ] {
+            assert!(bad(b).len() > 3, "{b}");
+        }
+    }
+
+    #[test]
+    fn list_variants() {
+        let Command::List(l) =
+            parse("t LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (INBOX \"Sent\" %) RETURN (CHILDREN SPECIAL-USE STATUS (MESSAGES))")
+        else {
+            panic!()
+        };
+        assert!(l.select_subscribed && l.select_recursive_match && !l.select_special_use);
+        assert_eq!(l.patterns, vec!["INBOX", "Sent", "%"]);
+        assert!(l.return_children && l.return_special_use && !l.return_subscribed);
+        assert_eq!(l.return_status, Some(vec![StatusItem::Messages]));
+        assert!(matches!(parse("t LSUB \"\" *"), Command::Lsub { pattern, .. } if pattern == "*"));
+        bad("t LIST (RECURSIVEMATCH) \"\" *");
+        bad("t LIST \"\" ()");
+        bad("t LIST \"\" * RETURN (BOGUS)");
+    }
+
+    #[test]
+    fn simple_and_extension_commands() {
+        for (line, ok) in [
+            (
+                "t CAPABILITY",
+                matches!(parse("t CAPABILITY"), Command::Capability),
+            ),
+            ("t noop", matches!(parse("t noop"), Command::Noop)),
+            ("t IDLE", matches!(parse("t IDLE"), Command::Idle)),
+            (
+                "t UNSELECT",
+                matches!(parse("t UNSELECT"), Command::Unselect),
+            ),
+            (
+                "t NAMESPACE",
+                matches!(parse("t NAMESPACE"), Command::Namespace),
+            ),
+            (
+                "t STARTTLS",
+                matches!(parse("t STARTTLS"), Command::StartTls),
+            ),
+            (
+                "t UID EXPUNGE 1:3",
+                matches!(parse("t UID EXPUNGE 1:3"), Command::UidExpunge(_)),
+            ),
+            ("t ID NIL", matches!(parse("t ID NIL"), Command::Id(None))),
+            (
+                "t ENABLE",
+                matches!(parse("t ENABLE CONDSTORE utf8=accept"), Command::Enable(v) if v == ["CONDSTORE", "UTF8=ACCEPT"]),
+            ),
+        ] {
+            assert!(ok, "{line}");
+        }
+        assert!(matches!(parse("t ID (\"name\" \"mutt\" \"version\" NIL)"),
+            Command::Id(Some(v)) if v == vec![("name".into(), Some("mutt".into())), ("version".into(), None)]));
+        assert!(matches!(parse("t AUTHENTICATE plain AHUAcA=="),
+            Command::Authenticate { mechanism, initial: Some(i) } if mechanism == "PLAIN" && i == b"\0u\0p"));
+        assert!(matches!(parse("t AUTHENTICATE PLAIN ="),
+            Command::Authenticate { initial: Some(i), .. } if i.is_empty()));
+        assert!(matches!(
+            parse("t AUTHENTICATE CRAM-MD5"),
+            Command::Authenticate { initial: None, .. }
+        ));
+        assert!(matches!(
+            parse("t UID MOVE 1:* Trash"),
+            Command::Move { uid: true, .. }
+        ));
+        assert!(matches!(parse("t STORE 1 FLAGS \\Seen \\Deleted"),
+            Command::Store { mode: StoreMode::Replace, silent: false, flags, .. } if flags.len() == 2));
+        assert!(matches!(parse("t STORE 1 -FLAGS ()"),
+            Command::Store { mode: StoreMode::Remove, flags, .. } if flags.is_empty()));
+        let Command::Sort {
+            criteria,
+            charset,
+            key,
+            uid,
+        } = parse("t UID SORT (REVERSE DATE SUBJECT) UTF-8 ALL")
+        else {
+            panic!()
+        };
+        assert!(uid && charset == "UTF-8" && key == SearchKey::All);
+        assert_eq!(
+            criteria[0],
+            SortCriterion {
+                reverse: true,
+                key: SortKey::Date
+            }
+        );
+        assert!(matches!(
+            parse("t THREAD REFERENCES US-ASCII UNDELETED"),
+            Command::Thread {
+                algorithm: ThreadAlgorithm::References,
+                ..
+            }
+        ));
+        for b in [
+            "t NOOP extra",
+            "t FROB",
+            "t UID FROB 1",
+            "t AUTHENTICATE PLAIN !!!",
+            "t ID (\"a\")",
+            "t ENABLE",
+            "t SORT () UTF-8 ALL",
+            "t THREAD BOGUS UTF-8 ALL",
+            "t STORE 1 FLAGZ (\\Seen)",
+            "t STATUS INBOX ()",
+            "t STATUS INBOX (BOGUS)",
+            "t COPY 1",
+        ] {
+            bad(b);
+        }
+        assert_eq!(bad("t FROB"), "FROB: Unknown command");
+    }
 }
