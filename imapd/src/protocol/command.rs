@@ -323,8 +323,17 @@ pub fn parse_command(raw: RawCommand, limits: ParseLimits) -> Result<TaggedComma
         Ok(command) => Ok(TaggedCommand { tag, command }),
         Err(e) => Err(CommandError {
             tag,
-            msg: format!("{name}: {}", e.0),
+            msg: format!("{}: {}", echo(&name), e.0),
         }),
+    }
+}
+
+/// A client-supplied name, shortened for echoing in a response.
+fn echo(name: &str) -> String {
+    const MAX: usize = 32;
+    match name.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &name[..cut]),
+        None => name.to_string(),
     }
 }
 
@@ -722,7 +731,12 @@ fn search_key_inner(c: &mut Cursor) -> PResult<SearchKey> {
             c.sp()?;
             SearchKey::Or(Box::new(a), Box::new(search_key(c)?))
         }
-        _ => return Err(ParseError::new(format!("Unknown search key {name}"))),
+        _ => {
+            return Err(ParseError::new(format!(
+                "Unknown search key {}",
+                echo(&name)
+            )))
+        }
     };
     Ok(key)
 }
@@ -822,7 +836,12 @@ fn fetch_att(c: &mut Cursor, items: &mut Vec<FetchItem>) -> PResult<()> {
         "BINARY.SIZE" => FetchItem::BinarySize {
             part: binary_section(c)?,
         },
-        _ => return Err(ParseError::new(format!("Unknown fetch attribute {name}"))),
+        _ => {
+            return Err(ParseError::new(format!(
+                "Unknown fetch attribute {}",
+                echo(&name)
+            )))
+        }
     };
     items.push(item);
     Ok(())
@@ -1202,12 +1221,7 @@ mod tests {
         assert_eq!(messages[0].flags, vec![Flag::Seen]);
         assert_eq!(messages[0].date.unwrap().unix_seconds(), 1_706_788_800);
         let mut body = Vec::new();
-        messages[0]
-            .message
-            .reader()
-            .unwrap()
-            .read_to_end(&mut body)
-            .unwrap();
+        messages[0].message.reader().read_to_end(&mut body).unwrap();
         assert_eq!(body, b"hello");
         assert_eq!(messages[1].message.as_bytes(), Some(&b"\0\xff\n"[..]));
         assert!(messages[1].flags.is_empty() && messages[1].date.is_none());
@@ -1422,7 +1436,7 @@ mod tests {
         let e = parse_command(raw, ParseLimits::default()).unwrap_err();
         assert_eq!(
             e.msg,
-            format!("{}: Unknown command", atom.to_ascii_uppercase()).as_str()
+            format!("{}...: Unknown command", "X".repeat(32)).as_str()
         );
     }
 

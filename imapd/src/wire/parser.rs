@@ -9,7 +9,7 @@
 //! message is fit for `tag BAD <msg>`.
 
 use super::mutf7;
-use super::reader::{Literal, Part, RawCommand};
+use super::reader::{Literal, LiteralData, Part, RawCommand};
 
 /// A syntax error; the message is for `tag BAD <msg>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -451,12 +451,13 @@ impl Cursor {
         lit.ok_or_else(|| ParseError::new("Expected literal"))
     }
 
-    /// A literal's bytes (for arguments other than APPEND messages).
+    /// A literal's bytes (for arguments other than APPEND messages). A literal the reader
+    /// spooled to disk is too large for any such argument.
     fn literal_bytes(&mut self) -> PResult<Vec<u8>> {
         let lit = self.literal()?;
-        let bytes = lit
-            .into_bytes()
-            .map_err(|_| ParseError::new("Literal could not be read back"))?;
+        let LiteralData::Memory(bytes) = lit.data else {
+            return Err(ParseError::new("Literal too large for this argument"));
+        };
         if memchr::memchr(0, &bytes).is_some() {
             return Err(ParseError::new("NUL in literal"));
         }
@@ -715,7 +716,6 @@ pub fn mailbox_from_wire(raw: &[u8]) -> PResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::reader::LiteralData;
 
     fn cur(s: &[u8]) -> Cursor {
         Cursor::from_text(s)

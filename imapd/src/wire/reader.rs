@@ -20,7 +20,9 @@
 //! read as commands and rejected one by one — never a crash, hang or unbounded memory.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One line from the transport, as `common::net::conn::Conn::read_line` returns it.
@@ -148,11 +150,15 @@ impl Default for Limits {
     }
 }
 
-/// The bytes of one literal: in memory, or spooled to an unlinked file.
+/// The bytes of one literal: in memory, or a range of the command's unlinked spool file.
 #[derive(Debug)]
 pub enum LiteralData {
     Memory(Vec<u8>),
-    Spooled { file: File, len: u64 },
+    Spooled {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// One literal argument.
@@ -183,29 +189,44 @@ impl Literal {
         }
     }
 
-    /// A reader over the whole literal from its start (rewinds a spooled file).
-    pub fn reader(&self) -> io::Result<Box<dyn Read + '_>> {
+    /// A reader over the whole literal from its start. Spooled literals are read with positional
+    /// reads, so readers of different literals may be used in any order.
+    pub fn reader(&self) -> Box<dyn Read + '_> {
         match &self.data {
-            LiteralData::Memory(v) => Ok(Box::new(&v[..])),
-            LiteralData::Spooled { file, len } => {
-                let mut f = file;
-                f.seek(SeekFrom::Start(0))?;
-                Ok(Box::new(f.take(*len)))
-            }
+            LiteralData::Memory(v) => Box::new(&v[..]),
+            LiteralData::Spooled { file, offset, len } => Box::new(SpoolReader {
+                file,
+                pos: *offset,
+                end: offset + len,
+            }),
         }
     }
+}
 
-    /// The bytes in memory, reading a spooled file back if needed.
-    pub fn into_bytes(self) -> io::Result<Vec<u8>> {
-        match self.data {
-            LiteralData::Memory(v) => Ok(v),
-            LiteralData::Spooled { mut file, len } => {
-                file.seek(SeekFrom::Start(0))?;
-                let mut v = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-                file.take(len).read_to_end(&mut v)?;
-                Ok(v)
-            }
+/// Reads a range of a spool file with pread(2).
+struct SpoolReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for SpoolReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = usize::try_from(self.end - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        if want == 0 {
+            return Ok(0);
         }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "spool file shorter than its literal",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -298,7 +319,8 @@ struct Marker {
     binary: bool,
 }
 
-const DISCARD_CHUNK: u64 = 64 * 1024;
+/// Literal data is moved in chunks of this size: memory use stays bounded.
+const CHUNK: u64 = 64 * 1024;
 
 impl CommandReader {
     pub fn new(limits: Limits) -> Self {
@@ -325,25 +347,45 @@ impl CommandReader {
             tag,
             parts: Vec::new(),
             total: 0,
+            in_memory: 0,
             literals: 0,
             is_append,
+            spool: None,
         };
         let mut line = first;
         let mut offset = rest_start;
         loop {
-            self.charge(&mut state, (line.len() - offset) as u64)?;
-            let Some(marker) = find_marker(&line[offset..]) else {
-                state.parts.push(Part::Text(line[offset..].to_vec()));
+            let text = &line[offset..];
+            let marker = find_marker(text);
+            state.total = state.total.saturating_add(text.len() as u64);
+            if state.total > self.max_total(&state) {
+                let err = ReadError::TooLong {
+                    tag: Some(state.tag.clone()),
+                };
+                return Err(self.abandon(input, timeout, marker.as_ref(), err));
+            }
+            let Some(marker) = marker else {
+                state.parts.push(Part::Text(text.to_vec()));
                 return Ok(RawCommand {
                     tag: state.tag,
                     parts: state.parts,
                 });
             };
-            state
-                .parts
-                .push(Part::Text(line[offset..offset + marker.start].to_vec()));
-            let literal = self.read_literal(input, timeout, continuation, &mut state, &marker)?;
-            state.parts.push(Part::Literal(literal));
+            state.parts.push(Part::Text(text[..marker.start].to_vec()));
+            let Some(len) = marker.len.filter(|&len| self.literal_allowed(&state, len)) else {
+                let err = ReadError::LiteralTooLarge {
+                    tag: Some(state.tag.clone()),
+                };
+                return Err(self.abandon(input, timeout, Some(&marker), err));
+            };
+            if marker.sync {
+                continuation()?;
+            }
+            let data = self.read_literal(input, timeout, &mut state, len)?;
+            state.parts.push(Part::Literal(Literal {
+                binary: marker.binary,
+                data,
+            }));
             line = self.next_line(input, timeout, Some(&state.tag))?;
             offset = 0;
         }
@@ -363,62 +405,72 @@ impl CommandReader {
         }
     }
 
-    fn charge(&self, state: &mut Assembly, bytes: u64) -> Result<(), ReadError> {
-        state.total = state.total.saturating_add(bytes);
-        let max = if state.is_append {
+    fn max_total(&self, state: &Assembly) -> u64 {
+        if state.is_append {
             self.limits.max_append_total
         } else {
             self.limits.max_command
-        };
-        if state.total > max {
-            return Err(ReadError::TooLong {
-                tag: Some(state.tag.clone()),
-            });
         }
-        Ok(())
     }
 
     fn literal_allowed(&self, state: &Assembly, len: u64) -> bool {
-        let (max_one, max_total) = if state.is_append {
-            (self.limits.max_append_literal, self.limits.max_append_total)
+        let max_one = if state.is_append {
+            self.limits.max_append_literal
         } else {
-            (self.limits.max_literal, self.limits.max_command)
+            self.limits.max_literal
         };
         len <= max_one
-            && state.total.saturating_add(len) <= max_total
+            && state.total.saturating_add(len) <= self.max_total(state)
             && state.literals < self.limits.max_literals
     }
 
+    /// Give up on a command after a limit was hit, keeping the connection in sync: everything
+    /// the client sends without waiting (LITERAL+ data and the lines after it) is read and
+    /// dropped. Returns `err`, or a worse error met while draining.
+    fn abandon(
+        &self,
+        input: &mut dyn Input,
+        timeout: Duration,
+        marker: Option<&Marker>,
+        err: ReadError,
+    ) -> ReadError {
+        let mut pending = marker.filter(|m| !m.sync).map(|m| m.len);
+        while let Some(len) = pending {
+            if let Err(e) = self.discard_literal(input, timeout, len) {
+                return e;
+            }
+            pending = match input.read_line(self.limits.max_line, timeout) {
+                Ok(InputLine::Complete(line)) => {
+                    find_marker(&line).filter(|m| !m.sync).map(|m| m.len)
+                }
+                Ok(InputLine::TooLong) => None,
+                Ok(InputLine::Eof) => return ReadError::Eof,
+                Ok(InputLine::Timeout) => return ReadError::Timeout,
+                Err(e) => return ReadError::Io(e),
+            };
+        }
+        err
+    }
+
+    /// Read an accepted literal: into memory, or (APPEND, when large or when the command's
+    /// in-memory share is used up) into the command's spool file.
     fn read_literal(
         &self,
         input: &mut dyn Input,
         timeout: Duration,
-        continuation: &mut dyn FnMut() -> io::Result<()>,
         state: &mut Assembly,
-        marker: &Marker,
-    ) -> Result<Literal, ReadError> {
-        let tag = Some(state.tag.clone());
-        let allowed = marker.len.filter(|&len| self.literal_allowed(state, len));
-        let Some(len) = allowed else {
-            if !marker.sync {
-                self.discard_literal(input, timeout, marker.len)?;
-            }
-            return Err(ReadError::LiteralTooLarge { tag });
-        };
-        if marker.sync {
-            continuation()?;
-        }
+        len: u64,
+    ) -> Result<LiteralData, ReadError> {
         state.literals += 1;
-        self.charge(state, len)?;
-        let data = if state.is_append && len > self.limits.spool_threshold {
-            self.spool_literal(input, timeout, len)?
-        } else {
-            LiteralData::Memory(self.memory_literal(input, timeout, len)?)
-        };
-        Ok(Literal {
-            binary: marker.binary,
-            data,
-        })
+        state.total = state.total.saturating_add(len);
+        let fits_memory = state.in_memory.saturating_add(len) <= self.limits.spool_threshold;
+        if state.is_append && !fits_memory {
+            return self.spool_literal(input, timeout, state, len);
+        }
+        state.in_memory += len;
+        Ok(LiteralData::Memory(
+            self.memory_literal(input, timeout, len)?,
+        ))
     }
 
     fn memory_literal(
@@ -441,22 +493,26 @@ impl CommandReader {
         &self,
         input: &mut dyn Input,
         timeout: Duration,
+        state: &mut Assembly,
         len: u64,
     ) -> Result<LiteralData, ReadError> {
-        let mut file = create_spool_file(&self.limits.spool_dir)?;
-        let mut chunk = Vec::with_capacity(DISCARD_CHUNK as usize);
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(DISCARD_CHUNK) as usize;
+        let (file, offset) = match &state.spool {
+            Some((file, used)) => (Arc::clone(file), *used),
+            None => (Arc::new(create_spool_file(&self.limits.spool_dir)?), 0),
+        };
+        let mut chunk = Vec::with_capacity(len.min(CHUNK) as usize);
+        let mut written = 0;
+        while written < len {
+            let n = (len - written).min(CHUNK) as usize;
             chunk.clear();
             if !input.read_exact_timeout(n, timeout, &mut chunk)? {
                 return Err(ReadError::Eof);
             }
-            file.write_all(&chunk)?;
-            left -= n as u64;
+            file.write_all_at(&chunk, offset + written)?;
+            written += n as u64;
         }
-        file.flush()?;
-        Ok(LiteralData::Spooled { file, len })
+        state.spool = Some((Arc::clone(&file), offset + len));
+        Ok(LiteralData::Spooled { file, offset, len })
     }
 
     /// Read and drop a too-large non-synchronizing literal so the next line is a command again.
@@ -471,9 +527,9 @@ impl CommandReader {
                 msg: "[TOOBIG] Non-synchronizing literal too large",
             });
         };
-        let mut chunk = Vec::with_capacity(left.min(DISCARD_CHUNK) as usize);
+        let mut chunk = Vec::with_capacity(left.min(CHUNK) as usize);
         while left > 0 {
-            let n = left.min(DISCARD_CHUNK) as usize;
+            let n = left.min(CHUNK) as usize;
             chunk.clear();
             if !input.read_exact_timeout(n, timeout, &mut chunk)? {
                 return Err(ReadError::Eof);
@@ -484,12 +540,18 @@ impl CommandReader {
     }
 }
 
+/// A command being assembled.
 struct Assembly {
     tag: String,
     parts: Vec<Part>,
+    /// Bytes of text and literals so far.
     total: u64,
+    /// Bytes of literals held in memory.
+    in_memory: u64,
     literals: usize,
     is_append: bool,
+    /// The command's spool file and how much of it is used.
+    spool: Option<(Arc<File>, u64)>,
 }
 
 /// Create a private file in `dir` and unlink it at once: it vanishes when closed.
@@ -613,7 +675,7 @@ mod tests {
                 Part::Text(t) => t.clone(),
                 Part::Literal(l) => {
                     let mut v = b"LIT:".to_vec();
-                    let mut r = l.reader().unwrap();
+                    let mut r = l.reader();
                     r.read_to_end(&mut v).unwrap();
                     v
                 }
@@ -718,9 +780,36 @@ mod tests {
         let (r, n) = read_with(&reader, &mut inp);
         assert_eq!(n, 0);
         assert!(matches!(r, Err(ReadError::LiteralTooLarge { .. })));
-        // The rest of the abandoned command line is read as a (bad) command, then we are in sync.
-        let junk = read_with(&reader, &mut inp).0;
-        assert!(matches!(junk, Err(ReadError::Syntax { tag: None, .. })));
+        // The rest of the abandoned command was drained: the next read is the next command.
+        assert_eq!(read_with(&reader, &mut inp).0.unwrap().tag, "t2");
+    }
+
+    #[test]
+    fn abandoned_command_drains_following_literal_plus_data() {
+        let limits = Limits {
+            max_literal: 10,
+            ..Limits::default()
+        };
+        let reader = CommandReader::new(limits);
+        let data = b"t1 SEARCH TEXT {11+}\r\n0123456789a TEXT {3+}\r\nabc\r\nt2 NOOP\r\n";
+        let mut inp = input(data);
+        let (r, n) = read_with(&reader, &mut inp);
+        assert_eq!(n, 0);
+        assert!(matches!(r, Err(ReadError::LiteralTooLarge { .. })));
+        assert_eq!(read_with(&reader, &mut inp).0.unwrap().tag, "t2");
+        // Over the total: the pending LITERAL+ data is drained too.
+        let limits = Limits {
+            max_command: 40,
+            ..Limits::default()
+        };
+        let reader = CommandReader::new(limits);
+        let mut data =
+            b"t1 SEARCH TEXT {2+}\r\nab TEXT a-long-atom-that-breaks-the-total TEXT {2+}\r\n"
+                .to_vec();
+        data.extend_from_slice(b"ab TEXT {2+}\r\ncd\r\nt2 NOOP\r\n");
+        let mut inp = input(&data);
+        let e = read_with(&reader, &mut inp).0.unwrap_err();
+        assert!(matches!(e, ReadError::TooLong { tag: Some(_) }), "{e:?}");
         assert_eq!(read_with(&reader, &mut inp).0.unwrap().tag, "t2");
     }
 
@@ -745,7 +834,51 @@ mod tests {
             ..Limits::default()
         };
         let reader = CommandReader::new(limits);
+        let small = b"small".to_vec();
         let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let body2: Vec<u8> = body.iter().rev().copied().collect();
+        let mut data =
+            format!("a APPEND INBOX {{5+}}\r\nsmall {{{}+}}\r\n", body.len()).into_bytes();
+        data.extend_from_slice(&body);
+        data.extend_from_slice(format!(" {{{}}}\r\n", body2.len()).as_bytes());
+        data.extend_from_slice(&body2);
+        data.extend_from_slice(b" {5}\r\nsmall\r\n");
+        let (c, n) = read_with(&reader, &mut input(&data));
+        assert_eq!(n, 2);
+        let c = c.unwrap();
+        let lits: Vec<&Literal> = c
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Literal(l) => Some(l),
+                Part::Text(_) => None,
+            })
+            .collect();
+        assert_eq!(lits.len(), 4);
+        assert!(lits[0].as_bytes() == Some(&small[..]));
+        assert!(matches!(
+            lits[1].data,
+            LiteralData::Spooled { offset: 0, .. }
+        ));
+        assert!(matches!(
+            lits[2].data,
+            LiteralData::Spooled {
+                offset: 300_000,
+                ..
+            }
+        ));
+        // Small ones stay in memory while the command's in-memory share allows.
+        assert!(lits[3].as_bytes() == Some(&small[..]));
+        let read = |l: &Literal| {
+            let mut v = Vec::new();
+            l.reader().read_to_end(&mut v).unwrap();
+            v
+        };
+        // Any order: positional reads.
+        assert_eq!(read(lits[2]), body2);
+        assert_eq!(read(lits[1]), body);
+        assert_eq!(read(lits[3]), small);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
         let mut data = format!("a append INBOX {{{}}}\r\n", body.len()).into_bytes();
         data.extend_from_slice(&body);
         data.extend_from_slice(b"\r\n");
@@ -759,11 +892,11 @@ mod tests {
         assert!(matches!(lit.data, LiteralData::Spooled { .. }));
         assert_eq!(lit.len(), body.len() as u64);
         let mut back = Vec::new();
-        lit.reader().unwrap().read_to_end(&mut back).unwrap();
+        lit.reader().read_to_end(&mut back).unwrap();
         assert_eq!(back, body);
         // Read twice: the reader rewinds.
         back.clear();
-        lit.reader().unwrap().read_to_end(&mut back).unwrap();
+        lit.reader().read_to_end(&mut back).unwrap();
         assert_eq!(back.len(), body.len());
         // The spool file is already unlinked.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
