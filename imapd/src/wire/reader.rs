@@ -10,14 +10,26 @@
 //! It never tokenizes command arguments (that is [`super::parser`]) and never writes a response
 //! itself: a [`ReadError`] tells the session what to answer ([`ReadError::response_line`]).
 //!
-//! Too-large literals: answered `tag NO [TOOBIG] ...` (RFC 5530 code, as RFC 7889 APPENDLIMIT
-//! prescribes for APPEND; UW answers BAD). A too-large synchronizing literal gets no continuation,
-//! so the client never sends it. A too-large non-synchronizing literal (LITERAL+) is read and
-//! discarded, in bounded chunks, to stay in sync — unless it exceeds [`Limits::max_discard`] (or
-//! does not fit in 64 bits), in which case the only safe answer is `* BYE` and closing
-//! ([`ReadError::Fatal`]). A line longer than [`Limits::max_line`] is discarded through its end by
-//! the transport and answered `BAD`; if it hid a LITERAL+ marker the data that follows will be
-//! read as commands and rejected one by one — never a crash, hang or unbounded memory.
+//! Too-large literals are answered `tag NO [TOOBIG] Literal too large` (RFC 5530 code, as RFC
+//! 7889 APPENDLIMIT prescribes for APPEND; UW answers BAD, but NO tells the client that retrying
+//! the same data is pointless). A too-large synchronizing literal gets no continuation, so the
+//! client never sends it. Whenever a command is abandoned for a limit, everything the client sends
+//! without waiting (LITERAL+ data, and the lines and further LITERAL+ data after it) is read in
+//! bounded chunks and dropped, so the next read is the next command. A LITERAL+ literal larger
+//! than [`Limits::max_discard`] (or not fitting in 64 bits) cannot reasonably be skipped: the
+//! answer is `* BYE` and closing ([`ReadError::Fatal`]). A line longer than [`Limits::max_line`]
+//! is discarded through its end by the transport and answered `BAD`; if it hid a LITERAL+ marker,
+//! the data that follows is read as commands and rejected one by one — never a crash, hang or
+//! unbounded memory.
+//!
+//! Memory: literals of one command are held in memory up to [`Limits::spool_threshold`] bytes in
+//! all; further APPEND literals go to one unlinked spool file per command (one descriptor however
+//! many messages a MULTIAPPEND carries). Other commands are bounded by [`Limits::max_command`].
+//!
+//! The session adapts its transport with a few lines, e.g. for `common::net::conn::Conn`:
+//! `impl Input for Conn { fn read_line(..) { map Line::{Complete, TooLong, Eof, Timeout} } fn
+//! read_exact_timeout(..) { Conn::read_exact_timeout(..) } }`. A `false` from
+//! `read_exact_timeout` (EOF or timeout inside a literal) is reported as [`ReadError::Eof`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Read};
@@ -124,9 +136,9 @@ pub struct Limits {
     pub max_append_total: u64,
     /// Total bytes (text and literals) of any other command.
     pub max_command: u64,
-    /// Literals per command.
+    /// Literals per command (so at most this many messages in one MULTIAPPEND).
     pub max_literals: usize,
-    /// APPEND literals larger than this go to an unlinked temporary file.
+    /// In-memory budget for one APPEND command's literals; the rest go to an unlinked spool file.
     pub spool_threshold: u64,
     /// Largest too-large LITERAL+ literal still read and discarded; larger ones end the session.
     pub max_discard: u64,

@@ -91,26 +91,26 @@ impl<'a> ResponseWriter<'a> {
     }
 
     /// A `string` (quoted or literal).
-    pub fn string(&mut self, value: &[u8]) -> io::Result<()> {
+    pub fn write_string(&mut self, value: &[u8]) -> io::Result<()> {
         self.value(value, false)
     }
 
     /// An `astring` (atom when possible, else quoted or literal).
-    pub fn astring(&mut self, value: &[u8]) -> io::Result<()> {
+    pub fn write_astring(&mut self, value: &[u8]) -> io::Result<()> {
         self.value(value, true)
     }
 
     /// An `nstring`: `NIL` for `None`.
-    pub fn nstring(&mut self, value: Option<&[u8]>) -> io::Result<()> {
+    pub fn write_nstring(&mut self, value: Option<&[u8]>) -> io::Result<()> {
         match value {
             None => self.out.write_all(b"NIL"),
-            Some(v) => self.string(v),
+            Some(v) => self.write_string(v),
         }
     }
 
     /// A mailbox name given in UTF-8: encoded to modified UTF-7, then as an astring.
-    pub fn mailbox(&mut self, name: &str) -> io::Result<()> {
-        self.astring(crate::wire::mutf7::encode(name).as_bytes())
+    pub fn write_mailbox(&mut self, name: &str) -> io::Result<()> {
+        self.write_astring(crate::wire::mutf7::encode(name).as_bytes())
     }
 
     fn value(&mut self, value: &[u8], allow_atom: bool) -> io::Result<()> {
@@ -141,7 +141,7 @@ impl<'a> ResponseWriter<'a> {
     /// A literal of exactly `len` bytes copied from `reader` in bounded chunks. If the reader
     /// ends early the connection is out of sync: that is an error the session must treat as
     /// fatal (close the connection).
-    pub fn literal_from(&mut self, reader: &mut dyn Read, len: u64) -> io::Result<()> {
+    pub fn write_literal_from(&mut self, reader: &mut dyn Read, len: u64) -> io::Result<()> {
         write!(self.out, "{{{len}}}\r\n")?;
         let copied = io::copy(&mut reader.take(len), &mut self.out)?;
         if copied != len {
@@ -154,9 +154,9 @@ impl<'a> ResponseWriter<'a> {
     }
 
     /// A `literal8` (RFC 3516 `~{N}`) copied from `reader`, for BINARY[] with NULs.
-    pub fn literal8_from(&mut self, reader: &mut dyn Read, len: u64) -> io::Result<()> {
+    pub fn write_literal8_from(&mut self, reader: &mut dyn Read, len: u64) -> io::Result<()> {
         self.out.write_all(b"~")?;
-        self.literal_from(reader, len)
+        self.write_literal_from(reader, len)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -193,18 +193,18 @@ mod tests {
 
     #[test]
     fn strings_render_and_reparse() {
-        assert_eq!(render(|w| w.astring(b"mail/saved")), b"mail/saved");
+        assert_eq!(render(|w| w.write_astring(b"mail/saved")), b"mail/saved");
         assert_eq!(
-            render(|w| w.string(br#"say "hi" \o/"#)),
+            render(|w| w.write_string(br#"say "hi" \o/"#)),
             br#""say \"hi\" \\o/""#
         );
-        assert_eq!(render(|w| w.string(b"x\r\ny")), b"{4}\r\nx\r\ny");
-        assert_eq!(render(|w| w.nstring(None)), b"NIL");
-        assert_eq!(render(|w| w.nstring(Some(b"NIL"))), b"\"NIL\"");
-        assert_eq!(render(|w| w.mailbox("\u{e9}t\u{e9}")), b"&AOk-t&AOk-");
+        assert_eq!(render(|w| w.write_string(b"x\r\ny")), b"{4}\r\nx\r\ny");
+        assert_eq!(render(|w| w.write_nstring(None)), b"NIL");
+        assert_eq!(render(|w| w.write_nstring(Some(b"NIL"))), b"\"NIL\"");
+        assert_eq!(render(|w| w.write_mailbox("\u{e9}t\u{e9}")), b"&AOk-t&AOk-");
         // What we quote, our own parser reads back identically.
         for v in [&b"plain"[..], b"a\"b", b"\\\\", b"", b"  spaced  "] {
-            let wire = render(|w| w.string(v));
+            let wire = render(|w| w.write_string(v));
             let mut c = crate::wire::parser::Cursor::from_text(&wire);
             assert_eq!(c.astring().unwrap(), v);
             assert!(c.at_end());
@@ -228,14 +228,14 @@ mod tests {
     #[test]
     fn streamed_literals() {
         let body: Vec<u8> = (0..200_000u32).map(|i| (i % 256) as u8).collect();
-        let out = render(|w| w.literal_from(&mut &body[..], body.len() as u64));
+        let out = render(|w| w.write_literal_from(&mut &body[..], body.len() as u64));
         assert!(out.starts_with(b"{200000}\r\n"));
         assert_eq!(&out[10..], &body[..]);
-        let out = render(|w| w.literal8_from(&mut &b"\0\x01"[..], 2));
+        let out = render(|w| w.write_literal8_from(&mut &b"\0\x01"[..], 2));
         assert_eq!(out, b"~{2}\r\n\0\x01");
         let mut out = Vec::new();
         let err = ResponseWriter::new(&mut out)
-            .literal_from(&mut &b"short"[..], 10)
+            .write_literal_from(&mut &b"short"[..], 10)
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
