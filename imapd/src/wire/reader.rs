@@ -87,7 +87,8 @@ impl<R: BufRead> Input for BufInput<R> {
                 None => (buf, buf.len()),
             };
             let found_end = chunk.len() < done;
-            if !too_long && line.len() + chunk.len() <= max {
+            // One byte of slack for the CR of a CRLF, checked once the line is complete.
+            if !too_long && line.len() + chunk.len() <= max.saturating_add(1) {
                 line.extend_from_slice(chunk);
             } else {
                 too_long = true;
@@ -98,11 +99,11 @@ impl<R: BufRead> Input for BufInput<R> {
                 break;
             }
         }
-        if too_long {
-            return Ok(InputLine::TooLong);
-        }
         if line.last() == Some(&b'\r') {
             line.pop();
+        }
+        if too_long || line.len() > max {
+            return Ok(InputLine::TooLong);
         }
         Ok(InputLine::Complete(line))
     }
@@ -982,6 +983,22 @@ mod tests {
                 e => panic!("{e:?}"),
             }
         }
+    }
+
+    #[test]
+    fn line_limit_excludes_the_line_end() {
+        let mut inp = input(b"12345\r\n123456\r\n1234\n");
+        let t = Duration::from_secs(1);
+        assert_eq!(
+            inp.read_line(5, t).unwrap(),
+            InputLine::Complete(b"12345".to_vec())
+        );
+        assert_eq!(inp.read_line(5, t).unwrap(), InputLine::TooLong);
+        assert_eq!(
+            inp.read_line(5, t).unwrap(),
+            InputLine::Complete(b"1234".to_vec())
+        );
+        assert_eq!(inp.read_line(5, t).unwrap(), InputLine::Eof);
     }
 
     #[test]

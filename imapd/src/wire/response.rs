@@ -2,7 +2,8 @@
 //!
 //! Owns the lexical form of what the server sends: tagged, untagged and continuation lines, and
 //! the choice between atom, quoted string and literal for each value (a value goes out as a
-//! literal whenever a quoted string could not carry it: CR, LF, NUL, 8-bit octets, or when long).
+//! literal whenever it contains CR, LF, NUL, 8-bit octets, `"` or `\`, or is long: like UW, we
+//! never rely on clients parsing quoted-string escapes).
 //! Message bodies are copied from a reader in bounded chunks, never assembled in memory.
 //!
 //! It never formats anything store-specific (flags, envelopes, body structures are composed by
@@ -31,7 +32,7 @@ pub fn string_form(value: &[u8], allow_atom: bool) -> StringForm {
     let needs_literal = value.len() > MAX_QUOTED
         || value
             .iter()
-            .any(|&c| c == 0 || c == b'\r' || c == b'\n' || c >= 0x80);
+            .any(|&c| matches!(c, 0 | b'\r' | b'\n' | b'"' | b'\\') || c >= 0x80);
     if needs_literal {
         return StringForm::Literal;
     }
@@ -124,17 +125,10 @@ impl<'a> ResponseWriter<'a> {
         }
     }
 
+    /// A quoted string; [`string_form`] has ruled out everything that would need escaping.
     fn quoted(&mut self, value: &[u8]) -> io::Result<()> {
         self.out.write_all(b"\"")?;
-        for part in value.split_inclusive(|&c| c == b'"' || c == b'\\') {
-            match part.split_last() {
-                Some((&last, head)) if last == b'"' || last == b'\\' => {
-                    self.out.write_all(head)?;
-                    self.out.write_all(&[b'\\', last])?;
-                }
-                _ => self.out.write_all(part)?,
-            }
-        }
+        self.out.write_all(value)?;
         self.out.write_all(b"\"")
     }
 
@@ -182,7 +176,14 @@ mod tests {
         assert_eq!(string_form(b"", true), StringForm::Quoted);
         assert_eq!(string_form(b"a b", true), StringForm::Quoted);
         assert_eq!(string_form(b"a]", true), StringForm::Quoted);
-        for lit in [&b"a\rb"[..], b"a\nb", b"a\0b", b"caf\xc3\xa9"] {
+        for lit in [
+            &b"a\rb"[..],
+            b"a\nb",
+            b"a\0b",
+            b"caf\xc3\xa9",
+            b"a\"b",
+            b"a\\b",
+        ] {
             assert_eq!(string_form(lit, true), StringForm::Literal);
         }
         assert_eq!(
@@ -196,14 +197,14 @@ mod tests {
         assert_eq!(render(|w| w.write_astring(b"mail/saved")), b"mail/saved");
         assert_eq!(
             render(|w| w.write_string(br#"say "hi" \o/"#)),
-            br#""say \"hi\" \\o/""#
+            b"{12}\r\nsay \"hi\" \\o/"
         );
         assert_eq!(render(|w| w.write_string(b"x\r\ny")), b"{4}\r\nx\r\ny");
         assert_eq!(render(|w| w.write_nstring(None)), b"NIL");
         assert_eq!(render(|w| w.write_nstring(Some(b"NIL"))), b"\"NIL\"");
         assert_eq!(render(|w| w.write_mailbox("\u{e9}t\u{e9}")), b"&AOk-t&AOk-");
         // What we quote, our own parser reads back identically.
-        for v in [&b"plain"[..], b"a\"b", b"\\\\", b"", b"  spaced  "] {
+        for v in [&b"plain"[..], b"a(b)c", b"", b"  spaced  ", b"%*]{"] {
             let wire = render(|w| w.write_string(v));
             let mut c = crate::wire::parser::Cursor::from_text(&wire);
             assert_eq!(c.astring().unwrap(), v);
