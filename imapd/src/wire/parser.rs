@@ -100,7 +100,12 @@ pub struct SequenceSet(pub Vec<(SeqNum, SeqNum)>);
 
 impl SequenceSet {
     /// Inclusive ranges with `*` resolved to `largest`, each ordered low..=high, sorted, merged.
+    /// Ranges may reach past `largest` (`5:*` with largest 3 is `3:5`, which still includes 3 as
+    /// RFC 3501 requires); the caller intersects with what exists. Empty when `largest` is 0.
     pub fn ranges(&self, largest: u32) -> Vec<(u32, u32)> {
+        if largest == 0 {
+            return Vec::new();
+        }
         let mut v: Vec<(u32, u32)> = self
             .0
             .iter()
@@ -185,7 +190,7 @@ pub enum Flag {
     Deleted,
     Seen,
     Draft,
-    /// `\Recent`: only meaningful in SEARCH-less contexts; STORE/APPEND reject it.
+    /// `\Recent`: parsed so the session can answer it precisely; STORE and APPEND must refuse it.
     Recent,
     /// Another `\Word` (flag-extension).
     Extension(String),
@@ -405,7 +410,9 @@ impl Cursor {
         }
     }
 
-    /// A quoted string (after `"`-check), unescaped.
+    /// A quoted string, unescaped. Escapes only `\"` and `\\`; NUL, CR and LF are errors. 8-bit
+    /// octets are accepted (RFC 3501 forbids them, but clients send UTF-8 search strings quoted and
+    /// RFC 6855 allows it); a caller that needs ASCII checks for itself.
     fn quoted(&mut self) -> PResult<Vec<u8>> {
         self.expect(b'"', "quoted string")?;
         let t = self.text();
@@ -829,6 +836,14 @@ mod tests {
         assert_eq!(s.ranges(100), vec![(1, 1), (3, 5), (7, 9)]);
         assert!(s.contains(8, 100) && !s.contains(6, 100));
         assert_eq!(cur(b"5:*").sequence_set().unwrap().ranges(3), vec![(3, 5)]);
+        assert_eq!(cur(b"1:*").sequence_set().unwrap().ranges(0), vec![]);
+        assert_eq!(
+            cur(b"4294967295,1:4294967294")
+                .sequence_set()
+                .unwrap()
+                .ranges(7),
+            vec![(1, u32::MAX)]
+        );
         for bad in [
             &b"0"[..],
             b"1:0",
