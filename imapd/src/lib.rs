@@ -1,0 +1,3 @@
+//! IMAP4rev1 server library.
+
+pub mod message;

@@ -1,0 +1,101 @@
+//! Message-level IMAP computations: the MIME structure of one message ([`mime`]), ENVELOPE
+//! ([`envelope`]), BODYSTRUCTURE, BODY[section] ranges and BINARY decoding ([`section`]),
+//! SEARCH matching ([`search`]), SORT ([`sort`]) and THREAD ([`thread`]).
+//!
+//! Input is always one message as RFC 822 bytes with CRLF line ends (metadata headers already
+//! removed by the store). Everything here is pure computation over those bytes: it never does
+//! I/O, never touches a mailbox, and never panics on any input (malformed MIME is parsed on a
+//! best-effort basis, nesting is depth-limited).
+
+pub mod date;
+pub mod decode;
+pub mod envelope;
+pub mod header;
+pub mod mime;
+pub mod search;
+pub mod section;
+pub mod sort;
+pub mod thread;
+
+pub use envelope::{Address, Envelope};
+pub use mime::{parse, MimeTree, Part, PartKind};
+// search re-export below
+pub use section::{binary, partial, section_range, BinaryError, Section, SectionData, SectionText};
+
+/// Write an IMAP `string`: quoted when every byte is safe in a quoted string, otherwise a
+/// synchronizing literal `{n}\r\n...` (CR, LF, NUL, 8-bit, `"` and `\` force a literal).
+pub fn write_string(out: &mut Vec<u8>, s: &[u8]) {
+    let quotable = s
+        .iter()
+        .all(|&c| c != 0 && c != b'\r' && c != b'\n' && c < 0x80 && c != b'"' && c != b'\\');
+    if quotable {
+        out.push(b'"');
+        out.extend_from_slice(s);
+        out.push(b'"');
+    } else {
+        out.push(b'{');
+        out.extend_from_slice(s.len().to_string().as_bytes());
+        out.extend_from_slice(b"}\r\n");
+        out.extend_from_slice(s);
+    }
+}
+
+/// Write an IMAP `nstring`: `NIL` for `None`, else [`write_string`].
+pub fn write_nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
+    match s {
+        Some(s) => write_string(out, s),
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The three messages of the UW reference mailbox as the store presents them (CRLF, metadata
+    /// headers removed, the mbox separator line dropped).
+    pub(crate) fn fixture_messages() -> Vec<Vec<u8>> {
+        let mbox: &[u8] = include_bytes!("../../../tests/fixtures/inbox.mbox");
+        let text = String::from_utf8_lossy(mbox);
+        let mut messages: Vec<Vec<String>> = Vec::new();
+        let mut previous_blank = true;
+        for line in text.lines() {
+            let separator = previous_blank
+                && line.starts_with("From ")
+                && line.split(' ').nth(1).is_some_and(|w| w.contains('@'));
+            previous_blank = line.is_empty();
+            if separator {
+                messages.push(Vec::new());
+            } else if let Some(m) = messages.last_mut() {
+                if !line.starts_with("Status:") {
+                    m.push(line.to_string());
+                }
+            }
+        }
+        messages
+            .into_iter()
+            .map(|mut lines| {
+                if lines.last().is_some_and(|l| l.is_empty()) {
+                    lines.pop();
+                }
+                lines
+                    .iter()
+                    .flat_map(|l| format!("{l}\r\n").into_bytes())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn strings_are_quoted_or_literal() {
+        let mut out = Vec::new();
+        write_nstring(&mut out, Some(b"a b"));
+        out.push(b' ');
+        write_nstring(&mut out, None);
+        out.push(b' ');
+        write_string(&mut out, b"x\"y");
+        out.push(b' ');
+        write_string(&mut out, "é".as_bytes());
+        assert_eq!(out, b"\"a b\" NIL {3}\r\nx\"y {2}\r\n\xc3\xa9");
+    }
+}
