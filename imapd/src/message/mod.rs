@@ -19,7 +19,7 @@ pub mod thread;
 
 pub use envelope::{Address, Envelope};
 pub use mime::{parse, MimeTree, Part, PartKind};
-// search re-export below
+pub use search::{Key, MessageMeta, Needle, Needs, SearchContext};
 pub use section::{binary, partial, section_range, BinaryError, Section, SectionData, SectionText};
 
 /// Write an IMAP `string`: quoted when every byte is safe in a quoted string, otherwise a
