@@ -501,3 +501,25 @@ mod tests {
         assert_eq!(out, "(({5}\r\nJos\u{e9} NIL \"j\" \"x.org\"))");
     }
 }
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+    use crate::message::header::split_header;
+    use crate::message::tests::fixture_messages;
+
+    #[test]
+    fn matches_uw_envelopes_on_reference_mailbox() {
+        let expected = [
+            r#"("Mon, 1 Jan 2024 10:00:00 +0000" "First message" (("Alice Example" NIL "alice" "example.com")) (("Alice Example" NIL "alice" "example.com")) (("Alice Example" NIL "alice" "example.com")) ((NIL NIL "uwtest" "localhost")) NIL NIL NIL "<msg1@example.com>")"#,
+            r#"("Tue, 2 Jan 2024 11:30:00 +0100" "Second message with attachment" (("Bob" NIL "bob" "example.com")) (("Bob" NIL "bob" "example.com")) (("Bob" NIL "bob" "example.com")) ((NIL NIL "uwtest" "localhost")("Carol C." NIL "carol" "example.org")) ((NIL NIL "dave" "example.net")) NIL NIL "<msg2@example.com>")"#,
+            r#"("Wed, 3 Jan 2024 09:15:00 -0500" "Third message" ((NIL NIL "carol" "example.org")) ((NIL NIL "carol" "example.org")) ((NIL NIL "carol" "example.org")) ((NIL NIL "uwtest" "localhost")) NIL NIL NIL "<msg3@example.org>")"#,
+        ];
+        for (msg, want) in fixture_messages().iter().zip(expected) {
+            let (h, _) = split_header(msg, 0);
+            let mut out = Vec::new();
+            Envelope::parse(&msg[h]).write_imap(&mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+    }
+}

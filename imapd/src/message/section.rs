@@ -183,3 +183,126 @@ pub fn decode_transfer(encoding: &[u8], body: &[u8]) -> Option<Vec<u8>> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::mime::parse;
+    use crate::message::tests::fixture_messages;
+
+    fn get(msg: &[u8], part: &[u32], text: Option<SectionText>) -> Option<String> {
+        let tree = parse(msg);
+        let spec = Section {
+            part: part.to_vec(),
+            text,
+        };
+        section_range(&tree, msg, &spec).map(|d| String::from_utf8_lossy(d.bytes(msg)).into_owned())
+    }
+
+    #[test]
+    fn reference_mailbox_sections() {
+        let msgs = fixture_messages();
+        let m1 = &msgs[0];
+        let header = get(m1, &[], Some(SectionText::Header)).unwrap();
+        assert_eq!(header.len(), 193); // as UW sent for BODY[HEADER]
+        assert!(header.ends_with("<msg1@example.com>\r\n\r\n"));
+        assert_eq!(
+            get(m1, &[], Some(SectionText::Text)).unwrap(),
+            "Hello, this is message one.\r\nIt has two lines.\r\n"
+        );
+        assert_eq!(get(m1, &[1], None).unwrap().len(), 48);
+        assert_eq!(get(m1, &[], None).unwrap().len(), 241);
+        assert_eq!(get(m1, &[2], None), None);
+        let m2 = &msgs[1];
+        assert_eq!(get(m2, &[1], None).unwrap(), "Body part one.\r\n");
+        assert_eq!(get(m2, &[2], None).unwrap(), "AAECAwQFBgcICQ==\r\n");
+        assert_eq!(
+            get(m2, &[1], Some(SectionText::Mime)).unwrap(),
+            "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+        );
+        assert_eq!(get(m2, &[2], Some(SectionText::Header)), None);
+        assert_eq!(get(m2, &[3], None), None);
+        assert_eq!(get(m2, &[1, 1], None), None);
+        assert_eq!(get(m2, &[0], None), None);
+        assert_eq!(
+            get(
+                m2,
+                &[],
+                Some(SectionText::HeaderFields(vec![
+                    b"cc".to_vec(),
+                    b"SUBJECT".to_vec()
+                ]))
+            )
+            .unwrap(),
+            "Cc: dave@example.net\r\nSubject: Second message with attachment\r\n\r\n"
+        );
+        let not = get(
+            m2,
+            &[],
+            Some(SectionText::HeaderFieldsNot(vec![
+                b"Return-Path".to_vec(),
+                b"Content-Type".to_vec(),
+                b"MIME-Version".to_vec(),
+            ])),
+        )
+        .unwrap();
+        assert!(
+            not.starts_with("Date: ") && not.ends_with("<msg2@example.com>\r\n\r\n"),
+            "{not}"
+        );
+        let tree = parse(m2);
+        assert_eq!(
+            binary(&tree, m2, &[2]).unwrap(),
+            (0u8..10).collect::<Vec<_>>()
+        );
+        assert_eq!(binary(&tree, m2, &[1]).unwrap(), b"Body part one.\r\n");
+        assert_eq!(binary(&tree, m2, &[9]), Err(BinaryError::NoSuchPart));
+    }
+
+    #[test]
+    fn nested_message_sections() {
+        let msg = b"Subject: outer\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n\r\nfirst\r\n--o\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nContent-Type: multipart/alternative; boundary=i\r\n\r\n--i\r\n\r\nplain\r\n--i\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<b>=3D</b>\r\n--i--\r\n--o\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n--o--\r\n";
+        assert_eq!(get(msg, &[1], None).unwrap(), "first");
+        assert!(get(msg, &[2], None)
+            .unwrap()
+            .starts_with("Subject: inner\r\n"));
+        assert_eq!(
+            get(msg, &[2], Some(SectionText::Mime)).unwrap(),
+            "Content-Type: message/rfc822\r\n\r\n"
+        );
+        assert!(get(msg, &[2], Some(SectionText::Header))
+            .unwrap()
+            .starts_with("Subject: inner\r\nContent-Type"));
+        assert!(get(msg, &[2], Some(SectionText::Text))
+            .unwrap()
+            .starts_with("--i\r\n"));
+        assert_eq!(get(msg, &[2, 1], None).unwrap(), "plain");
+        assert_eq!(get(msg, &[2, 2], None).unwrap(), "<b>=3D</b>");
+        assert_eq!(
+            get(msg, &[2, 2], Some(SectionText::Mime)).unwrap(),
+            "Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        );
+        assert_eq!(
+            get(
+                msg,
+                &[2],
+                Some(SectionText::HeaderFields(vec![b"subject".to_vec()]))
+            )
+            .unwrap(),
+            "Subject: inner\r\n\r\n"
+        );
+        let tree = parse(msg);
+        assert_eq!(binary(&tree, msg, &[2, 2]).unwrap(), b"<b>=</b>");
+        assert_eq!(binary(&tree, msg, &[3]), Err(BinaryError::UnknownCte));
+        assert_eq!(binary(&tree, msg, &[]).unwrap().len(), msg.len());
+    }
+
+    #[test]
+    fn partial_ranges() {
+        assert_eq!(partial(10, 0, None), 0..10);
+        assert_eq!(partial(10, 3, Some(4)), 3..7);
+        assert_eq!(partial(10, 8, Some(4)), 8..10);
+        assert_eq!(partial(10, 20, Some(4)), 10..10);
+        assert_eq!(partial(10, u64::MAX, Some(u64::MAX)), 10..10);
+    }
+}
