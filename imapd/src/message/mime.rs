@@ -60,7 +60,7 @@ pub enum PartKind {
 /// Parse the MIME structure of `msg`. Linear in the message size per nesting level.
 pub fn parse(msg: &[u8]) -> MimeTree {
     MimeTree {
-        root: parse_entity(msg, 0..msg.len(), Default::Text, 0),
+        root: parse_entity(msg, 0..msg.len(), Default::Text, 0, false),
     }
 }
 
@@ -70,7 +70,16 @@ enum Default {
     Message,
 }
 
-fn parse_entity(msg: &[u8], range: Range<usize>, default: Default, depth: usize) -> Part {
+/// Parse one entity. `is_part` is true for a body part of a multipart, whose Content-* fields
+/// always count; for a message (top level or message/rfc822) they count only with a
+/// MIME-Version field, as in c-client.
+fn parse_entity(
+    msg: &[u8],
+    range: Range<usize>,
+    default: Default,
+    depth: usize,
+    is_part: bool,
+) -> Part {
     let bytes = &msg[range.clone()];
     let (header, body) = if starts_with_field(bytes) {
         split_header(bytes, range.start)
@@ -97,7 +106,9 @@ fn parse_entity(msg: &[u8], range: Range<usize>, default: Default, depth: usize)
         lines: count_lines(&msg[body.clone()]),
         kind: PartKind::Leaf,
     };
-    read_mime_fields(&mut part, &msg[header]);
+    if is_part || has_mime_version(&msg[header.clone()]) {
+        read_mime_fields(&mut part, &msg[header]);
+    }
     if part.media_type.is_empty() {
         let (t, s): (&[u8], &[u8]) = match default {
             Default::Text => (b"TEXT", b"PLAIN"),
@@ -109,7 +120,8 @@ fn parse_entity(msg: &[u8], range: Range<usize>, default: Default, depth: usize)
     if part.subtype.is_empty() {
         part.subtype = default_subtype(&part.media_type).to_vec();
     }
-    if part.media_type == b"TEXT" && param(&part.params, b"CHARSET").is_none() {
+    // c-client supplies a charset only when the text has no parameters at all.
+    if part.media_type == b"TEXT" && part.params.is_empty() {
         part.params
             .push((b"CHARSET".to_vec(), b"US-ASCII".to_vec()));
     }
@@ -129,11 +141,11 @@ fn parse_entity(msg: &[u8], range: Range<usize>, default: Default, depth: usize)
         let boundary = param(&part.params, b"BOUNDARY").unwrap_or(b"").to_vec();
         let children = split_multipart(msg, body, &boundary)
             .into_iter()
-            .map(|r| parse_entity(msg, r, child_default, depth + 1))
+            .map(|r| parse_entity(msg, r, child_default, depth + 1, true))
             .collect();
         part.kind = PartKind::Multipart(children);
     } else if part.media_type == b"MESSAGE" && part.subtype == b"RFC822" {
-        let inner = parse_entity(msg, body, Default::Text, depth + 1);
+        let inner = parse_entity(msg, body, Default::Text, depth + 1, false);
         part.kind = PartKind::Message(Box::new(inner));
     }
     part
@@ -156,6 +168,11 @@ fn starts_with_field(bytes: &[u8]) -> bool {
             && bytes[name_len..].iter().find(|&&c| c != b' ' && c != b'\t') == Some(&b':')
 }
 
+/// Whether a message header declares MIME (c-client ignores Content-* fields otherwise).
+fn has_mime_version(header: &[u8]) -> bool {
+    fields(header).any(|f| f.name.eq_ignore_ascii_case(b"MIME-Version"))
+}
+
 fn default_subtype(media_type: &[u8]) -> &'static [u8] {
     match media_type {
         b"TEXT" => b"PLAIN",
@@ -167,10 +184,13 @@ fn default_subtype(media_type: &[u8]) -> &'static [u8] {
     }
 }
 
+/// Read the Content-* fields; as in c-client the first occurrence of each one counts.
 fn read_mime_fields(part: &mut Part, header: &[u8]) {
+    let (mut seen_type, mut seen_encoding, mut seen_language) = (false, false, false);
     for f in fields(header) {
         let name = f.name;
-        if name.eq_ignore_ascii_case(b"Content-Type") {
+        if name.eq_ignore_ascii_case(b"Content-Type") && !seen_type {
+            seen_type = true;
             let mut lx = Lexer::new(f.value);
             if let Some(t) = lx.token() {
                 part.media_type = t.to_ascii_uppercase();
@@ -182,30 +202,31 @@ fn read_mime_fields(part: &mut Part, header: &[u8]) {
                 }
             }
             part.params = lx.params();
-        } else if name.eq_ignore_ascii_case(b"Content-Transfer-Encoding") {
+        } else if name.eq_ignore_ascii_case(b"Content-Transfer-Encoding") && !seen_encoding {
+            seen_encoding = true;
             if let Some(t) = Lexer::new(f.value).token() {
                 part.encoding = t.to_ascii_uppercase();
             }
-        } else if name.eq_ignore_ascii_case(b"Content-ID") {
+        } else if name.eq_ignore_ascii_case(b"Content-ID") && part.id.is_none() {
             part.id = Some(unfold(f.value));
-        } else if name.eq_ignore_ascii_case(b"Content-Description") {
+        } else if name.eq_ignore_ascii_case(b"Content-Description") && part.description.is_none() {
             part.description = Some(unfold(f.value));
-        } else if name.eq_ignore_ascii_case(b"Content-MD5") {
+        } else if name.eq_ignore_ascii_case(b"Content-MD5") && part.md5.is_none() {
             part.md5 = Some(unfold(f.value));
-        } else if name.eq_ignore_ascii_case(b"Content-Location") {
+        } else if name.eq_ignore_ascii_case(b"Content-Location") && part.location.is_none() {
             let mut v = unfold(f.value);
             v.retain(|c| !matches!(c, b' ' | b'\t'));
             part.location = Some(v);
-        } else if name.eq_ignore_ascii_case(b"Content-Language") {
+        } else if name.eq_ignore_ascii_case(b"Content-Language") && !seen_language {
+            seen_language = true;
             let mut lx = Lexer::new(f.value);
-            part.language.clear();
             while let Some(t) = lx.token() {
-                part.language.push(t.to_vec());
+                part.language.push(t.to_ascii_uppercase());
                 if !lx.eat(b',') {
                     break;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"Content-Disposition") {
+        } else if name.eq_ignore_ascii_case(b"Content-Disposition") && part.disposition.is_none() {
             let mut lx = Lexer::new(f.value);
             if let Some(t) = lx.token() {
                 let t = t.to_ascii_uppercase();
@@ -223,11 +244,9 @@ pub fn param<'p>(params: &'p Params, name: &[u8]) -> Option<&'p [u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
-/// Lines in `body`: line ends, plus one for a final line without one.
+/// Lines in `body`, counted as c-client does: the number of LFs.
 fn count_lines(body: &[u8]) -> u32 {
-    let n = memchr::memchr_iter(b'\n', body).count();
-    let partial = usize::from(body.last().is_some_and(|&c| c != b'\n'));
-    u32::try_from(n + partial).unwrap_or(u32::MAX)
+    u32::try_from(memchr::memchr_iter(b'\n', body).count()).unwrap_or(u32::MAX)
 }
 
 /// The body ranges of the parts of a multipart body (preamble and epilogue dropped). The CRLF
@@ -526,7 +545,7 @@ mod tests {
     #[test]
     fn embedded_message_has_envelope_structure_and_lines() {
         let msg =
-            b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\nFrom: a@b.c\r\n\r\nhi\r\n";
+            b"MIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nFrom: a@b.c\r\n\r\nhi\r\n";
         assert_eq!(
             structure(msg, false),
             r#"("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 35 (NIL "inner" ((NIL NIL "a" "b.c")) ((NIL NIL "a" "b.c")) ((NIL NIL "a" "b.c")) NIL NIL NIL NIL NIL) ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 4 1) 4)"#
@@ -534,36 +553,50 @@ mod tests {
     }
 
     #[test]
+    fn content_fields_need_mime_version_in_message_headers() {
+        let msg = b"Content-Type: text/html\r\n\r\nx\r\n";
+        assert_eq!(
+            structure(msg, false),
+            r#"("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 3 1)"#
+        );
+        let msg = b"Content-Type: text/html; charset=utf-8\r\nMime-Version: 1.0\r\n\r\nx";
+        assert_eq!(
+            structure(msg, false),
+            r#"("TEXT" "HTML" ("CHARSET" "utf-8") NIL NIL "7BIT" 1 0)"#
+        );
+    }
+
+    #[test]
     fn extension_fields_are_written() {
-        let msg = b"Content-Type: Text/HTML; Charset=\"utf-8\" (c)\r\nContent-ID: <id1>\r\nContent-Description: d\r\nContent-MD5: Q2hlY2s=\r\nContent-Language: en, de\r\nContent-Location: http://x/\r\n y\r\nContent-Disposition: inline\r\n\r\n<p>x";
+        let msg = b"MIME-Version: 1.0\r\nContent-Type: Text/HTML; Charset=\"utf-8\" (c)\r\nContent-ID: <id1>\r\nContent-Description: d\r\nContent-MD5: Q2hlY2s=\r\nContent-Language: en, de\r\nContent-Location: http://x/\r\n y\r\nContent-Disposition: inline\r\n\r\n<p>x";
         assert_eq!(
             structure(msg, true),
-            r#"("TEXT" "HTML" ("CHARSET" "utf-8") "<id1>" "d" "7BIT" 4 1 "Q2hlY2s=" ("INLINE" NIL) ("en" "de") "http://x/y")"#
+            r#"("TEXT" "HTML" ("CHARSET" "utf-8") "<id1>" "d" "7BIT" 4 0 "Q2hlY2s=" ("INLINE" NIL) ("EN" "DE") "http://x/y")"#
         );
     }
 
     #[test]
     fn malformed_multiparts_still_give_valid_structures() {
         // No close delimiter: the last part runs to the end.
-        let msg = b"Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\n\r\none\r\n--b\r\nContent-Type: text/html\r\n\r\ntwo\r\n";
+        let msg = b"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\n\r\none\r\n--b\r\nContent-Type: text/html\r\n\r\ntwo\r\n";
         assert_eq!(
             structure(msg, false),
-            r#"(("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 3 1)("TEXT" "HTML" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 5 1) "ALTERNATIVE")"#
+            r#"(("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 3 0)("TEXT" "HTML" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 5 1) "ALTERNATIVE")"#
         );
         // No boundary parameter at all: one part, the whole body.
-        let msg = b"Content-Type: multipart/mixed\r\n\r\nplain\r\n";
+        let msg = b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed\r\n\r\nplain\r\n";
         assert_eq!(
             structure(msg, false),
             r#"(("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 7 1) "MIXED")"#
         );
         // A longer boundary that starts with ours is not a delimiter.
-        let msg = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n--bb\r\n--b--\r\n";
+        let msg = b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n--bb\r\n--b--\r\n";
         assert_eq!(
             structure(msg, false),
-            r#"(("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 4 1) "MIXED")"#
+            r#"(("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 4 0) "MIXED")"#
         );
         // Digest parts default to message/rfc822.
-        let msg = b"Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nSubject: s\r\n\r\nx\r\n--d--\r\n";
+        let msg = b"MIME-Version: 1.0\r\nContent-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nSubject: s\r\n\r\nx\r\n--d--\r\n";
         assert!(structure(msg, false)
             .starts_with(r#"(("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 15 (NIL "s" "#));
     }
@@ -578,7 +611,7 @@ mod tests {
         assert!(out.starts_with(b"(\"TEXT\" \"PLAIN\""));
         assert!(matches!(parse(b"").root.kind, PartKind::Leaf));
 
-        let mut deep = Vec::new();
+        let mut deep = b"MIME-Version: 1.0\r\n".to_vec();
         for i in 0..100 {
             deep.extend_from_slice(
                 format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n")

@@ -374,7 +374,7 @@ mod tests {
     #[test]
     fn encoded_headers_and_bodies_are_decoded() {
         let msg = "Subject: =?UTF-8?B?R3LDvMOfZQ==?= und =?ISO-8859-1?Q?K=E4se?=\r\n\
-            From: =?iso-8859-1?q?J=F6rg?= <j@x.de>\r\n\
+            From: =?iso-8859-1?q?J=F6rg?= <j@x.de>\r\nMIME-Version: 1.0\r\n\
             Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
             --b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n\
             w4RwZmVsIHVuZCBCaXJuZW4=\r\n\

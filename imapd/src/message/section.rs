@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn nested_message_sections() {
-        let msg = b"Subject: outer\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n\r\nfirst\r\n--o\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nContent-Type: multipart/alternative; boundary=i\r\n\r\n--i\r\n\r\nplain\r\n--i\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<b>=3D</b>\r\n--i--\r\n--o\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n--o--\r\n";
+        let msg = b"Subject: outer\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n\r\nfirst\r\n--o\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=i\r\n\r\n--i\r\n\r\nplain\r\n--i\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<b>=3D</b>\r\n--i--\r\n--o\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n--o--\r\n";
         assert_eq!(get(msg, &[1], None).unwrap(), "first");
         assert!(get(msg, &[2], None)
             .unwrap()
@@ -272,7 +272,7 @@ mod tests {
         );
         assert!(get(msg, &[2], Some(SectionText::Header))
             .unwrap()
-            .starts_with("Subject: inner\r\nContent-Type"));
+            .starts_with("Subject: inner\r\nMIME-Version"));
         assert!(get(msg, &[2], Some(SectionText::Text))
             .unwrap()
             .starts_with("--i\r\n"));
