@@ -5,7 +5,7 @@
 //!
 //! Owns address parsing and the ENVELOPE writer; never decodes and never panics on bad input.
 
-use super::header::{fields, unfold};
+use super::header::fields;
 use super::write_nstring;
 
 /// Host c-client supplies for an address without one.
@@ -36,43 +36,38 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// Build the envelope from a header block (the first occurrence of each field counts).
+    /// Build the envelope from a header block. As in c-client, the first Date, Subject,
+    /// In-Reply-To and Message-ID count, while repeated address fields are concatenated.
     pub fn parse(header: &[u8]) -> Envelope {
         let mut env = Envelope::default();
-        let (mut have_sender, mut have_reply_to) = (false, false);
         for f in fields(header) {
             let n = f.name;
-            let set = |slot: &mut Option<Vec<u8>>| {
+            let text = |slot: &mut Option<Vec<u8>>| {
                 if slot.is_none() {
-                    *slot = Some(unfold(f.value));
+                    *slot = Some(envelope_text(f.value));
                 }
             };
-            let set_list = |slot: &mut Vec<Address>, seen: &mut bool| {
-                if !*seen {
-                    *seen = true;
-                    *slot = parse_address_list(f.value);
-                }
-            };
+            let list = |slot: &mut Vec<Address>| slot.extend(parse_address_list(f.value));
             if n.eq_ignore_ascii_case(b"Date") {
-                set(&mut env.date);
+                text(&mut env.date);
             } else if n.eq_ignore_ascii_case(b"Subject") {
-                set(&mut env.subject);
+                text(&mut env.subject);
             } else if n.eq_ignore_ascii_case(b"In-Reply-To") {
-                set(&mut env.in_reply_to);
+                text(&mut env.in_reply_to);
             } else if n.eq_ignore_ascii_case(b"Message-ID") {
-                set(&mut env.message_id);
-            } else if n.eq_ignore_ascii_case(b"From") && env.from.is_empty() {
-                env.from = parse_address_list(f.value);
+                text(&mut env.message_id);
+            } else if n.eq_ignore_ascii_case(b"From") {
+                list(&mut env.from);
             } else if n.eq_ignore_ascii_case(b"Sender") {
-                set_list(&mut env.sender, &mut have_sender);
+                list(&mut env.sender);
             } else if n.eq_ignore_ascii_case(b"Reply-To") {
-                set_list(&mut env.reply_to, &mut have_reply_to);
-            } else if n.eq_ignore_ascii_case(b"To") && env.to.is_empty() {
-                env.to = parse_address_list(f.value);
-            } else if n.eq_ignore_ascii_case(b"Cc") && env.cc.is_empty() {
-                env.cc = parse_address_list(f.value);
-            } else if n.eq_ignore_ascii_case(b"Bcc") && env.bcc.is_empty() {
-                env.bcc = parse_address_list(f.value);
+                list(&mut env.reply_to);
+            } else if n.eq_ignore_ascii_case(b"To") {
+                list(&mut env.to);
+            } else if n.eq_ignore_ascii_case(b"Cc") {
+                list(&mut env.cc);
+            } else if n.eq_ignore_ascii_case(b"Bcc") {
+                list(&mut env.bcc);
             }
         }
         if env.sender.is_empty() {
@@ -107,6 +102,20 @@ impl Envelope {
         write_nstring(out, self.message_id.as_deref());
         out.push(b')');
     }
+}
+
+/// A text field as c-client keeps it: line breaks of folding removed, tabs made spaces,
+/// leading spaces dropped (trailing ones kept).
+fn envelope_text(value: &[u8]) -> Vec<u8> {
+    let start = value
+        .iter()
+        .position(|&c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(value.len());
+    value[start..]
+        .iter()
+        .filter(|&&c| c != b'\r' && c != b'\n')
+        .map(|&c| if c == b'\t' { b' ' } else { c })
+        .collect()
 }
 
 fn write_address_list(out: &mut Vec<u8>, list: &[Address]) {
@@ -391,9 +400,9 @@ fn split_addr_spec(toks: &[Token]) -> (Vec<u8>, Vec<u8>) {
             } else {
                 host
             };
-            (concat(&toks[..at]), host)
+            (unquoted(&toks[..at]), host)
         }
-        None => (concat(toks), MISSING_HOST.to_vec()),
+        None => (unquoted(toks), MISSING_HOST.to_vec()),
     }
 }
 
@@ -403,6 +412,20 @@ fn concat(toks: &[Token]) -> Vec<u8> {
     for t in toks {
         match &t.tok {
             Tok::Word(raw, _) => out.extend_from_slice(raw),
+            Tok::Literal(raw) => out.extend_from_slice(raw),
+            Tok::Special(c) => out.push(*c),
+            Tok::Comment(_) => {}
+        }
+    }
+    out
+}
+
+/// A local part as c-client stores it: quotes and quoting backslashes removed.
+fn unquoted(toks: &[Token]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in toks {
+        match &t.tok {
+            Tok::Word(_, text) => out.extend_from_slice(text),
             Tok::Literal(raw) => out.extend_from_slice(raw),
             Tok::Special(c) => out.push(*c),
             Tok::Comment(_) => {}
@@ -493,6 +516,15 @@ mod tests {
             r#"("Mon, 1 Jan 2024 10:00:00 +0000" "First message" (("Alice Example" NIL "alice" "example.com")) (("Alice Example" NIL "alice" "example.com")) (("Alice Example" NIL "alice" "example.com")) ((NIL NIL "uwtest" "localhost")) NIL NIL NIL "<msg1@example.com>")"#
         );
         assert_eq!(env_string(b""), "(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)");
+        // Repeated address fields add up; the first Subject wins; tabs become spaces.
+        assert_eq!(
+            env_string(b"To: a@b\r\nSubject:\tone\r\n\ttwo \r\nTo: c@d\r\nSubject: 2nd\r\nSender: s@t\r\n\r\n"),
+            r#"(NIL "one two " NIL ((NIL NIL "s" "t")) NIL ((NIL NIL "a" "b")(NIL NIL "c" "d")) NIL NIL NIL NIL)"#
+        );
+        assert_eq!(
+            addr(r#""john \"q\" doe"@example.com"#),
+            "((NIL NIL {12}\r\njohn \"q\" doe \"example.com\"))"
+        );
     }
 
     #[test]
