@@ -1,11 +1,25 @@
 //! Message-level IMAP computations: the MIME structure of one message ([`mime`]), ENVELOPE
 //! ([`envelope`]), BODYSTRUCTURE, BODY[section] ranges and BINARY decoding ([`section`]),
-//! SEARCH matching ([`search`]), SORT ([`sort`]) and THREAD ([`thread`]).
+//! SEARCH matching ([`search`]), SORT ([`mod@sort`]) and THREAD ([`thread`]).
 //!
 //! Input is always one message as RFC 822 bytes with CRLF line ends (metadata headers already
 //! removed by the store). Everything here is pure computation over those bytes: it never does
 //! I/O, never touches a mailbox, and never panics on any input (malformed MIME is parsed on a
 //! best-effort basis, nesting is depth-limited).
+//!
+//! Typical use by a session:
+//! - FETCH ENVELOPE / BODY / BODYSTRUCTURE: `let tree = parse(&msg);`, then
+//!   `Envelope::parse(&msg[tree.root.header.clone()]).write_imap(out)` and
+//!   `tree.write_structure(&msg, out, extended)`.
+//! - `BODY[section]<partial>`: `section_range(&tree, &msg, &section)` gives a range to stream (or
+//!   synthesized bytes for HEADER.FIELDS); `partial(len, origin, count)` narrows it; `None`
+//!   means the part does not exist (send an empty string).
+//! - `BINARY[part]` / BINARY.SIZE: `binary(&tree, &msg, &part)`; `BinaryError::UnknownCte` maps
+//!   to `NO [UNKNOWN-CTE]`.
+//! - SEARCH: build a [`Key`]; `key.needs()` says whether to read nothing, the header, or the
+//!   whole message; then `SearchContext::new(&meta, bytes, now).matches(&key)`.
+//! - SORT / THREAD: `MessageKeys::new(header, &meta)` once per message, then [`sort()`],
+//!   [`ordered_subject`] or [`references`], and [`write_threads`].
 
 pub mod date;
 pub mod decode;
@@ -18,9 +32,11 @@ pub mod sort;
 pub mod thread;
 
 pub use envelope::{Address, Envelope};
-pub use mime::{parse, MimeTree, Part, PartKind};
+pub use mime::{decoded_param, parse, MimeTree, Part, PartKind};
 pub use search::{Key, MessageMeta, Needle, Needs, SearchContext};
 pub use section::{binary, partial, section_range, BinaryError, Section, SectionData, SectionText};
+pub use sort::{base_subject, sort, MessageKeys, SortCriterion, SortKey};
+pub use thread::{ordered_subject, references, write_threads, ThreadNode};
 
 /// Write an IMAP `string`: quoted when every byte is safe in a quoted string, otherwise a
 /// synchronizing literal `{n}\r\n...` (CR, LF, NUL, 8-bit, `"` and `\` force a literal).

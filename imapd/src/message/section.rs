@@ -1,4 +1,4 @@
-//! BODY[section] and BINARY[section] (RFC 3501 section 6.4.5, RFC 3516): which bytes of the
+//! `BODY[section]` and `BINARY[section]` (RFC 3501 section 6.4.5, RFC 3516): which bytes of the
 //! message a section names, so the session can stream just that range from the store, plus
 //! the synthesized HEADER.FIELDS(.NOT) text and decoded BINARY content.
 //!
@@ -159,7 +159,7 @@ pub enum BinaryError {
     NoSuchPart,
 }
 
-/// BINARY[part] (RFC 3516): the part's content with its transfer encoding removed. Multipart and
+/// `BINARY[part]` (RFC 3516): the part's content with its transfer encoding removed. Multipart and
 /// message parts (and the whole message) are returned as they are. BINARY.SIZE is the length.
 pub fn binary(tree: &MimeTree, msg: &[u8], part: &[u32]) -> Result<Vec<u8>, BinaryError> {
     let node = walk(tree, part).ok_or(BinaryError::NoSuchPart)?;

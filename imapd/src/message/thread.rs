@@ -170,17 +170,12 @@ pub fn references(messages: &[MessageKeys], by_uid: bool) -> Vec<ThreadNode> {
         nodes: Vec::with_capacity(messages.len() * 2),
     };
     let mut ids: HashMap<&str, usize> = HashMap::new();
-    let mut in_order: Vec<&MessageKeys> = messages.iter().collect();
-    in_order.sort_by_key(|m| m.seq);
-    let index_of: HashMap<u32, usize> = messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.seq, i))
-        .collect();
+    let mut in_order: Vec<usize> = (0..messages.len()).collect();
+    in_order.sort_by_key(|&i| messages[i].seq);
 
     // Step 1: link messages by Message-ID and References.
-    for m in in_order {
-        let mi = index_of[&m.seq];
+    for mi in in_order {
+        let m = &messages[mi];
         let own = match m.message_id.as_deref() {
             Some(id) => match ids.get(id) {
                 Some(&c) if arena.nodes[c].message.is_none() => {
