@@ -240,6 +240,14 @@ mod tests {
     }
 
     #[test]
+    fn multi_byte_charsets() {
+        // "日本" in ISO-2022-JP and Shift_JIS.
+        assert_eq!(rfc2047(b"=?ISO-2022-JP?B?GyRCRnxLXBsoQg==?="), "日本");
+        assert_eq!(charset_to_utf8(b"Shift_JIS", b"\x93\xfa\x96\x7b"), "日本");
+        assert_eq!(charset_to_utf8(b"x-unknown", b"caf\xc3\xa9"), "café");
+    }
+
+    #[test]
     fn rfc2231() {
         assert_eq!(rfc2231_value(b"iso-8859-1'fr'caf%E9.txt"), "café.txt");
         assert_eq!(rfc2231_value(b"plain"), "plain");
