@@ -82,7 +82,9 @@ fn parse_entity(
     is_part: bool,
 ) -> Part {
     let bytes = &msg[range.clone()];
-    let (header, body) = if starts_with_field(bytes) {
+    // A message header always runs to the first empty line; a body part that starts with
+    // neither a field nor an empty line has no MIME header at all (its text is body).
+    let (header, body) = if !is_part || starts_with_field(bytes) {
         split_header(bytes, range.start)
     } else if bytes.starts_with(b"\r\n") {
         (range.start..range.start + 2, range.start + 2..range.end)
@@ -159,14 +161,8 @@ fn starts_with_field(bytes: &[u8]) -> bool {
         .iter()
         .position(|&c| c <= b' ' || c == b':' || c >= 0x7f)
         .unwrap_or(bytes.len());
-    name_len > 0 && bytes.get(name_len) == Some(&b':')
-        || name_len > 0
-            && bytes[name_len..]
-                .iter()
-                .take_while(|&&c| c == b' ' || c == b'\t')
-                .count()
-                > 0
-            && bytes[name_len..].iter().find(|&&c| c != b' ' && c != b'\t') == Some(&b':')
+    let after_name = bytes[name_len..].iter().find(|&&c| c != b' ' && c != b'\t');
+    name_len > 0 && after_name == Some(&b':')
 }
 
 /// Whether a message header declares MIME (c-client ignores Content-* fields otherwise).

@@ -298,6 +298,18 @@ mod tests {
     }
 
     #[test]
+    fn headers_of_messages_and_parts() {
+        // A message header runs to the first empty line even if it starts oddly.
+        let msg = b"not a field\r\nSubject: x\r\n\r\nbody\r\n";
+        assert_eq!(get(msg, &[], Some(SectionText::Text)).unwrap(), "body\r\n");
+        // A part starting with plain text has no MIME header: all of it is body.
+        let msg = b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=z\r\n\r\n--z\r\nplain\r\n\r\ntext\r\n--z\r\nX-Field : y\r\n\r\nz\r\n--z--\r\n";
+        assert_eq!(get(msg, &[1], None).unwrap(), "plain\r\n\r\ntext");
+        assert_eq!(get(msg, &[1], Some(SectionText::Mime)).unwrap(), "");
+        assert_eq!(get(msg, &[2], None).unwrap(), "z");
+    }
+
+    #[test]
     fn partial_ranges() {
         assert_eq!(partial(10, 0, None), 0..10);
         assert_eq!(partial(10, 3, Some(4)), 3..7);
