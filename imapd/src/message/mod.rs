@@ -115,3 +115,111 @@ pub(crate) mod tests {
         assert_eq!(out, b"\"a b\" NIL {3}\r\nx\"y {2}\r\n\xc3\xa9");
     }
 }
+
+#[cfg(test)]
+mod robustness_tests {
+    use super::envelope::Envelope;
+    use super::sort::MessageKeys;
+    use super::*;
+
+    /// Deterministic xorshift, so failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Run everything over one input; the only requirement is not to panic and to keep
+    /// ranges inside the message.
+    fn exercise(msg: &[u8]) {
+        let tree = parse(msg);
+        let mut out = Vec::new();
+        tree.write_structure(msg, &mut out, true);
+        Envelope::parse(msg.get(tree.root.header.clone()).unwrap_or_default()).write_imap(&mut out);
+        for part in [
+            vec![],
+            vec![1],
+            vec![2],
+            vec![1, 1],
+            vec![2, 1],
+            vec![3, 2, 1],
+        ] {
+            for text in [
+                None,
+                Some(SectionText::Header),
+                Some(SectionText::Text),
+                Some(SectionText::Mime),
+            ] {
+                let spec = Section {
+                    part: part.clone(),
+                    text,
+                };
+                if let Some(SectionData::Range(r)) = section_range(&tree, msg, &spec) {
+                    assert!(r.start <= r.end && r.end <= msg.len());
+                }
+            }
+            let _ = binary(&tree, msg, &part);
+        }
+        let meta = MessageMeta::default();
+        let key = Key::Or(
+            Box::new(Key::Text(Needle::new("zz"))),
+            Box::new(Key::SentOn(0)),
+        );
+        SearchContext::new(&meta, msg, 0).matches(&key);
+        let _ = MessageKeys::new(msg, &meta);
+    }
+
+    #[test]
+    fn mutated_messages_never_panic() {
+        let mut seeds = tests::fixture_messages();
+        seeds.push(b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: message/rfc822\r\n\r\nMIME-Version: 1.0\r\nContent-Type: multipart/digest; boundary=b\r\n\r\n--b\r\n\r\nSubject: =?utf-8?B?w6k=?=\r\n\r\nx\r\n--b--\r\n--a--\r\n".to_vec());
+        let alphabet: &[&[u8]] = &[
+            b"\r\n",
+            b"\n",
+            b"--",
+            b"=?",
+            b"?=",
+            b":",
+            b"\"",
+            b"(",
+            b")",
+            b"<",
+            b">",
+            b";",
+            b"=",
+            b" ",
+            b"\xff",
+            b"\0",
+            b"boundary=",
+            b"Content-Type: multipart/mixed; boundary=a\r\n",
+            b"--a\r\n",
+            b"--XYZ--",
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..3000 {
+            let mut msg = seeds[round % seeds.len()].clone();
+            for _ in 0..1 + rng.below(8) {
+                let at = rng.below(msg.len() + 1);
+                match rng.below(3) {
+                    0 => {
+                        let piece = alphabet[rng.below(alphabet.len())];
+                        msg.splice(at..at, piece.iter().copied());
+                    }
+                    1 if at < msg.len() => {
+                        let end = (at + rng.below(20)).min(msg.len());
+                        msg.drain(at..end);
+                    }
+                    _ => msg.truncate(at),
+                }
+            }
+            exercise(&msg);
+        }
+    }
+}
