@@ -181,14 +181,13 @@ def uw_inbox():
 def server_args(ipop3d, spool, mlock_helper):
     """Command line for ipop3d serving the test spool: server_args(*extra) -> argv list."""
 
-    def make(*extra, binary=None):
-        argv = [
-            binary or ipop3d,
-            "--spool-dir", spool,
-            "--failure-delay", "0",
-            "--cram-file", NO_CRAM_FILE,
-            "--dotlock-helper", mlock_helper or "/nonexistent/mlock",
-        ]
+    def make(*extra, binary=None, failure_delay=0, cram_file=NO_CRAM_FILE, spool_dir=None):
+        argv = [binary or ipop3d, "--spool-dir", spool_dir or spool]
+        if failure_delay is not None:
+            argv += ["--failure-delay", str(failure_delay)]
+        if cram_file is not None:
+            argv += ["--cram-file", cram_file]
+        argv += ["--dotlock-helper", mlock_helper or "/nonexistent/mlock"]
         return argv + [str(x) for x in extra]
 
     return make
@@ -199,8 +198,8 @@ def pipe_session(server_args):
     """Start a pipe-driven ipop3d (as root): pipe_session(*extra, env=None) -> PipeSession."""
     sessions = []
 
-    def start(*extra, env=None):
-        s = PipeSession(server_args(*extra), env=env)
+    def start(*extra, env=None, **options):
+        s = PipeSession(server_args(*extra, **options), env=env)
         sessions.append(s)
         return s
 

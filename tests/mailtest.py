@@ -319,3 +319,17 @@ def poplib_fetch_all(client):
         _, lines, _ = client.retr(int(num))
         out.append((int(size), b"".join(line + b"\r\n" for line in lines)))
     return out
+
+
+def varied_messages():
+    """Messages that exercise the presentation: dot lines, >From, 8-bit, a long line, a
+    message with metadata headers already present, an empty body, a folded header."""
+    return [
+        make_message(1),
+        make_message(2, extra_headers=b"X-Folded: first part\n\tsecond part\n",
+                     line=b".dot line %d in %d\n..double\n.") ,
+        make_message(3, line=b">From quoted %d/%d, and 8-bit: \xc3\xa9t\xc3\xa9 \xff"),
+        make_message(4, body_lines=1, line=b"x" * 3000),
+        make_message(5, extra_headers=b"Status: RO\nX-Status: A\nX-Keywords: $Label1\nX-UID: 7\n"),
+        make_message(6, body_lines=0),
+    ]
