@@ -53,7 +53,7 @@ def listen_mode(argv, workdir):
 def xinetd_config(service_file, binary, extra_args, port, logfile):
     """An xinetd config: the shipped service block with the binary, port and args substituted."""
     text = repo_file(service_file)
-    block = text[text.index("service "):]
+    block = text[re.search(r"(?m)^service ", text).start():]
     lines, have_args = [], False
     for line in block.splitlines():
         m = re.match(r"^(\s*)(\w+)\s*(\+?=)\s*(.*)$", line)

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import os
 import re
-import subprocess
 import time
 
 from mailtest import PipeSession, make_message, mbox_of, write_file
