@@ -1,0 +1,1078 @@
+//! Maildir mailboxes (the Maildir++ INBOX root or any folder directory), interchangeable with
+//! Dovecot's: same UIDs and UIDVALIDITY (`dovecot-uidlist`), flags (`:2,` info letters) and
+//! keywords (`dovecot-keywords`), so a site can switch servers without clients re-downloading.
+//!
+//! Owns the files under one Maildir directory. Changes them only by rename() and unlink() (and the
+//! uidlist by rename() of its lock file), so a crash at any instant leaves every message exactly
+//! once on disk. Never copies a message, never reads bodies at open when the name carries its size,
+//! never writes anything when opened [`Access::ReadOnly`].
+//!
+//! Submodules: `name` (file names and info letters), `uidlist` (the UID file and its lock),
+//! `keywords` (keyword letters), `body` (CRLF presentation and sizes).
+
+mod body;
+mod keywords;
+mod name;
+mod uidlist;
+
+use super::lock::SessionLock;
+use super::{Access, CommitReport, Flags, Mailbox, MessageInfo, StoreError};
+use body::CrlfReader;
+use keywords::Keywords;
+use std::collections::HashMap;
+use std::fs::{self, DirBuilder, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use uidlist::{Record, Uidlist, UidlistLock};
+
+/// How long to wait for `dovecot-uidlist.lock`: long enough to outlast a stale one.
+const UIDLIST_LOCK_WAIT: Duration = Duration::from_secs(uidlist::STALE_AFTER.as_secs() + 10);
+/// How often a directory scan is repeated when the directories changed while it ran.
+const SCAN_ATTEMPTS: usize = 3;
+/// How often one message is chased through renames by other processes before giving up.
+const CHASE_ATTEMPTS: usize = 5;
+
+/// The two directories messages live in (`tmp/` holds deliveries in progress and is ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Subdir {
+    New,
+    Cur,
+}
+
+impl Subdir {
+    const ALL: [Subdir; 2] = [Subdir::New, Subdir::Cur];
+
+    fn name(self) -> &'static str {
+        match self {
+            Subdir::New => "new",
+            Subdir::Cur => "cur",
+        }
+    }
+}
+
+/// A message file as a directory scan saw it.
+#[derive(Clone, Debug)]
+struct Found {
+    subdir: Subdir,
+    name: String,
+    mtime: i64,
+}
+
+/// Where a message's file is, and what its name said when we last looked.
+#[derive(Clone, Debug)]
+struct MessageFile {
+    base: String,
+    subdir: Subdir,
+    name: String,
+    /// The system flags in `name`.
+    disk_flags: Flags,
+    /// The other info letters in `name` (keywords, `P`, unknown), carried through renames.
+    kept: String,
+    /// The flags this session last agreed with the disk on: changes made since are ours to
+    /// write, everything else on disk (changed by other sessions) is left as it is.
+    baseline: Flags,
+}
+
+/// One open Maildir. See the module documentation.
+pub struct MaildirMailbox {
+    path: PathBuf,
+    access: Access,
+    uid_validity: u32,
+    uid_next: u32,
+    messages: Vec<MessageInfo>,
+    /// Parallel to `messages`.
+    files: Vec<MessageFile>,
+    keywords: Keywords,
+    _session: Option<SessionLock>,
+}
+
+impl MaildirMailbox {
+    /// Open the Maildir at `path`: scan `new/` and `cur/`, give unlisted messages UIDs in
+    /// `dovecot-uidlist` (not when `ReadOnly`), and take the session lock when `Exclusive`.
+    /// A missing Maildir is created (`cur new tmp`, mode 0700), or is empty when `ReadOnly`.
+    pub fn open(path: &Path, access: Access) -> Result<MaildirMailbox, StoreError> {
+        let root = path.to_path_buf();
+        if access == Access::ReadOnly && !root.is_dir() {
+            return Ok(MaildirMailbox::empty(root, access));
+        }
+        if access != Access::ReadOnly {
+            create_dirs(&root)?;
+        }
+        let session = match access {
+            Access::Exclusive => Some(SessionLock::try_acquire(&root).map_err(StoreError::InUse)?),
+            _ => None,
+        };
+        let keywords = Keywords::read(&root).map_err(io_at(root.join(keywords::KEYWORDS_NAME)))?;
+        let mut index = Index::build(&root, &HashMap::new())?;
+        if access != Access::ReadOnly && index.needs_write {
+            let lock = UidlistLock::acquire(&root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER)
+                .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
+            // Another writer may have assigned UIDs since we looked: look again under the lock.
+            // Sizes do not change (Maildir files are immutable): don't read bodies twice.
+            index = Index::build(&root, &index.sizes_by_base())?;
+            if index.needs_write {
+                lock.replace(&index.list)
+                    .map_err(io_at(root.join(uidlist::UIDLIST_NAME)))?;
+            }
+        }
+        Ok(MaildirMailbox::from_index(
+            root, access, index, keywords, session,
+        ))
+    }
+
+    fn empty(path: PathBuf, access: Access) -> MaildirMailbox {
+        MaildirMailbox {
+            path,
+            access,
+            uid_validity: now_uid_validity(),
+            uid_next: 1,
+            messages: Vec::new(),
+            files: Vec::new(),
+            keywords: Keywords::default(),
+            _session: None,
+        }
+    }
+
+    fn from_index(
+        path: PathBuf,
+        access: Access,
+        index: Index,
+        keywords: Keywords,
+        session: Option<SessionLock>,
+    ) -> MaildirMailbox {
+        let mut messages = Vec::with_capacity(index.entries.len());
+        let mut files = Vec::with_capacity(index.entries.len());
+        for entry in index.entries {
+            let parsed = name::parse(&entry.found.name);
+            messages.push(MessageInfo {
+                uid: entry.uid,
+                flags: parsed.flags,
+                keywords: keywords.bits(&parsed.kept),
+                recent: entry.found.subdir == Subdir::New,
+                size: entry.size,
+                internal_date: entry.found.mtime,
+                internal_tz_minutes: 0,
+            });
+            files.push(MessageFile {
+                base: parsed.base,
+                subdir: entry.found.subdir,
+                name: entry.found.name,
+                disk_flags: parsed.flags,
+                kept: parsed.kept,
+                baseline: parsed.flags,
+            });
+        }
+        MaildirMailbox {
+            path,
+            access,
+            uid_validity: index.list.uid_validity,
+            uid_next: index.list.next_uid,
+            messages,
+            files,
+            keywords,
+            _session: session,
+        }
+    }
+
+    fn file_path(&self, index: usize) -> PathBuf {
+        let file = &self.files[index];
+        self.path.join(file.subdir.name()).join(&file.name)
+    }
+
+    /// Find message `index` again after another process renamed it. False when it is gone.
+    fn relocate(&mut self, index: usize) -> io::Result<bool> {
+        let Some((subdir, name)) = find_by_base(&self.path, &self.files[index].base)? else {
+            return Ok(false);
+        };
+        let parsed = name::parse(&name);
+        let file = &mut self.files[index];
+        file.subdir = subdir;
+        file.name = name;
+        file.disk_flags = parsed.flags;
+        file.kept = parsed.kept;
+        Ok(true)
+    }
+
+    /// Unlink message `index`'s file wherever it went. Gone already counts as done.
+    fn unlink(&mut self, index: usize) -> io::Result<()> {
+        for _ in 0..CHASE_ATTEMPTS {
+            match fs::remove_file(self.file_path(index)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => return other,
+            }
+            if !self.relocate(index)? {
+                return Ok(());
+            }
+        }
+        Err(moving_target())
+    }
+
+    /// Rename message `index` into `cur/` with this session's flag changes applied on top of
+    /// the flags its name has now. False when the file is gone (expunged by another session).
+    fn write_flags(&mut self, index: usize) -> io::Result<bool> {
+        for _ in 0..CHASE_ATTEMPTS {
+            let file = &self.files[index];
+            let wanted = self.messages[index].flags.bits();
+            let added = wanted & !file.baseline.bits();
+            let removed = file.baseline.bits() & !wanted;
+            let target = Flags::from_bits((file.disk_flags.bits() | added) & !removed);
+            if file.subdir == Subdir::Cur && target == file.disk_flags {
+                self.settle(index, target);
+                return Ok(true);
+            }
+            let new_name = name::build(&file.base, target, &file.kept);
+            let to = self.path.join(Subdir::Cur.name()).join(&new_name);
+            match fs::rename(self.file_path(index), to) {
+                Ok(()) => {
+                    let file = &mut self.files[index];
+                    file.subdir = Subdir::Cur;
+                    file.name = new_name;
+                    file.disk_flags = target;
+                    self.settle(index, target);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            if !self.relocate(index)? {
+                return Ok(false);
+            }
+        }
+        Err(moving_target())
+    }
+
+    /// Record that message `index`'s flags on disk are now `flags`.
+    fn settle(&mut self, index: usize, flags: Flags) {
+        self.files[index].baseline = flags;
+        self.messages[index].flags = flags;
+    }
+
+    /// Drop the messages at `gone` (ascending indices) from the index.
+    fn forget(&mut self, gone: &[usize]) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut position = 0;
+        let mut keep = |_: &_| {
+            let kept = gone.binary_search(&position).is_err();
+            position += 1;
+            kept
+        };
+        self.messages.retain(&mut keep);
+        position = 0;
+        let mut keep = |_: &_| {
+            let kept = gone.binary_search(&position).is_err();
+            position += 1;
+            kept
+        };
+        self.files.retain(&mut keep);
+    }
+}
+
+impl Mailbox for MaildirMailbox {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn uid_validity(&self) -> u32 {
+        self.uid_validity
+    }
+
+    fn uid_next(&self) -> u32 {
+        self.uid_next
+    }
+
+    fn messages(&self) -> &[MessageInfo] {
+        &self.messages
+    }
+
+    fn keyword_names(&self) -> &[String] {
+        &self.keywords.names
+    }
+
+    fn open_message(&mut self, index: usize) -> io::Result<Box<dyn Read + '_>> {
+        let Some(info) = self.messages.get(index) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no message {index}"),
+            ));
+        };
+        let (uid, size) = (info.uid, info.size);
+        for _ in 0..CHASE_ATTEMPTS {
+            match File::open(self.file_path(index)) {
+                Ok(file) => return Ok(Box::new(CrlfReader::new(file, size))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            if !self.relocate(index)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("message UID {uid} was expunged by another session"),
+                ));
+            }
+        }
+        Err(moving_target())
+    }
+
+    fn set_flags(&mut self, index: usize, flags: Flags) {
+        if let Some(info) = self.messages.get_mut(index) {
+            info.flags = flags;
+        }
+    }
+
+    /// Rename changed and `new/` messages into `cur/` with their flags; with `expunge`, unlink
+    /// the `\Deleted` ones. Messages found expunged by another session are reported expunged
+    /// too. `ReadOnly`: writes nothing and reports nothing.
+    fn commit(&mut self, expunge: bool) -> Result<CommitReport, StoreError> {
+        if self.access == Access::ReadOnly {
+            return Ok(CommitReport::default());
+        }
+        let mut expunged = Vec::new();
+        for index in 0..self.messages.len() {
+            let still_there = if expunge && self.messages[index].flags.contains(Flags::DELETED) {
+                self.unlink(index).map(|()| false)
+            } else {
+                self.write_flags(index)
+            };
+            match still_there {
+                Ok(true) => {}
+                Ok(false) => expunged.push(index),
+                // Files already unlinked stay in the index; the next commit finds them gone.
+                Err(e) => return Err(StoreError::Io(self.file_path(index), e)),
+            }
+        }
+        self.forget(&expunged);
+        Ok(CommitReport { expunged })
+    }
+}
+
+/// A message as the index assigns it.
+struct Entry {
+    uid: u32,
+    found: Found,
+    size: u64,
+}
+
+/// The directory scan matched against the uidlist: every message with its UID and size.
+struct Index {
+    /// The uidlist as it should be on disk (records only for messages that exist).
+    list: Uidlist,
+    /// In UID order, parallel to `list.records`.
+    entries: Vec<Entry>,
+    /// True when `list` differs from the file (new UIDs, sizes learned, records of expunged
+    /// messages dropped, no or old-format file).
+    needs_write: bool,
+}
+
+impl Index {
+    /// Scan `root` and match it against its uidlist. `known_sizes` (by base name) spares reading
+    /// bodies whose size an earlier pass computed.
+    fn build(root: &Path, known_sizes: &HashMap<&str, u64>) -> Result<Index, StoreError> {
+        let list_path = root.join(uidlist::UIDLIST_NAME);
+        let existing = uidlist::read(root).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => {
+                StoreError::Damaged(format!("{}: {e}", list_path.display()))
+            }
+            _ => StoreError::Io(list_path.clone(), e),
+        })?;
+        let mut needs_write = match &existing {
+            Some(list) => list.outdated,
+            None => true,
+        };
+        let mut list = existing.unwrap_or_else(|| Uidlist::new(now_uid_validity()));
+        let scanned = scan(root)?;
+
+        // Pair each record with its file; a base seen twice (new/ and cur/ mid-rename) counts once.
+        let mut by_base: HashMap<&str, usize> = HashMap::with_capacity(scanned.len());
+        for (at, found) in scanned.iter().enumerate() {
+            by_base.entry(name::base_of(&found.name)).or_insert(at);
+        }
+        let mut listed = Vec::with_capacity(list.records.len());
+        for record in std::mem::take(&mut list.records) {
+            match by_base.remove(record.base.as_str()) {
+                Some(at) => listed.push((record, at)),
+                None => needs_write = true,
+            }
+        }
+        let fresh_at: Vec<usize> = by_base.into_values().collect();
+        let mut scanned: Vec<Option<Found>> = scanned.into_iter().map(Some).collect();
+
+        let mut entries = Vec::with_capacity(scanned.len());
+        for (record, at) in listed {
+            let Some(found) = scanned[at].take() else {
+                continue;
+            };
+            match size_entry(root, record, found, known_sizes, &mut needs_write)? {
+                Some((record, entry)) => {
+                    list.records.push(record);
+                    entries.push(entry);
+                }
+                None => needs_write = true,
+            }
+        }
+        let mut found_fresh: Vec<Found> = fresh_at
+            .into_iter()
+            .filter_map(|at| scanned[at].take())
+            .collect();
+        found_fresh.sort_by_cached_key(|f| name::delivery_key(name::base_of(&f.name), f.mtime));
+        for found in found_fresh {
+            let record = Record {
+                uid: list.next_uid,
+                extensions: Vec::new(),
+                base: name::base_of(&found.name).to_string(),
+            };
+            if let Some((record, entry)) =
+                size_entry(root, record, found, known_sizes, &mut needs_write)?
+            {
+                list.next_uid = list.next_uid.checked_add(1).ok_or_else(|| {
+                    StoreError::Damaged(format!("{}: UIDs exhausted", list_path.display()))
+                })?;
+                list.records.push(record);
+                entries.push(entry);
+                needs_write = true;
+            }
+        }
+        Ok(Index {
+            list,
+            entries,
+            needs_write,
+        })
+    }
+
+    fn sizes_by_base(&self) -> HashMap<&str, u64> {
+        self.list
+            .records
+            .iter()
+            .zip(&self.entries)
+            .map(|(record, entry)| (record.base.as_str(), entry.size))
+            .collect()
+    }
+}
+
+/// The presented size of a message: `,W=` in its name, else the uidlist's `W` extension, else
+/// else `known_sizes`, else read from the file once; the last two are remembered in the record
+/// (setting `needs_write`). `None` when the file vanished meanwhile.
+fn size_entry(
+    root: &Path,
+    mut record: Record,
+    found: Found,
+    known_sizes: &HashMap<&str, u64>,
+    needs_write: &mut bool,
+) -> Result<Option<(Record, Entry)>, StoreError> {
+    let recorded = name::size_field(&record.base, 'W')
+        .or_else(|| record.extension('W').and_then(|w| w.parse().ok()));
+    let size = match recorded {
+        Some(size) => size,
+        None => {
+            let size = match known_sizes.get(record.base.as_str()) {
+                Some(size) => *size,
+                None => {
+                    let path = root.join(found.subdir.name()).join(&found.name);
+                    match body::presented_size(&path) {
+                        Ok(size) => size,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(StoreError::Io(path, e)),
+                    }
+                }
+            };
+            record.extensions.retain(|e| !e.starts_with('W'));
+            record.extensions.push(format!("W{size}"));
+            *needs_write = true;
+            size
+        }
+    };
+    let uid = record.uid;
+    Ok(Some((record, Entry { uid, found, size })))
+}
+
+/// Every message file in `new/` then `cur/`, rescanning when either directory changed during
+/// the scan (a rename racing readdir could otherwise be missed).
+fn scan(root: &Path) -> Result<Vec<Found>, StoreError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before = dir_stamps(root)?;
+        let mut found = Vec::new();
+        for subdir in Subdir::ALL {
+            scan_subdir(root, subdir, &mut found)?;
+        }
+        if attempt >= SCAN_ATTEMPTS || dir_stamps(root)? == before {
+            return Ok(found);
+        }
+    }
+}
+
+fn scan_subdir(root: &Path, subdir: Subdir, found: &mut Vec<Found>) -> Result<(), StoreError> {
+    let dir = root.join(subdir.name());
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::Io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_at(dir.clone()))?;
+        // Maildir names are ASCII; anything else is not a message we could list in the uidlist.
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let meta = match fs::metadata(entry.path()) {
+            Ok(meta) => meta,
+            // Renamed or expunged since readdir: the rescan or the other directory has it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::Io(entry.path(), e)),
+        };
+        if meta.is_file() {
+            found.push(Found {
+                subdir,
+                name,
+                mtime: meta.mtime(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The modification times of `new/` and `cur/`.
+fn dir_stamps(root: &Path) -> Result<[Option<SystemTime>; 2], StoreError> {
+    let mut stamps = [None; 2];
+    for (stamp, subdir) in stamps.iter_mut().zip(Subdir::ALL) {
+        let dir = root.join(subdir.name());
+        *stamp = match fs::metadata(&dir) {
+            Ok(meta) => Some(meta.modified().map_err(io_at(dir))?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::Io(dir, e)),
+        };
+    }
+    Ok(stamps)
+}
+
+/// The file in `new/` or `cur/` whose base name is `base`.
+fn find_by_base(root: &Path, base: &str) -> io::Result<Option<(Subdir, String)>> {
+    for subdir in Subdir::ALL {
+        let entries = match fs::read_dir(root.join(subdir.name())) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let name = entry?.file_name();
+            if let Some(name) = name.to_str() {
+                if name::base_of(name) == base {
+                    return Ok(Some((subdir, name.to_string())));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Create the Maildir and its `cur new tmp` as needed, mode 0700.
+fn create_dirs(root: &Path) -> Result<(), StoreError> {
+    let mut builder = DirBuilder::new();
+    builder.mode(0o700).recursive(true);
+    builder.create(root).map_err(io_at(root.to_path_buf()))?;
+    for sub in ["cur", "new", "tmp"] {
+        let dir = root.join(sub);
+        builder.create(&dir).map_err(io_at(dir))?;
+    }
+    Ok(())
+}
+
+/// UIDVALIDITY for a mailbox getting its first uidlist: the current time, as Dovecot does.
+fn now_uid_validity() -> u32 {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(1);
+    u32::try_from(secs).unwrap_or(u32::MAX).max(1)
+}
+
+fn io_at(path: PathBuf) -> impl FnOnce(io::Error) -> StoreError {
+    move |e| StoreError::Io(path, e)
+}
+
+fn moving_target() -> io::Error {
+    io::Error::other("message keeps being renamed by another process")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A directory under the system temp dir, removed on drop.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new() -> TempDir {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "maildir-test-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A Maildir under a fresh temp dir.
+    fn maildir() -> (TempDir, PathBuf) {
+        let tmp = TempDir::new();
+        let root = tmp.path().join("Maildir");
+        create_dirs(&root).unwrap();
+        (tmp, root)
+    }
+
+    fn deliver(root: &Path, subdir: &str, name: &str, body: &[u8]) -> PathBuf {
+        let path = root.join(subdir).join(name);
+        fs::write(&path, body).unwrap();
+        path
+    }
+
+    fn names_in(root: &Path, subdir: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(root.join(subdir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn read_all(mailbox: &mut MaildirMailbox, index: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        mailbox.open_message(index)?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    fn uids(mailbox: &MaildirMailbox) -> Vec<u32> {
+        mailbox.messages().iter().map(|m| m.uid).collect()
+    }
+
+    #[test]
+    fn assigns_uids_in_delivery_order_and_keeps_them() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "new", "1700000002.M5P1.host", b"b\n");
+        deliver(&root, "new", "1700000001.M900P1.host", b"a\n");
+        deliver(&root, "cur", "1700000003.M1P1.host:2,S", b"c\n");
+        deliver(&root, "new", "1700000001.M1000P1.host", b"a2\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&mailbox), [1, 2, 3, 4]);
+        assert_eq!(mailbox.uid_next(), 5);
+        assert_eq!(read_all(&mut mailbox, 0).unwrap(), b"a\r\n");
+        assert_eq!(read_all(&mut mailbox, 1).unwrap(), b"a2\r\n");
+        assert_eq!(read_all(&mut mailbox, 3).unwrap(), b"c\r\n");
+        let validity = mailbox.uid_validity();
+        assert!(validity > 1_600_000_000);
+        drop(mailbox);
+
+        deliver(&root, "new", "1600000000.M1P1.host", b"late but old\n");
+        let mut again = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(again.uid_validity(), validity);
+        assert_eq!(uids(&again), [1, 2, 3, 4, 5]);
+        assert_eq!(read_all(&mut again, 4).unwrap(), b"late but old\r\n");
+        assert_eq!(again.uid_next(), 6);
+        assert!(!root.join(uidlist::LOCK_NAME).exists());
+    }
+
+    #[test]
+    fn uidlist_on_disk_is_dovecot_format_with_sizes_cached() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "new", "1700000001.M1P1.host", b"ab\ncd\n");
+        deliver(&root, "cur", "1700000002.M1P1.host,S=3,W=4:2,S", b"xy\n");
+        MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let text = fs::read_to_string(root.join(uidlist::UIDLIST_NAME)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let header: Vec<&str> = lines[0].split(' ').collect();
+        assert_eq!(header[0], "3");
+        assert!(header[1].starts_with('V'));
+        assert_eq!(header[2], "N3");
+        assert!(header[3].starts_with('G') && header[3].len() == 33);
+        // Sizes not in the name are computed once and cached as Dovecot's W extension.
+        assert_eq!(lines[1], "1 W8 :1700000001.M1P1.host");
+        assert_eq!(lines[2], "2 :1700000002.M1P1.host,S=3,W=4");
+    }
+
+    #[test]
+    fn dovecot_written_uidlist_is_read_and_preserved() {
+        let (_tmp, root) = maildir();
+        fs::write(
+            root.join(uidlist::UIDLIST_NAME),
+            "3 V1275660208 N25022 G3085f01b7f11094c501100008c4a11c1\n\
+             25006 :1276528487.M364837P9451.kurkku,S=5,W=7:2,\n\
+             25017 W7 :1276533073.M242911P3632.kurkku:2,F\n\
+             25020 :1276533079.M1P1.kurkku\n",
+        )
+        .unwrap();
+        deliver(
+            &root,
+            "cur",
+            "1276528487.M364837P9451.kurkku,S=5,W=7:2,S",
+            b"a\nb\nc",
+        );
+        // W7 in the list is trusted: not recomputed (the file would give 5).
+        deliver(&root, "cur", "1276533073.M242911P3632.kurkku:2,F", b"x\ny");
+        deliver(&root, "new", "1276533090.M1P1.kurkku", b"new\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(mailbox.uid_validity(), 1275660208);
+        assert_eq!(uids(&mailbox), [25006, 25017, 25022]);
+        assert_eq!(mailbox.uid_next(), 25023);
+        let sizes: Vec<u64> = mailbox.messages().iter().map(|m| m.size).collect();
+        assert_eq!(sizes, [7, 7, 5]);
+        assert_eq!(mailbox.messages()[0].flags, Flags::SEEN);
+        assert_eq!(mailbox.messages()[1].flags, Flags::FLAGGED);
+        assert_eq!(read_all(&mut mailbox, 0).unwrap(), b"a\r\nb\r\nc");
+        assert_eq!(read_all(&mut mailbox, 2).unwrap(), b"new\r\n");
+
+        let text = fs::read_to_string(root.join(uidlist::UIDLIST_NAME)).unwrap();
+        assert_eq!(
+            text,
+            "3 V1275660208 N25023 G3085f01b7f11094c501100008c4a11c1\n\
+             25006 :1276528487.M364837P9451.kurkku,S=5,W=7\n\
+             25017 W7 :1276533073.M242911P3632.kurkku\n\
+             25022 W5 :1276533090.M1P1.kurkku\n"
+        );
+    }
+
+    #[test]
+    fn flags_round_trip_and_unknown_letters_survive() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "cur", "1700000001.M1P1.host:2,PSXa", b"m\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(mailbox.messages()[0].flags, Flags::SEEN);
+        mailbox.set_flags(0, Flags::ANSWERED.union(Flags::FLAGGED).union(Flags::DRAFT));
+        assert_eq!(mailbox.commit(false).unwrap(), CommitReport::default());
+        assert_eq!(names_in(&root, "cur"), ["1700000001.M1P1.host:2,DFPRXa"]);
+        drop(mailbox);
+        let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(
+            mailbox.messages()[0].flags,
+            Flags::ANSWERED.union(Flags::FLAGGED).union(Flags::DRAFT)
+        );
+        assert_eq!(uids(&mailbox), [1]);
+    }
+
+    #[test]
+    fn keywords_come_from_dovecot_keywords() {
+        let (_tmp, root) = maildir();
+        fs::write(root.join("dovecot-keywords"), "0 $Forwarded\n2 Junk\n").unwrap();
+        deliver(&root, "cur", "1700000001.M1P1.host:2,Sac", b"m\n");
+        deliver(&root, "cur", "1700000002.M1P1.host:2,b", b"m\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(mailbox.keyword_names(), ["$Forwarded", "Junk"]);
+        assert_eq!(mailbox.messages()[0].keywords, 0b11);
+        assert_eq!(mailbox.messages()[1].keywords, 0);
+        mailbox.set_flags(0, Flags::NONE);
+        mailbox.commit(false).unwrap();
+        let names = names_in(&root, "cur");
+        assert_eq!(
+            names,
+            ["1700000001.M1P1.host:2,ac", "1700000002.M1P1.host:2,b"]
+        );
+    }
+
+    #[test]
+    fn expunge_unlinks_deleted_and_reports_indices() {
+        let (_tmp, root) = maildir();
+        for n in 1..=4 {
+            deliver(&root, "cur", &format!("170000000{n}.M1P1.host:2,"), b"m\n");
+        }
+        let mut mailbox = MaildirMailbox::open(&root, Access::Exclusive).unwrap();
+        mailbox.set_flags(1, Flags::DELETED);
+        mailbox.set_flags(3, Flags::DELETED.union(Flags::SEEN));
+        let report = mailbox.commit(true).unwrap();
+        assert_eq!(report.expunged, [1, 3]);
+        assert_eq!(uids(&mailbox), [1, 3]);
+        assert_eq!(
+            names_in(&root, "cur"),
+            ["1700000001.M1P1.host:2,", "1700000003.M1P1.host:2,"]
+        );
+        drop(mailbox);
+        let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&mailbox), [1, 3]);
+        assert_eq!(mailbox.uid_next(), 5);
+        let text = fs::read_to_string(root.join(uidlist::UIDLIST_NAME)).unwrap();
+        assert!(!text.contains("1700000002") && !text.contains("1700000004"));
+    }
+
+    #[test]
+    fn deleted_without_expunge_is_stored_as_t() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "cur", "1700000001.M1P1.host:2,S", b"m\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        mailbox.set_flags(0, Flags::DELETED.union(Flags::SEEN));
+        assert!(mailbox.commit(false).unwrap().expunged.is_empty());
+        assert_eq!(names_in(&root, "cur"), ["1700000001.M1P1.host:2,ST"]);
+    }
+
+    #[test]
+    fn rename_by_another_process_is_followed() {
+        let (_tmp, root) = maildir();
+        let original = deliver(&root, "cur", "1700000001.M1P1.host:2,", b"one\ntwo\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        // Another session flags it \Flagged behind our back.
+        fs::rename(&original, root.join("cur/1700000001.M1P1.host:2,F")).unwrap();
+        assert_eq!(read_all(&mut mailbox, 0).unwrap(), b"one\r\ntwo\r\n");
+        fs::rename(
+            root.join("cur/1700000001.M1P1.host:2,F"),
+            root.join("cur/1700000001.M1P1.host:2,FR"),
+        )
+        .unwrap();
+        // We mark it \Seen: their \Flagged and \Answered stay.
+        mailbox.set_flags(0, Flags::SEEN);
+        assert!(mailbox.commit(false).unwrap().expunged.is_empty());
+        assert_eq!(names_in(&root, "cur"), ["1700000001.M1P1.host:2,FRS"]);
+        assert_eq!(
+            mailbox.messages()[0].flags,
+            Flags::SEEN.union(Flags::FLAGGED).union(Flags::ANSWERED)
+        );
+    }
+
+    #[test]
+    fn message_expunged_elsewhere_is_not_found_and_reported() {
+        let (_tmp, root) = maildir();
+        let a = deliver(&root, "cur", "1700000001.M1P1.host:2,", b"a\n");
+        deliver(&root, "cur", "1700000002.M1P1.host:2,", b"b\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        fs::remove_file(a).unwrap();
+        let err = read_all(&mut mailbox, 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        mailbox.set_flags(0, Flags::SEEN);
+        mailbox.set_flags(1, Flags::SEEN);
+        assert_eq!(mailbox.commit(false).unwrap().expunged, [0]);
+        assert_eq!(uids(&mailbox), [2]);
+        assert_eq!(names_in(&root, "cur"), ["1700000002.M1P1.host:2,S"]);
+    }
+
+    #[test]
+    fn new_messages_are_recent_and_move_to_cur_on_commit() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "new", "1700000001.M1P1.host", b"a\n");
+        deliver(&root, "cur", "1700000000.M1P1.host:2,S", b"old\n");
+        let mut reader = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert_eq!(reader.commit(false).unwrap(), CommitReport::default());
+        drop(reader);
+        assert_eq!(names_in(&root, "new"), ["1700000001.M1P1.host"]);
+
+        let mut mailbox = MaildirMailbox::open(&root, Access::Exclusive).unwrap();
+        let recent: Vec<bool> = mailbox.messages().iter().map(|m| m.recent).collect();
+        assert_eq!(recent, [false, true]);
+        mailbox.commit(false).unwrap();
+        assert!(names_in(&root, "new").is_empty());
+        assert_eq!(
+            names_in(&root, "cur"),
+            ["1700000000.M1P1.host:2,S", "1700000001.M1P1.host:2,"]
+        );
+        // Still recent for this session; not for the next.
+        assert!(mailbox.messages()[1].recent);
+        drop(mailbox);
+        let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert!(mailbox.messages().iter().all(|m| !m.recent));
+        assert_eq!(uids(&mailbox), [1, 2]);
+    }
+
+    #[test]
+    fn streamed_bytes_equal_size_for_lf_and_crlf_files() {
+        let (_tmp, root) = maildir();
+        let lf = b"Subject: x\n\nline one\nline two\n";
+        let crlf = b"Subject: y\r\n\r\nline one\r\nline two\r\n";
+        let mixed = b"A: b\r\nC: d\n\nno newline at end";
+        deliver(&root, "new", "1700000001.M1P1.host", lf);
+        deliver(&root, "new", "1700000002.M1P1.host", crlf);
+        deliver(&root, "new", "1700000003.M1P1.host", mixed);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let want: [&[u8]; 3] = [
+            b"Subject: x\r\n\r\nline one\r\nline two\r\n",
+            crlf,
+            b"A: b\r\nC: d\r\n\r\nno newline at end",
+        ];
+        for (index, want) in want.iter().enumerate() {
+            let got = read_all(&mut mailbox, index).unwrap();
+            assert_eq!(got, *want);
+            assert_eq!(mailbox.messages()[index].size, got.len() as u64);
+        }
+        // The cached sizes give the same answer on the next open.
+        drop(mailbox);
+        let mailbox = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        let sizes: Vec<u64> = mailbox.messages().iter().map(|m| m.size).collect();
+        assert_eq!(
+            sizes,
+            [
+                want[0].len() as u64,
+                crlf.len() as u64,
+                want[2].len() as u64
+            ]
+        );
+    }
+
+    #[test]
+    fn size_in_name_is_trusted_without_reading_the_body() {
+        let (_tmp, root) = maildir();
+        // W=100 deliberately disagrees with the 2-byte body: only a read would notice.
+        deliver(&root, "cur", "1700000001.M1P1.host,S=2,W=100:2,", b"x\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(mailbox.messages()[0].size, 100);
+        let err = read_all(&mut mailbox, 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn internal_date_is_mtime() {
+        let (_tmp, root) = maildir();
+        let path = deliver(&root, "cur", "1700000001.M1P1.host:2,", b"x\n");
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_234_567_890);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        let mailbox = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert_eq!(mailbox.messages()[0].internal_date, 1_234_567_890);
+        assert_eq!(mailbox.messages()[0].internal_tz_minutes, 0);
+    }
+
+    #[test]
+    fn missing_maildir_is_empty_read_only_and_created_otherwise() {
+        let tmp = TempDir::new();
+        let root = tmp.path().join("Maildir");
+        let reader = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert!(reader.messages().is_empty());
+        assert!(!root.exists());
+
+        let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert!(mailbox.messages().is_empty());
+        assert_eq!(mailbox.uid_next(), 1);
+        for sub in ["cur", "new", "tmp"] {
+            let mode = fs::metadata(root.join(sub)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{sub}");
+        }
+        assert!(root.join(uidlist::UIDLIST_NAME).is_file());
+    }
+
+    #[test]
+    fn read_only_writes_nothing_but_numbers_consistently() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "new", "1700000002.M1P1.host", b"b\n");
+        deliver(&root, "new", "1700000001.M1P1.host", b"a\n");
+        let reader = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert_eq!(uids(&reader), [1, 2]);
+        assert!(!root.join(uidlist::UIDLIST_NAME).exists());
+        let writer = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&writer), [1, 2]);
+        assert_eq!(writer.messages()[0].size, reader.messages()[0].size,);
+    }
+
+    #[test]
+    fn tmp_and_dot_files_are_ignored() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "tmp", "1700000001.M1P1.host", b"in progress\n");
+        deliver(&root, "cur", ".hidden", b"x\n");
+        deliver(&root, "cur", "1700000002.M1P1.host:2,", b"real\n");
+        let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(mailbox.messages().len(), 1);
+    }
+
+    #[test]
+    fn damaged_uidlist_is_left_alone() {
+        let (_tmp, root) = maildir();
+        fs::write(root.join(uidlist::UIDLIST_NAME), "garbage\n").unwrap();
+        let result = MaildirMailbox::open(&root, Access::Shared);
+        assert!(matches!(result, Err(StoreError::Damaged(_))));
+        assert_eq!(
+            fs::read_to_string(root.join(uidlist::UIDLIST_NAME)).unwrap(),
+            "garbage\n"
+        );
+    }
+
+    #[test]
+    fn waits_for_a_uidlist_lock_held_by_another_writer() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "new", "1700000001.M1P1.host", b"a\n");
+        let lock_path = root.join(uidlist::LOCK_NAME);
+        fs::write(&lock_path, b"").unwrap();
+        let releaser = {
+            let lock_path = lock_path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                fs::remove_file(lock_path).unwrap();
+            })
+        };
+        let start = std::time::Instant::now();
+        let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(250));
+        releaser.join().unwrap();
+        assert_eq!(uids(&mailbox), [1]);
+        assert!(root.join(uidlist::UIDLIST_NAME).is_file());
+        assert!(!lock_path.exists());
+    }
+
+    #[test]
+    fn concurrent_openers_agree_on_uids() {
+        let (_tmp, root) = maildir();
+        for n in 0..50 {
+            deliver(
+                &root,
+                "new",
+                &format!("{}.M1P1.host", 1_700_000_000 + n),
+                b"m\n",
+            );
+        }
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+                    let seen: Vec<(u32, String)> = mailbox
+                        .files
+                        .iter()
+                        .zip(mailbox.messages())
+                        .map(|(f, m)| (m.uid, f.base.clone()))
+                        .collect();
+                    seen
+                })
+            })
+            .collect();
+        let results: Vec<_> = openers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(results[0].len(), 50);
+        assert!(results.iter().all(|r| *r == results[0]));
+        let list = uidlist::read(&root).unwrap().unwrap();
+        assert_eq!(list.next_uid, 51);
+    }
+
+    #[test]
+    fn opens_ten_thousand_sized_messages_quickly() {
+        let (_tmp, root) = maildir();
+        for n in 0..10_000 {
+            let name = format!("{}.M{n}P1.host,S=10,W=11:2,S", 1_700_000_000 + n);
+            deliver(&root, "cur", &name, b"");
+        }
+        MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let start = std::time::Instant::now();
+        let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let elapsed = start.elapsed();
+        assert_eq!(mailbox.messages().len(), 10_000);
+        assert_eq!(mailbox.uid_next(), 10_001);
+        // 100 ms in release; the bound allows an unoptimised build on a loaded machine.
+        let bound = if cfg!(debug_assertions) { 1000 } else { 100 };
+        assert!(elapsed.as_millis() < bound, "open took {elapsed:?}");
+    }
+}

@@ -1,0 +1,390 @@
+//! The `dovecot-uidlist` file: UIDVALIDITY, the next UID and the UID of every base name, in
+//! Dovecot's format, and the `dovecot-uidlist.lock` dotlock that serialises writers with Dovecot.
+//!
+//! Owns reading (versions 1 and 3), writing (version 3) and locking that one file. Writes only
+//! through the lock file, renamed over the list, as Dovecot's dotlock "replace" does. Never
+//! touches messages.
+//!
+//! Version 3, as Dovecot writes it:
+//! ```text
+//! 3 V1275660208 N25022 G3085f01b7f11094c501100008c4a11c1
+//! 25006 :1276528487.M364837P9451.kurkku,S=1355,W=1394
+//! 25017 W2481 :1276533073.M242911P3632.kurkku
+//! ```
+//! Version 1 (Dovecot 1.0, Courier's courierimapuiddb): `1 <uidvalidity> <nextuid>` then
+//! `<uid> <filename>` lines.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use super::name::base_of;
+
+pub const UIDLIST_NAME: &str = "dovecot-uidlist";
+pub const LOCK_NAME: &str = "dovecot-uidlist.lock";
+/// A lock file untouched this long belongs to a dead writer (Dovecot: 2 minutes).
+pub const STALE_AFTER: Duration = Duration::from_secs(120);
+
+/// One message line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub uid: u32,
+    /// Extension fields (`W2481`, `S1355`, `G...`, ...) verbatim, in file order.
+    pub extensions: Vec<String>,
+    /// The file name without its info part.
+    pub base: String,
+}
+
+impl Record {
+    /// The value of extension `key` (e.g. `W` = presented size).
+    pub fn extension(&self, key: char) -> Option<&str> {
+        self.extensions.iter().find_map(|e| e.strip_prefix(key))
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uidlist {
+    pub uid_validity: u32,
+    pub next_uid: u32,
+    /// Header fields other than `V` and `N` (the mailbox `G`UID, ...) verbatim.
+    pub header_extra: Vec<String>,
+    /// In strictly increasing UID order.
+    pub records: Vec<Record>,
+    /// True when the file was not in version 3 and should be rewritten.
+    pub outdated: bool,
+}
+
+impl Uidlist {
+    /// A fresh list for a mailbox that never had one.
+    pub fn new(uid_validity: u32) -> Uidlist {
+        Uidlist {
+            uid_validity,
+            next_uid: 1,
+            header_extra: vec![format!("G{}", new_guid())],
+            records: Vec::new(),
+            outdated: false,
+        }
+    }
+
+    /// Parse the file's text. A bad header is an error; bad, duplicate or out-of-order record
+    /// lines are skipped (their messages get new UIDs, as Dovecot would give them).
+    pub fn parse(text: &str) -> Result<Uidlist, String> {
+        let mut lines = text.lines();
+        let header = lines.next().ok_or("empty file")?;
+        let mut list = parse_header(header)?;
+        let version3 = !list.outdated;
+        let mut last_uid = 0;
+        for line in lines {
+            let Some(record) = parse_record(line, version3) else {
+                continue;
+            };
+            if record.uid > last_uid {
+                last_uid = record.uid;
+                list.records.push(record);
+            }
+        }
+        if list.next_uid <= last_uid {
+            list.next_uid = last_uid.saturating_add(1);
+        }
+        Ok(list)
+    }
+
+    /// The version 3 text of this list.
+    pub fn serialize(&self) -> String {
+        let mut out = String::with_capacity(64 + self.records.len() * 64);
+        out.push_str(&format!("3 V{} N{}", self.uid_validity, self.next_uid));
+        for field in &self.header_extra {
+            out.push(' ');
+            out.push_str(field);
+        }
+        out.push('\n');
+        for record in &self.records {
+            out.push_str(&record.uid.to_string());
+            for extension in &record.extensions {
+                out.push(' ');
+                out.push_str(extension);
+            }
+            out.push_str(" :");
+            out.push_str(&record.base);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn parse_header(line: &str) -> Result<Uidlist, String> {
+    let mut fields = line.split_ascii_whitespace();
+    let bad = || format!("bad header {line:?}");
+    let number = |s: Option<&str>| s.and_then(|s| s.parse::<u32>().ok());
+    match fields.next() {
+        Some("1") => {
+            let uid_validity = number(fields.next()).ok_or_else(bad)?;
+            let next_uid = number(fields.next()).ok_or_else(bad)?;
+            Ok(Uidlist {
+                uid_validity,
+                next_uid,
+                header_extra: vec![format!("G{}", new_guid())],
+                records: Vec::new(),
+                outdated: true,
+            })
+        }
+        Some("3") => {
+            let mut uid_validity = None;
+            let mut next_uid = None;
+            let mut header_extra = Vec::new();
+            for field in fields {
+                if let Some(v) = field.strip_prefix('V') {
+                    uid_validity = v.parse::<u32>().ok();
+                } else if let Some(n) = field.strip_prefix('N') {
+                    next_uid = n.parse::<u32>().ok();
+                } else {
+                    header_extra.push(field.to_string());
+                }
+            }
+            Ok(Uidlist {
+                uid_validity: uid_validity.filter(|v| *v != 0).ok_or_else(bad)?,
+                next_uid: next_uid.ok_or_else(bad)?.max(1),
+                header_extra,
+                records: Vec::new(),
+                outdated: false,
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn parse_record(line: &str, version3: bool) -> Option<Record> {
+    let (uid, mut rest) = line.split_once(' ')?;
+    let uid = uid.parse::<u32>().ok().filter(|u| *u != 0)?;
+    let mut extensions = Vec::new();
+    if version3 {
+        loop {
+            rest = rest.trim_start_matches(' ');
+            if let Some(name) = rest.strip_prefix(':') {
+                rest = name;
+                break;
+            }
+            let (field, after) = rest.split_once(' ')?;
+            extensions.push(field.to_string());
+            rest = after;
+        }
+    }
+    let base = base_of(rest.trim_end_matches('\r'));
+    if base.is_empty() || base.contains('/') {
+        return None;
+    }
+    Some(Record {
+        uid,
+        extensions,
+        base: base.to_string(),
+    })
+}
+
+/// Read `<maildir>/dovecot-uidlist`; `Ok(None)` when there is none.
+pub fn read(maildir: &Path) -> io::Result<Option<Uidlist>> {
+    let path = maildir.join(UIDLIST_NAME);
+    let mut text = String::new();
+    match File::open(&path) {
+        Ok(mut file) => file.read_to_string(&mut text)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Uidlist::parse(&text)
+        .map(Some)
+        .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))
+}
+
+/// A 128-bit hexadecimal mailbox GUID, as Dovecot puts in the `G` header field.
+fn new_guid() -> String {
+    let mut bytes = [0u8; 16];
+    let random = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mixed = (u128::from(now.as_secs()) << 64)
+            ^ (u128::from(now.subsec_nanos()) << 32)
+            ^ u128::from(std::process::id());
+        bytes = mixed.to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `dovecot-uidlist.lock`, held while reading-then-writing the list. It doubles as the new
+/// list's temporary file: [`UidlistLock::replace`] writes into it and renames it over the list.
+/// Dropped without `replace`, it is removed.
+pub struct UidlistLock {
+    lock_path: PathBuf,
+    list_path: PathBuf,
+    file: Option<File>,
+}
+
+impl UidlistLock {
+    /// Create the lock with O_EXCL, waiting up to `wait`; a lock file older than `stale_after`
+    /// is taken over.
+    pub fn acquire(maildir: &Path, wait: Duration, stale_after: Duration) -> io::Result<Self> {
+        let lock_path = maildir.join(LOCK_NAME);
+        let deadline = SystemTime::now() + wait;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let created = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&lock_path);
+            match created {
+                Ok(file) => {
+                    return Ok(UidlistLock {
+                        list_path: maildir.join(UIDLIST_NAME),
+                        lock_path,
+                        file: Some(file),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            if remove_if_stale(&lock_path, stale_after)? {
+                continue;
+            }
+            if SystemTime::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} is held by another process", lock_path.display()),
+                ));
+            }
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Write `list` into the lock file, flush it to disk and rename it over the list: readers
+    /// see the old or the new list, never a partial one. Releases the lock.
+    pub fn replace(mut self, list: &Uidlist) -> io::Result<()> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("uidlist lock already used"))?;
+        file.write_all(list.serialize().as_bytes())?;
+        file.sync_data()?;
+        drop(file);
+        fs::rename(&self.lock_path, &self.list_path)
+    }
+}
+
+impl Drop for UidlistLock {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Best effort: a lock we fail to remove goes stale and is taken over later.
+            let _ = fs::remove_file(&self.lock_path);
+        }
+    }
+}
+
+/// Remove the lock file when it has not been modified for `stale_after`. True when removed
+/// (or already gone), so the caller retries at once.
+fn remove_if_stale(lock_path: &Path, stale_after: Duration) -> io::Result<bool> {
+    let modified = match fs::metadata(lock_path).and_then(|m| m.modified()) {
+        Ok(modified) => modified,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    let age = SystemTime::now()
+        .duration_since(modified)
+        .unwrap_or_default();
+    if age < stale_after {
+        return Ok(false);
+    }
+    match fs::remove_file(lock_path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::maildir::tests::TempDir;
+
+    const DOVECOT_WRITTEN: &str = "3 V1275660208 N25022 G3085f01b7f11094c501100008c4a11c1\n\
+        25006 :1276528487.M364837P9451.kurkku,S=1355,W=1394:2,\n\
+        25017 W2481 :1276533073.M242911P3632.kurkku:2,F\n\
+        25021 G4f2b6c1d8e9a0b1c2d3e4f5a6b7c8d9e W612 S600 :1276533080.M1P2.kurkku\n";
+
+    #[test]
+    fn reads_dovecot_written_list() {
+        let list = Uidlist::parse(DOVECOT_WRITTEN).unwrap();
+        assert_eq!(list.uid_validity, 1275660208);
+        assert_eq!(list.next_uid, 25022);
+        assert_eq!(list.header_extra, ["G3085f01b7f11094c501100008c4a11c1"]);
+        assert_eq!(list.records.len(), 3);
+        assert_eq!(list.records[0].uid, 25006);
+        assert_eq!(
+            list.records[0].base,
+            "1276528487.M364837P9451.kurkku,S=1355,W=1394"
+        );
+        assert_eq!(list.records[1].extension('W'), Some("2481"));
+        assert_eq!(list.records[1].base, "1276533073.M242911P3632.kurkku");
+        assert_eq!(list.records[2].extension('S'), Some("600"));
+        assert!(!list.outdated);
+    }
+
+    #[test]
+    fn round_trips_version3() {
+        let list = Uidlist::parse(DOVECOT_WRITTEN).unwrap();
+        let text = list.serialize();
+        assert!(text.starts_with("3 V1275660208 N25022 G3085f01b7f11094c501100008c4a11c1\n"));
+        assert!(text.contains("\n25017 W2481 :1276533073.M242911P3632.kurkku\n"));
+        assert!(text.contains("\n25006 :1276528487.M364837P9451.kurkku,S=1355,W=1394\n"));
+        assert_eq!(Uidlist::parse(&text).unwrap(), list);
+    }
+
+    #[test]
+    fn reads_version1_and_skips_bad_records() {
+        let list =
+            Uidlist::parse("1 1000 5\n1 a.b.c:2,S\nx junk\n3 d.e.f\n2 out.of.order\n").unwrap();
+        assert_eq!(list.uid_validity, 1000);
+        assert_eq!(list.next_uid, 5);
+        let uids: Vec<u32> = list.records.iter().map(|r| r.uid).collect();
+        assert_eq!(uids, [1, 3]);
+        assert_eq!(list.records[0].base, "a.b.c");
+        assert!(list.outdated);
+        assert!(Uidlist::parse("9 garbage\n").is_err());
+        assert!(Uidlist::parse("3 N5\n").is_err());
+        // N lower than a listed UID is raised past it.
+        assert_eq!(Uidlist::parse("3 V1 N2\n7 :x\n").unwrap().next_uid, 8);
+    }
+
+    #[test]
+    fn lock_excludes_then_replaces_atomically() {
+        let dir = TempDir::new();
+        let first = UidlistLock::acquire(dir.path(), Duration::ZERO, STALE_AFTER).unwrap();
+        let second = UidlistLock::acquire(dir.path(), Duration::from_millis(50), STALE_AFTER);
+        assert_eq!(
+            second.err().map(|e| e.kind()),
+            Some(io::ErrorKind::TimedOut)
+        );
+        let list = Uidlist::new(42);
+        first.replace(&list).unwrap();
+        assert!(!dir.path().join(LOCK_NAME).exists());
+        assert_eq!(read(dir.path()).unwrap(), Some(list));
+    }
+
+    #[test]
+    fn dropped_lock_is_removed_and_stale_lock_taken_over() {
+        let dir = TempDir::new();
+        drop(UidlistLock::acquire(dir.path(), Duration::ZERO, STALE_AFTER).unwrap());
+        assert!(!dir.path().join(LOCK_NAME).exists());
+
+        let stale = File::create(dir.path().join(LOCK_NAME)).unwrap();
+        stale
+            .set_modified(SystemTime::now() - Duration::from_secs(121))
+            .unwrap();
+        let lock = UidlistLock::acquire(dir.path(), Duration::ZERO, STALE_AFTER);
+        assert!(lock.is_ok(), "a 121 s old lock must be taken over");
+    }
+}
