@@ -95,7 +95,7 @@ def test_sasl_plain_login_and_errors(users, mbox_for, pipe_session):
     assert s.cmd("!!!not base64!!!") == b"-ERR Invalid base64 data"
     assert s.cmd("AUTH PLAIN %%%") == b"-ERR Invalid base64 data"
     assert s.cmd("AUTH BOGUS").startswith(b"-ERR")
-    assert s.cmd("AUTH PLAIN " + b64("\0%s\0wrong" % alice.name)) == b"-ERR [AUTH] Bad login"
+    assert s.cmd("AUTH PLAIN " + b64("\0%s\0wrong" % alice.name)).startswith(b"-ERR [AUTH] ")
     first = s.cmd("AUTH LOGIN")
     assert first.startswith(b"+ "), first
     assert base64.b64decode(first[2:]).lower().startswith(b"user"), first
@@ -154,7 +154,7 @@ def test_apop_and_cram_md5(users, mbox_for, pipe_session, tmp_path):
     s.greeting()
     challenge = base64.b64decode(s.cmd("AUTH CRAM-MD5")[2:])
     wrong = hmac.new(b"wrong", challenge, hashlib.md5).hexdigest()
-    assert s.cmd(b64("%s %s" % (alice.name, wrong))) == b"-ERR [AUTH] Bad login"
+    assert s.cmd(b64("%s %s" % (alice.name, wrong))).startswith(b"-ERR [AUTH] ")
     s.cmd("QUIT")
 
 
