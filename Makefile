@@ -2,6 +2,7 @@
 #   make build     release build of the whole workspace
 #   make test      build, Rust unit tests, then the end-to-end suite in tests/ (run as root)
 #   make install   PREFIX=/usr/local by default; DESTDIR for staged installs
+#   make demo      serve a demo mailbox on 127.0.0.1:11110 and read it with poplib and curl
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -17,7 +18,7 @@ EXAMPLES = xinetd.d/pop3 xinetd.d/pop3s inetd.conf.sample \
 	systemd/ipop3ds.socket systemd/ipop3ds@.service \
 	pam.d/pop pam.d/imap stunnel/ipop3d.conf
 
-.PHONY: build test install
+.PHONY: build test install demo
 
 build:
 	$(CARGO) build --release --workspace
@@ -33,3 +34,6 @@ install: build
 	for f in $(EXAMPLES); do \
 		install -D -m 0644 $$f $(DOCDIR)/examples/$$f || exit 1; \
 	done
+
+demo:
+	bash demo/demo.sh

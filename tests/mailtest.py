@@ -57,8 +57,16 @@ def mbox_of(messages, sender=b"sender@example.com"):
     return b"".join(out)
 
 
-def split_mbox(data):
-    """The messages of an mbox file: each without its From_ line and separator blank line.
+def is_pseudo_message(msg):
+    """UW's folder-internal-data message (X-IMAP header) that keeps UIDVALIDITY in an
+    emptied mailbox; never shown to clients."""
+    head = msg.split(b"\n\n", 1)[0]
+    return bool(re.search(rb"(?im)^X-IMAP: ", head)) and b"FOLDER INTERNAL DATA" in head
+
+
+def split_mbox(data, include_pseudo=False):
+    """The messages of an mbox file: each without its From_ line and separator blank line,
+    UW's pseudo message left out unless include_pseudo.
 
     Raises AssertionError if the file does not start with a From_ line (a damaged file)."""
     if not data:
@@ -84,7 +92,8 @@ def split_mbox(data):
             pass
         elif text:
             text += b"\n"
-        result.append(text)
+        if include_pseudo or not is_pseudo_message(text):
+            result.append(text)
     return result
 
 

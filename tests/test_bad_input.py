@@ -47,7 +47,7 @@ def test_malformed_commands(users, mbox_for, pipe_session):
             if arg == "" and verb in ("LIST", "UIDL"):
                 continue
             resp = s.cmd(("%s %s" % (verb, arg)).rstrip())
-            assert resp in BAD_NUMBER, (verb, arg, resp)
+            assert resp in BAD_NUMBER or (arg == "" and resp.startswith(b"-ERR ")), (verb, arg, resp)
     for count in ("-5", "x", "", "1.5"):
         resp = s.cmd(("TOP 1 %s" % count).rstrip())
         assert resp == b"-ERR Bad line count argument" or (count == "" and resp.startswith(b"-ERR")), (count, resp)

@@ -165,11 +165,23 @@ def test_second_session_gets_in_use(users, mbox_for, pipe_session):
     second.ok("USER " + alice.name)
     resp = second.cmd("PASS " + alice.password, timeout=60)
     assert resp.startswith(b"-ERR [IN-USE] Mailbox in use"), resp
-    assert second.cmd("STAT") == b"-ERR Unknown AUTHORIZATION state command"
+    assert_closed_or_authorization(second)
     assert first.quit() == b"+OK Sayonara"
-    second.ok("USER " + alice.name)
-    assert second.cmd("PASS " + alice.password) == b"+OK Mailbox open, 3 messages"
-    second.quit()
+    third = pipe_session("--allow-plaintext")
+    third.greeting()
+    assert third.login(alice.name, alice.password) == b"+OK Mailbox open, 3 messages"
+    third.quit()
+
+
+def assert_closed_or_authorization(s):
+    """After a login that authenticated but could not open the mailbox the session has
+    already become the user: ipop3d closes, as UW does; staying in AUTHORIZATION is the
+    other RFC 2449 option. Anything else (e.g. TRANSACTION) is wrong."""
+    try:
+        resp = s.cmd("STAT")
+    except (EOFError, BrokenPipeError):
+        return
+    assert resp == b"-ERR Unknown AUTHORIZATION state command", resp
 
 
 def test_log_lines_on_debug(users, mbox_for, pipe_session):
@@ -221,7 +233,7 @@ def test_damaged_mailbox_is_sys_perm_and_untouched(users, mbox_for, pipe_session
     s.ok("USER " + alice.name)
     resp = s.cmd("PASS " + alice.password)
     assert resp.startswith(b"-ERR [SYS/PERM]"), resp
-    s.cmd("QUIT")
+    assert_closed_or_authorization(s)
     assert read_file(path) == junk
 
 
