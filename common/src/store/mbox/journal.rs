@@ -1,0 +1,546 @@
+//! The undo journal that makes in-place mbox rewrites crash-safe.
+//!
+//! Before a rewrite changes any byte of the mailbox, the original bytes of every region it will
+//! overwrite (and the original length) are copied into a journal file and fsynced. The journal
+//! lives next to the mailbox as `.<mailbox name>.mbox-journal` when that directory is writable,
+//! otherwise in `$HOME` as `.mbox-journal.<dev>.<ino>`. Layout (integers little-endian u64):
+//!
+//! ```text
+//! "MSJRNL1\n" dev ino orig_len new_len nregions (offset len)*nregions data... checksum "MSJEND1\n"
+//! ```
+//!
+//! The checksum covers everything before it. A journal that is complete and matches the mailbox
+//! (dev/ino) is replayed under the mailbox lock before anything else reads the mailbox: the
+//! regions are written back and the length restored, so the mailbox is exactly as before the
+//! interrupted rewrite (plus any mail an MTA appended meanwhile, which is kept). An incomplete
+//! journal means the rewrite never started; it is removed.
+//!
+//! Owns the journal files only; never decides what a rewrite writes.
+
+use super::fromline::is_from_line;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"MSJRNL1\n";
+const END_MAGIC: &[u8; 8] = b"MSJEND1\n";
+const FIXED_HEADER: u64 = 8 + 5 * 8;
+const TRAILER: u64 = 16;
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Identity of the mailbox file a journal belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(file: &File) -> io::Result<FileId> {
+        let m = file.metadata()?;
+        Ok(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// A byte range of the mailbox as it was before the rewrite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Region {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A complete, fsynced journal for one rewrite.
+pub(super) struct Journal {
+    path: PathBuf,
+    file: File,
+    /// (region, position of its data in the journal file)
+    table: Vec<(Region, u64)>,
+    orig_len: u64,
+}
+
+/// Where the journal for `mailbox` may live, in order of preference.
+fn journal_paths(mailbox: &Path, id: FileId) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    if let Some(name) = mailbox.file_name() {
+        let dir = match mailbox.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut journal_name = std::ffi::OsString::from(".");
+        journal_name.push(name);
+        journal_name.push(".mbox-journal");
+        paths.push(dir.join(journal_name));
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        paths.push(PathBuf::from(home).join(format!(".mbox-journal.{}.{}", id.dev, id.ino)));
+    }
+    paths
+}
+
+/// 64-bit checksum over a byte stream, fed in arbitrary pieces.
+struct Checksum {
+    state: u64,
+    pending: [u8; 8],
+    npending: usize,
+    total: u64,
+}
+
+impl Checksum {
+    fn new() -> Checksum {
+        Checksum {
+            state: 0x9e37_79b9_7f4a_7c15,
+            pending: [0; 8],
+            npending: 0,
+            total: 0,
+        }
+    }
+
+    fn mix(&mut self, word: u64) {
+        self.state = (self.state ^ word)
+            .wrapping_mul(0x0000_0100_0000_01b3)
+            .rotate_left(27)
+            .wrapping_add(0x5851_f42d_4c95_7f2d);
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        while self.npending > 0 && !data.is_empty() {
+            self.pending[self.npending] = data[0];
+            self.npending += 1;
+            data = &data[1..];
+            if self.npending == 8 {
+                self.npending = 0;
+                self.mix(u64::from_le_bytes(self.pending));
+            }
+        }
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.mix(u64::from_le_bytes(b));
+        }
+        for &b in words.remainder() {
+            self.pending[self.npending] = b;
+            self.npending += 1;
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        let mut last = [0u8; 8];
+        last[..self.npending].copy_from_slice(&self.pending[..self.npending]);
+        self.mix(u64::from_le_bytes(last));
+        let total = self.total;
+        self.mix(total);
+        self.state
+    }
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+fn header_bytes(id: FileId, orig_len: u64, new_len: u64, regions: &[Region]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FIXED_HEADER as usize + 16 * regions.len());
+    out.extend_from_slice(MAGIC);
+    for v in [id.dev, id.ino, orig_len, new_len, regions.len() as u64] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for r in regions {
+        out.extend_from_slice(&r.offset.to_le_bytes());
+        out.extend_from_slice(&r.len.to_le_bytes());
+    }
+    out
+}
+
+impl Journal {
+    /// Save `regions` of `mailbox` (currently `orig_len` bytes, about to become `new_len`) and
+    /// fsync. On any error nothing is left behind and the mailbox has not been touched.
+    pub fn create(
+        mailbox_path: &Path,
+        mailbox: &File,
+        orig_len: u64,
+        new_len: u64,
+        regions: &[Region],
+    ) -> io::Result<Journal> {
+        let id = FileId::of(mailbox)?;
+        let mut last_err = io::Error::other("no place for a journal (no writable directory)");
+        for path in journal_paths(mailbox_path, id) {
+            let file = match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // Left over and already judged incomplete by recovery: replace it.
+                    std::fs::remove_file(&path)?;
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)?
+                }
+                Err(e) => {
+                    last_err = e;
+                    continue;
+                }
+            };
+            return match Journal::fill(&path, file, mailbox, id, orig_len, new_len, regions) {
+                Ok(j) => Ok(j),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    Err(e)
+                }
+            };
+        }
+        Err(last_err)
+    }
+
+    fn fill(
+        path: &Path,
+        file: File,
+        mailbox: &File,
+        id: FileId,
+        orig_len: u64,
+        new_len: u64,
+        regions: &[Region],
+    ) -> io::Result<Journal> {
+        let header = header_bytes(id, orig_len, new_len, regions);
+        let mut sum = Checksum::new();
+        sum.update(&header);
+        let mut out = io::BufWriter::with_capacity(COPY_CHUNK, &file);
+        out.write_all(&header)?;
+        let mut table = Vec::with_capacity(regions.len());
+        let mut pos = header.len() as u64;
+        let mut buf = vec![0u8; COPY_CHUNK];
+        for r in regions {
+            table.push((*r, pos));
+            let mut done = 0u64;
+            while done < r.len {
+                let n = (r.len - done).min(COPY_CHUNK as u64) as usize;
+                mailbox.read_exact_at(&mut buf[..n], r.offset + done)?;
+                sum.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+                done += n as u64;
+            }
+            pos += r.len;
+        }
+        out.write_all(&sum.finish().to_le_bytes())?;
+        out.write_all(END_MAGIC)?;
+        out.flush()?;
+        drop(out);
+        file.sync_all()?;
+        sync_dir(path);
+        Ok(Journal {
+            path: path.to_path_buf(),
+            file,
+            table,
+            orig_len,
+        })
+    }
+
+    /// Read original mailbox bytes at `offset` (which must lie inside one saved region).
+    pub fn read_old(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset + buf.len() as u64;
+        for (r, pos) in &self.table {
+            if offset >= r.offset && end <= r.offset + r.len {
+                return self.file.read_exact_at(buf, pos + (offset - r.offset));
+            }
+        }
+        Err(io::Error::other(format!(
+            "journal does not hold bytes {offset}..{end}"
+        )))
+    }
+
+    /// Put the original bytes back (after a failed rewrite) and remove the journal.
+    pub fn restore(self, mailbox: &File) -> io::Result<()> {
+        restore_regions(&self.file, &self.table, mailbox, self.orig_len, &[])?;
+        self.finish()
+    }
+
+    /// The rewrite is durable: the journal is no longer needed.
+    pub fn finish(self) -> io::Result<()> {
+        std::fs::remove_file(&self.path)?;
+        sync_dir(&self.path);
+        Ok(())
+    }
+}
+
+fn restore_regions(
+    journal: &File,
+    table: &[(Region, u64)],
+    mailbox: &File,
+    orig_len: u64,
+    appended: &[u8],
+) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    for (r, pos) in table {
+        let mut done = 0u64;
+        while done < r.len {
+            let n = (r.len - done).min(COPY_CHUNK as u64) as usize;
+            journal.read_exact_at(&mut buf[..n], pos + done)?;
+            mailbox.write_all_at(&buf[..n], r.offset + done)?;
+            done += n as u64;
+        }
+    }
+    mailbox.set_len(orig_len)?;
+    if !appended.is_empty() {
+        mailbox.write_all_at(appended, orig_len)?;
+    }
+    mailbox.sync_all()
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    let b: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+/// A parsed, verified journal file.
+struct Found {
+    orig_len: u64,
+    new_len: u64,
+    table: Vec<(Region, u64)>,
+}
+
+fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
+    let size = journal.metadata()?.len();
+    if size < FIXED_HEADER + TRAILER {
+        return Ok(None);
+    }
+    let mut fixed = vec![0u8; FIXED_HEADER as usize];
+    journal.read_exact_at(&mut fixed, 0)?;
+    let field = |i: usize| read_u64(&fixed, 8 + 8 * i).unwrap_or(u64::MAX);
+    if &fixed[..8] != MAGIC || field(0) != id.dev || field(1) != id.ino {
+        return Ok(None);
+    }
+    let (orig_len, new_len, nregions) = (field(2), field(3), field(4));
+    if nregions > (size - FIXED_HEADER) / 16 {
+        return Ok(None);
+    }
+    let mut table_bytes = vec![0u8; (nregions * 16) as usize];
+    journal.read_exact_at(&mut table_bytes, FIXED_HEADER)?;
+    let mut table = Vec::new();
+    let mut pos = FIXED_HEADER + nregions * 16;
+    for i in 0..nregions as usize {
+        let (Some(offset), Some(len)) = (
+            read_u64(&table_bytes, 16 * i),
+            read_u64(&table_bytes, 16 * i + 8),
+        ) else {
+            return Ok(None);
+        };
+        table.push((Region { offset, len }, pos));
+        pos = match pos.checked_add(len) {
+            Some(p) => p,
+            None => return Ok(None),
+        };
+    }
+    if pos.checked_add(TRAILER) != Some(size) {
+        return Ok(None);
+    }
+    let mut sum = Checksum::new();
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut done = 0u64;
+    while done < pos {
+        let n = (pos - done).min(COPY_CHUNK as u64) as usize;
+        journal.read_exact_at(&mut buf[..n], done)?;
+        sum.update(&buf[..n]);
+        done += n as u64;
+    }
+    let mut trailer = [0u8; 16];
+    journal.read_exact_at(&mut trailer, pos)?;
+    if read_u64(&trailer, 0) != Some(sum.finish()) || &trailer[8..] != END_MAGIC {
+        return Ok(None);
+    }
+    Ok(Some(Found {
+        orig_len,
+        new_len,
+        table,
+    }))
+}
+
+/// Mail appended by an MTA after an interrupted rewrite: the bytes from the length the rewrite
+/// had left (original or new length, whichever starts a `From ` line) to the current end.
+fn appended_after_crash(mailbox: &File, found: &Found) -> io::Result<Vec<u8>> {
+    let now = mailbox.metadata()?.len();
+    let mut candidates = [found.orig_len, found.new_len];
+    candidates.sort_unstable_by(|a, b| b.cmp(a));
+    if candidates.contains(&now) {
+        return Ok(Vec::new());
+    }
+    let below: Vec<u64> = candidates.iter().copied().filter(|&c| c < now).collect();
+    let Some(&largest) = below.first() else {
+        return Ok(Vec::new());
+    };
+    let starts_from_line = |at: u64| -> bool {
+        let mut head = vec![0u8; 1024.min((now - at) as usize)];
+        if mailbox.read_exact_at(&mut head, at).is_err() {
+            return false;
+        }
+        match memchr::memchr(b'\n', &head) {
+            Some(i) => is_from_line(&head[..=i]),
+            None => false,
+        }
+    };
+    let start = below
+        .iter()
+        .copied()
+        .find(|&c| starts_from_line(c))
+        .unwrap_or(largest);
+    let mut tail = vec![0u8; (now - start) as usize];
+    mailbox.read_exact_at(&mut tail, start)?;
+    Ok(tail)
+}
+
+/// Replay or discard any journal left for `mailbox_path` (whose open handle is `mailbox`); call
+/// with the mailbox lock held. Returns true when a rewrite was rolled back.
+pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
+    let id = FileId::of(mailbox)?;
+    let mut recovered = false;
+    for path in journal_paths(mailbox_path, id) {
+        let journal = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
+            Err(e) => return Err(e),
+        };
+        match verify(&journal, id)? {
+            None => {
+                let is_ours_by_name = path.file_name().is_some_and(|n| {
+                    n.to_string_lossy()
+                        .ends_with(&format!(".{}.{}", id.dev, id.ino))
+                });
+                // Incomplete (the rewrite never started) or a leftover for an older file
+                // of the same name next to the mailbox: either way it no longer applies.
+                if is_ours_by_name || path.parent() == mailbox_path.parent() {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+            Some(found) => {
+                let writable = OpenOptions::new().write(true).open(mailbox_path)?;
+                let appended = appended_after_crash(mailbox, &found)?;
+                restore_regions(&journal, &found.table, &writable, found.orig_len, &appended)?;
+                std::fs::remove_file(&path)?;
+                sync_dir(&path);
+                recovered = true;
+            }
+        }
+    }
+    Ok(recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::mbox::tests::TempDir;
+
+    fn journal_file(dir: &Path) -> PathBuf {
+        dir.join(".box.mbox-journal")
+    }
+
+    #[test]
+    fn complete_journal_restores_bytes_and_length() {
+        let dir = TempDir::new("journal-restore");
+        let path = dir.path().join("box");
+        std::fs::write(&path, b"0123456789abcdef").unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let regions = [Region { offset: 2, len: 3 }, Region { offset: 10, len: 6 }];
+        let j = Journal::create(&path, &f, 16, 20, &regions).unwrap();
+        let mut old = [0u8; 2];
+        j.read_old(11, &mut old).unwrap();
+        assert_eq!(&old, b"bc");
+        assert!(j.read_old(4, &mut [0u8; 3]).is_err());
+        f.write_all_at(b"XXXXXXXXXXXXXXXXXXXX", 0).unwrap();
+        drop(j); // as if killed: the journal stays
+        assert!(recover(&path, &f).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"XX234XXXXXabcdef");
+        assert!(!journal_file(dir.path()).exists());
+    }
+
+    #[test]
+    fn truncated_journal_is_discarded_and_mailbox_untouched() {
+        let dir = TempDir::new("journal-truncated");
+        let path = dir.path().join("box");
+        std::fs::write(&path, b"From a Mon Jan  1 00:00:00 2024\n\nx\n").unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let j = Journal::create(&path, &f, 35, 35, &[Region { offset: 0, len: 35 }]).unwrap();
+        drop(j);
+        let jp = journal_file(dir.path());
+        let len = std::fs::metadata(&jp).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&jp)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        f.write_all_at(b"Y", 34).unwrap();
+        assert!(!recover(&path, &f).unwrap());
+        assert!(!jp.exists());
+        assert_eq!(std::fs::read(&path).unwrap().last(), Some(&b'Y'));
+    }
+
+    #[test]
+    fn mail_appended_after_a_crash_is_kept() {
+        let dir = TempDir::new("journal-appended");
+        let path = dir.path().join("box");
+        let original = b"From a Mon Jan  1 00:00:00 2024\nS: 1\n\nbody one\n\n".to_vec();
+        std::fs::write(&path, &original).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let n = original.len() as u64;
+        let j = Journal::create(&path, &f, n, n - 5, &[Region { offset: 0, len: n }]).unwrap();
+        drop(j);
+        // The rewrite got as far as truncating, then died; an MTA appended a message.
+        f.write_all_at(b"garbage", 0).unwrap();
+        f.set_len(n - 5).unwrap();
+        let delivered = b"From b Tue Jan  2 00:00:00 2024\n\nnew\n\n";
+        f.write_all_at(delivered, n - 5).unwrap();
+        assert!(recover(&path, &f).unwrap());
+        let mut expected = original.clone();
+        expected.extend_from_slice(delivered);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn checksum_is_independent_of_chunking() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut a = Checksum::new();
+        a.update(&data);
+        let mut b = Checksum::new();
+        for piece in data.chunks(3) {
+            b.update(piece);
+        }
+        assert_eq!(a.finish(), b.finish());
+        let mut c = Checksum::new();
+        c.update(&data[..999]);
+        let mut d = Checksum::new();
+        d.update(&data);
+        assert_ne!(c.finish(), d.finish());
+    }
+}

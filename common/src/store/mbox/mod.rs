@@ -1,0 +1,476 @@
+//! UW-compatible mbox mailboxes (the `/var/mail/$USER` spool and folders), read and written
+//! byte-compatibly with UW-IMAP imap-2007f's "unix" driver.
+//!
+//! Owns: parsing the file into a compact index ([`parse`]), presenting messages ([`reader`]),
+//! writing flags/UIDs back and expunging in place ([`rewrite`]) behind an undo journal
+//! ([`journal`]). Every read and write of the file happens under [`MailboxLock`]; a POP3 session
+//! additionally holds the [`SessionLock`] for its whole life. Never keeps message bodies in
+//! memory, never replaces the mailbox file by rename, and never writes in `ReadOnly` mode.
+
+mod fromline;
+mod journal;
+mod lines;
+mod meta;
+mod parse;
+mod reader;
+mod rewrite;
+
+use super::lock::{MailboxLock, SessionLock};
+use super::{Access, CommitReport, Flags, Mailbox, MessageInfo, StoreError};
+use meta::{keyword_words, BaseInfo, MAX_KEYWORDS};
+use parse::{Entry, ParseError, Parsed, PseudoInfo};
+use rewrite::{Snapshot, Style};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long to wait for the mailbox lock (UW: five minutes).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the file looked like when we last parsed or wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(file: &File) -> io::Result<FileStamp> {
+        let m = file.metadata()?;
+        Ok(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })
+    }
+}
+
+/// One open mbox file.
+pub struct MboxMailbox {
+    path: PathBuf,
+    access: Access,
+    helper: PathBuf,
+    style: Style,
+    file: Option<File>,
+    stamp: Option<FileStamp>,
+    entries: Vec<Entry>,
+    infos: Vec<MessageInfo>,
+    uid_validity: u32,
+    uid_last: u32,
+    keywords: Vec<String>,
+    pseudo: Option<PseudoInfo>,
+    first_meta: Option<Vec<u8>>,
+    _session: Option<SessionLock>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+impl MboxMailbox {
+    /// Open the spool INBOX at `path`: mailbox-wide data goes into `X-IMAPbase` of the first
+    /// message unless the file already uses a pseudo-message. A missing file is an empty
+    /// mailbox; nothing is created until there is something to write. `helper` is the setgid
+    /// dotlock helper for spool directories we cannot write.
+    pub fn open(path: &Path, access: Access, helper: &Path) -> Result<MboxMailbox, StoreError> {
+        MboxMailbox::open_with_style(path, access, helper, Style::Base)
+    }
+
+    /// Open a folder other than the spool INBOX: like [`MboxMailbox::open`], but a file without
+    /// metadata yet gets UW's pseudo-message ("DON'T DELETE THIS MESSAGE").
+    pub fn open_folder(
+        path: &Path,
+        access: Access,
+        helper: &Path,
+    ) -> Result<MboxMailbox, StoreError> {
+        MboxMailbox::open_with_style(path, access, helper, Style::Pseudo)
+    }
+
+    /// Create an empty folder at `path` holding only the pseudo-message (as UW's CREATE does).
+    /// Fails if the file exists.
+    pub fn create_folder(path: &Path) -> Result<(), StoreError> {
+        let io_err = |e| StoreError::Io(path.to_path_buf(), e);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err)?;
+        let validity = u32::try_from(now()).unwrap_or(1).max(1);
+        let base = BaseInfo {
+            uid_validity: validity,
+            uid_last: 0,
+            keywords: &[],
+        };
+        let bytes = meta::pseudo_message(&base, now(), &host_name());
+        io::Write::write_all(&mut file, &bytes).map_err(io_err)?;
+        file.sync_all().map_err(io_err)
+    }
+
+    fn open_with_style(
+        path: &Path,
+        access: Access,
+        helper: &Path,
+        style: Style,
+    ) -> Result<MboxMailbox, StoreError> {
+        let session = match access {
+            Access::Exclusive => Some(SessionLock::try_acquire(path).map_err(StoreError::InUse)?),
+            _ => None,
+        };
+        let mut mailbox = MboxMailbox {
+            path: path.to_path_buf(),
+            access,
+            helper: helper.to_path_buf(),
+            style,
+            file: None,
+            stamp: None,
+            entries: Vec::new(),
+            infos: Vec::new(),
+            uid_validity: u32::try_from(now()).unwrap_or(1).max(1),
+            uid_last: 0,
+            keywords: Vec::new(),
+            pseudo: None,
+            first_meta: None,
+            _session: session,
+        };
+        match mailbox.open_file() {
+            Ok(file) => mailbox.load(file)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(mailbox.io_error(e)),
+        }
+        Ok(mailbox)
+    }
+
+    fn io_error(&self, e: io::Error) -> StoreError {
+        StoreError::Io(self.path.clone(), e)
+    }
+
+    fn open_file(&self) -> io::Result<File> {
+        let writable = self.access != Access::ReadOnly;
+        OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&self.path)
+    }
+
+    fn lock(&self, file: &File) -> Result<MailboxLock, StoreError> {
+        MailboxLock::acquire(&self.path, file, &self.helper, LOCK_TIMEOUT)
+            .map_err(|e| self.io_error(e))
+    }
+
+    fn recover(&self, file: &File) -> Result<(), StoreError> {
+        match journal::recover(&self.path, file) {
+            Ok(_) => Ok(()),
+            Err(e) if self.access == Access::ReadOnly => Err(StoreError::Damaged(format!(
+                "{}: an interrupted rewrite awaits recovery by a read-write session ({e})",
+                self.path.display()
+            ))),
+            Err(e) => Err(self.io_error(e)),
+        }
+    }
+
+    /// Parse `file` under the lock, and persist made-up UIDs unless read-only.
+    fn load(&mut self, file: File) -> Result<(), StoreError> {
+        let _lock = self.lock(&file)?;
+        self.recover(&file)?;
+        let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
+        let parsed = self.parse_file(&file, stamp.len)?;
+        let needs_persist = parsed.needs_persist;
+        self.adopt(parsed, None);
+        self.file = Some(file);
+        self.stamp = Some(stamp);
+        if needs_persist && self.access != Access::ReadOnly {
+            self.rewrite_locked(false)?;
+        }
+        Ok(())
+    }
+
+    fn parse_file(&self, file: &File, len: u64) -> Result<Parsed, StoreError> {
+        parse::parse(file, len, now()).map_err(|e| match e {
+            ParseError::Io(e) => self.io_error(e),
+            ParseError::NotMbox(off, text) => StoreError::Damaged(format!(
+                "{}: not an mbox file (no \"From \" line at offset {off}: {text:?})",
+                self.path.display()
+            )),
+        })
+    }
+
+    /// Take a freshly parsed state. `session` is our previous index: `\Recent` is session state
+    /// and carries over by UID.
+    fn adopt(&mut self, parsed: Parsed, session: Option<&[MessageInfo]>) {
+        let mut infos = parsed.infos;
+        if let Some(old) = session {
+            let mut j = 0;
+            for info in infos.iter_mut() {
+                while j < old.len() && old[j].uid < info.uid {
+                    j += 1;
+                }
+                if let Some(o) = old.get(j).filter(|o| o.uid == info.uid) {
+                    info.recent = o.recent;
+                }
+            }
+        }
+        if parsed.pseudo.is_some() {
+            self.style = Style::Pseudo;
+        } else if parsed.has_base {
+            self.style = Style::Base;
+        }
+        self.entries = parsed.entries;
+        self.infos = infos;
+        self.uid_validity = parsed.uid_validity;
+        self.uid_last = parsed.uid_last;
+        self.keywords = parsed.keywords;
+        self.pseudo = parsed.pseudo;
+        self.first_meta = parsed.first_meta;
+    }
+
+    /// Index of keyword `name`, adding it to the mailbox's list if new. `None` when the name is
+    /// not a valid keyword or the mailbox already has UW's maximum of 30.
+    pub fn keyword_index(&mut self, name: &str) -> Option<usize> {
+        if let Some(i) = self
+            .keywords
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(name))
+        {
+            return Some(i);
+        }
+        let valid = keyword_words(name.as_bytes()).next() == Some(name.as_bytes())
+            && !name
+                .bytes()
+                .any(|c| c <= b' ' || c == 0x7f || b"(){%*\"\\]".contains(&c));
+        if !valid || self.keywords.len() >= MAX_KEYWORDS {
+            return None;
+        }
+        self.keywords.push(name.to_string());
+        Some(self.keywords.len() - 1)
+    }
+
+    /// Set message `index`'s keywords (bits of [`Mailbox::keyword_names`]) in memory; persisted by
+    /// [`Mailbox::commit`].
+    pub fn set_keywords(&mut self, index: usize, keywords: u64) {
+        let known = if self.keywords.len() >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.keywords.len()) - 1
+        };
+        if let Some(info) = self.infos.get_mut(index) {
+            info.keywords = keywords & known;
+        }
+    }
+
+    /// Re-read the file when someone else changed it since we last looked, keeping our pending
+    /// flag changes by UID. Returns the indices of our messages that are gone.
+    fn merge_fresh(&mut self, file: &File, stamp: FileStamp) -> Result<MergeResult, StoreError> {
+        let fresh = self.parse_file(file, stamp.len)?;
+        let ours_empty = self.infos.is_empty();
+        if fresh.uid_validity != self.uid_validity && !ours_empty {
+            let n = self.infos.len();
+            self.adopt(fresh, None);
+            return Err(StoreError::Damaged(format!(
+                "{}: UIDs were reassigned by another program; {n} messages' changes not saved",
+                self.path.display()
+            )));
+        }
+        let mut gone = Vec::new();
+        let mut origin = vec![None; fresh.infos.len()];
+        let mut fresh = fresh;
+        let mut j = 0;
+        for (i, ours) in self.infos.iter().enumerate() {
+            while j < fresh.infos.len() && fresh.infos[j].uid < ours.uid {
+                j += 1;
+            }
+            if j >= fresh.infos.len() || fresh.infos[j].uid != ours.uid {
+                gone.push(i);
+                continue;
+            }
+            origin[j] = Some(i);
+            let theirs = &mut fresh.infos[j];
+            theirs.recent = ours.recent;
+            if ours.flags != self.entries[i].disk_flags {
+                theirs.flags = ours.flags;
+            }
+            if ours.keywords != self.entries[i].disk_keywords {
+                theirs.keywords =
+                    translate_keywords(ours.keywords, &self.keywords, &mut fresh.keywords);
+            }
+        }
+        self.adopt(fresh, None);
+        Ok(MergeResult { gone, origin })
+    }
+
+    /// Write our state into the (locked) file; `expunge` removes `\Deleted` messages.
+    /// Returns the indices (in the current index) of the messages removed.
+    fn rewrite_locked(&mut self, expunge: bool) -> Result<Vec<usize>, StoreError> {
+        let Some(file) = self.file.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let len = self.stamp.map_or(0, |s| s.len);
+        let keep: Vec<bool> = self
+            .infos
+            .iter()
+            .map(|i| !(expunge && i.flags.contains(Flags::DELETED)))
+            .collect();
+        let snapshot = Snapshot {
+            file,
+            len,
+            entries: &self.entries,
+            infos: &self.infos,
+            keep: &keep,
+            style: self.style,
+            uid_validity: self.uid_validity,
+            uid_last: self.uid_last,
+            keywords: &self.keywords,
+            pseudo: self.pseudo.as_ref(),
+            first_meta: self.first_meta.as_deref(),
+            now: now(),
+        };
+        let plan = rewrite::plan(&snapshot, &host_name()).map_err(|e| self.io_error(e))?;
+        let removed: Vec<usize> = (0..keep.len()).filter(|&i| !keep[i]).collect();
+        if plan.is_noop() {
+            return Ok(removed);
+        }
+        rewrite::execute(&self.path, file, &snapshot, &plan).map_err(|e| self.io_error(e))?;
+        let stamp = FileStamp::of(file).map_err(|e| self.io_error(e))?;
+        let parsed = self.parse_file(file, stamp.len)?;
+        let session: Vec<MessageInfo> = self
+            .infos
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(i, _)| i.clone())
+            .collect();
+        self.adopt(parsed, Some(&session));
+        self.stamp = Some(stamp);
+        Ok(removed)
+    }
+}
+
+struct MergeResult {
+    /// Our indices whose messages another program removed.
+    gone: Vec<usize>,
+    /// For each message of the merged index, its index in ours (None: new mail).
+    origin: Vec<Option<usize>>,
+}
+
+/// Re-express keyword bits over `from` names as bits over `to` names (adding missing names).
+fn translate_keywords(bits: u64, from: &[String], to: &mut Vec<String>) -> u64 {
+    let mut out = 0u64;
+    for (i, name) in from.iter().enumerate().take(64) {
+        if bits & (1 << i) == 0 {
+            continue;
+        }
+        let pos = match to.iter().position(|n| n.eq_ignore_ascii_case(name)) {
+            Some(p) => Some(p),
+            None if to.len() < MAX_KEYWORDS => {
+                to.push(name.clone());
+                Some(to.len() - 1)
+            }
+            None => None,
+        };
+        if let Some(p) = pos {
+            out |= 1 << p;
+        }
+    }
+    out
+}
+
+impl Mailbox for MboxMailbox {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn uid_validity(&self) -> u32 {
+        self.uid_validity
+    }
+
+    fn uid_next(&self) -> u32 {
+        self.uid_last.saturating_add(1)
+    }
+
+    fn messages(&self) -> &[MessageInfo] {
+        &self.infos
+    }
+
+    fn keyword_names(&self) -> &[String] {
+        &self.keywords
+    }
+
+    fn open_message(&mut self, index: usize) -> io::Result<Box<dyn Read + '_>> {
+        let (Some(entry), Some(info), Some(file)) = (
+            self.entries.get(index),
+            self.infos.get(index),
+            self.file.as_ref(),
+        ) else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no message {}", index + 1),
+            ));
+        };
+        Ok(Box::new(reader::MessageReader::new(
+            file, entry, info.size,
+        )?))
+    }
+
+    fn set_flags(&mut self, index: usize, flags: Flags) {
+        if let Some(info) = self.infos.get_mut(index) {
+            info.flags = flags;
+        }
+    }
+
+    fn commit(&mut self, expunge: bool) -> Result<CommitReport, StoreError> {
+        if self.access == Access::ReadOnly {
+            return Ok(CommitReport::default());
+        }
+        let file = match self.open_file() {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.infos.is_empty() => {
+                return Ok(CommitReport::default())
+            }
+            Err(e) => return Err(self.io_error(e)),
+        };
+        let _lock = self.lock(&file)?;
+        self.recover(&file)?;
+        let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
+        let merge = if Some(stamp) == self.stamp {
+            None
+        } else {
+            Some(self.merge_fresh(&file, stamp)?)
+        };
+        self.file = Some(file);
+        self.stamp = Some(stamp);
+        let removed = self.rewrite_locked(expunge)?;
+        let mut expunged: Vec<usize> = match &merge {
+            None => removed,
+            Some(m) => {
+                let mut all = m.gone.clone();
+                all.extend(
+                    removed
+                        .iter()
+                        .filter_map(|&i| m.origin.get(i).copied().flatten()),
+                );
+                all
+            }
+        };
+        expunged.sort_unstable();
+        Ok(CommitReport { expunged })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

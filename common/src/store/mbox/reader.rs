@@ -1,0 +1,93 @@
+//! Streaming one message out of an mbox file as presented to clients: the header without
+//! metadata lines, then the body, with every CR dropped and every LF sent as CRLF (UW's
+//! presentation), exactly `size` bytes.
+//!
+//! Owns the conversion only; never writes, never holds the body in memory.
+
+use super::lines::{present_into, LineReader};
+use super::meta::{HeaderFilter, LineKind};
+use super::parse::Entry;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+
+const BODY_CHUNK: usize = 256 * 1024;
+
+/// The presented header (hidden lines removed, CRLF), including its closing blank line.
+pub(super) fn presented_header(file: &File, entry: &Entry) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut filter = HeaderFilter::new();
+    let mut lines = LineReader::new(file, entry.hdr_off, entry.body_off);
+    while let Some(line) = lines.next_line()? {
+        match filter.classify(line.bytes, line.at_line_start) {
+            LineKind::Visible | LineKind::End => present_into(line.bytes, &mut out),
+            LineKind::Internal | LineKind::ContentLength => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A `Read` over one presented message.
+pub(super) struct MessageReader<'f> {
+    file: &'f File,
+    out: Vec<u8>,
+    out_pos: usize,
+    raw: Vec<u8>,
+    body_pos: u64,
+    body_end: u64,
+    remaining: u64,
+}
+
+impl<'f> MessageReader<'f> {
+    pub fn new(file: &'f File, entry: &Entry, size: u64) -> io::Result<MessageReader<'f>> {
+        let header = presented_header(file, entry)?;
+        Ok(MessageReader {
+            file,
+            out: header,
+            out_pos: 0,
+            raw: Vec::new(),
+            body_pos: entry.body_off,
+            body_end: entry.text_end,
+            remaining: size,
+        })
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        self.out.clear();
+        self.out_pos = 0;
+        let want = (self.body_end - self.body_pos).min(BODY_CHUNK as u64) as usize;
+        if want == 0 {
+            return Ok(());
+        }
+        self.raw.resize(want, 0);
+        self.file.read_exact_at(&mut self.raw, self.body_pos)?;
+        self.body_pos += want as u64;
+        present_into(&self.raw, &mut self.out);
+        Ok(())
+    }
+}
+
+impl Read for MessageReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        while self.out_pos == self.out.len() {
+            if self.body_pos >= self.body_end {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "mailbox changed underneath: message shorter than its size",
+                ));
+            }
+            self.refill()?;
+        }
+        let n = buf
+            .len()
+            .min(self.out.len() - self.out_pos)
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
+        self.out_pos += n;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
