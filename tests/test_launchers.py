@@ -139,3 +139,22 @@ def test_curl_stls(users, mbox_for, server_args, cert, tmp_path):
     with launchers.listen_mode(server_args("--cert", cert[0], "--key", cert[1]), str(tmp_path)) as port:
         got = curl("pop3://127.0.0.1:%d/3" % port, alice, "-k", "--ssl-reqd")
     assert got == presented(msgs[2])
+
+
+def test_listen_max_children(users, mbox_for, server_args, tmp_path):
+    """--max-children 1: a second connection waits (no greeting) until the first ends."""
+    import socket
+    alice = users["alice"]
+    mbox_for(alice, mbox_of(varied_messages()))
+    with launchers.listen_mode(server_args("--max-children", "1"), str(tmp_path)) as port:
+        first = poplib.POP3("127.0.0.1", port, timeout=20)
+        second = socket.create_connection(("127.0.0.1", port), timeout=1.5)
+        try:
+            second.recv(100)
+            raise AssertionError("second connection greeted while the first is served")
+        except socket.timeout:
+            pass
+        first.quit()
+        second.settimeout(20)
+        assert second.recv(100).startswith(b"+OK POP3 ")
+        second.close()

@@ -6,7 +6,12 @@ Faults tried: wrong message numbers, deleted messages, a second session on a hel
 a dropped connection after DELE (must delete nothing), plaintext on a non-secure transport.
 """
 
+import os
 import re
+import signal
+import time
+
+import pytest
 
 from mailtest import make_message, mbox_of, presented, read_file, split_mbox
 
@@ -247,3 +252,72 @@ def test_login_delay_and_expire_capabilities(users, mbox_for, pipe_session):
     assert b"LOGIN-DELAY 900" in caps, caps
     assert b"EXPIRE 30" in caps, caps
     s.cmd("QUIT")
+
+
+def test_login_timeout_autologout(users, pipe_session):
+    """--login-timeout 1: an idle unauthenticated client is told and disconnected."""
+    s = pipe_session("--allow-plaintext", "--login-timeout", "1")
+    s.greeting()
+    start = time.monotonic()
+    line = s.readline(timeout=15)
+    assert line.startswith(b"-ERR") and b"utologout" in line, line
+    assert s.read_to_eof() == b""
+    assert 0.5 <= time.monotonic() - start < 10
+
+
+def test_idle_timeout_deletes_nothing(users, mbox_for, pipe_session):
+    """--idle-timeout 1 after DELE: Autologout, connection closed, nothing deleted, logged."""
+    alice = users["alice"]
+    msgs = three_messages()
+    path = mbox_for(alice, mbox_of(msgs))
+    s = pipe_session("--allow-plaintext", "--idle-timeout", "1", "--debug")
+    s.greeting()
+    s.login(alice.name, alice.password)
+    s.ok("DELE 1")
+    line = s.readline(timeout=15)
+    assert line.startswith(b"-ERR") and b"utologout" in line, line
+    assert s.read_to_eof() == b""
+    err = s.close().decode("utf-8", "replace")
+    assert re.search(r"Autologout user=%s host=UNKNOWN" % alice.name, err), err
+    assert [presented(m) for m in split_mbox(read_file(path))] == [presented(m) for m in msgs]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGHUP])
+def test_signal_during_session_deletes_nothing(sig, users, mbox_for, pipe_session):
+    alice = users["alice"]
+    msgs = three_messages()
+    path = mbox_for(alice, mbox_of(msgs))
+    s = pipe_session("--allow-plaintext")
+    s.greeting()
+    s.login(alice.name, alice.password)
+    s.ok("DELE 1")
+    s.ok("DELE 2")
+    os.kill(s.pid, sig)
+    s.proc.wait(timeout=10)
+    s.close()
+    lock = path + ".lock"
+    if os.path.exists(lock):  # only a SIGKILL inside a locked section may leave one
+        assert sig == signal.SIGKILL, "dotlock left after %s" % sig
+    assert [presented(m) for m in split_mbox(read_file(path))] == [presented(m) for m in msgs]
+
+
+def test_login_delay_enforced(users, mbox_for, pipe_session):
+    """--login-delay 60: a second login right after the first gets [LOGIN-DELAY]."""
+    alice = users["alice"]
+    mbox_for(alice, mbox_of(three_messages()))
+    stamp = os.path.join(alice.home, ".ipop3d-last-login")
+    if os.path.exists(stamp):
+        os.unlink(stamp)
+    try:
+        s = pipe_session("--allow-plaintext", "--login-delay", "60")
+        s.greeting()
+        assert s.login(alice.name, alice.password) == b"+OK Mailbox open, 3 messages"
+        assert s.quit() == b"+OK Sayonara"
+        s = pipe_session("--allow-plaintext", "--login-delay", "60")
+        s.greeting()
+        s.ok("USER " + alice.name)
+        resp = s.cmd("PASS " + alice.password)
+        assert resp.startswith(b"-ERR [LOGIN-DELAY]"), resp
+    finally:
+        if os.path.exists(stamp):
+            os.unlink(stamp)
