@@ -1,0 +1,13 @@
+//! `imapd`: an IMAP4rev1 server for one connection on stdin/stdout, a drop-in for UW-IMAP's.
+//!
+//! Layers, bottom up:
+//! - [`wire`]: bytes on the connection. [`wire::reader`] assembles one command (lines and
+//!   literals) under hard limits; [`wire::parser`] tokenizes it (atoms, strings, numbers, sequence
+//!   sets, dates, mailbox names); [`wire::response`] writes responses, streaming literals.
+//! - [`protocol`]: what the bytes mean. [`protocol::command`] turns a raw command into a typed
+//!   [`protocol::command::Command`].
+//!
+//! This crate never touches the mail store from these layers: the session (built on top) does.
+
+pub mod protocol;
+pub mod wire;
