@@ -325,7 +325,34 @@ impl Mailbox for MaildirMailbox {
     /// Rename changed and `new/` messages into `cur/` with their flags; with `expunge`, unlink
     /// the `\Deleted` ones. Messages found expunged by another session are reported expunged
     /// too. `ReadOnly`: writes nothing and reports nothing.
-    fn commit(&mut self, expunge: bool) -> Result<CommitReport, StoreError> {
+    fn commit_with(&mut self, expunge: super::Expunge<'_>) -> Result<CommitReport, StoreError> {
+        match expunge {
+            super::Expunge::Nothing => self.commit_legacy(false),
+            super::Expunge::AllDeleted => self.commit_legacy(true),
+            super::Expunge::Uids(_) => self.placeholder(),
+        }
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn set_keywords(&mut self, _index: usize, _keywords: u64) {}
+    fn keyword_bit(&mut self, _name: &str) -> Option<u32> {
+        None
+    }
+    fn refresh(&mut self) -> Result<super::Changes, StoreError> {
+        self.placeholder()
+    }
+    fn append(&mut self, _messages: &mut [super::NewMessage<'_>]) -> Result<Vec<u32>, StoreError> {
+        self.placeholder()
+    }
+    fn change_token(&self) -> io::Result<u64> {
+        Err(io::Error::other("not implemented"))
+    }
+}
+
+impl MaildirMailbox {
+    /// PLACEHOLDER: the pre-IMAP commit.
+    fn commit_legacy(&mut self, expunge: bool) -> Result<CommitReport, StoreError> {
         if self.access == Access::ReadOnly {
             return Ok(CommitReport::default());
         }
@@ -1074,5 +1101,56 @@ pub(crate) mod tests {
         // 100 ms in release; the bound allows an unoptimised build on a loaded machine.
         let bound = if cfg!(debug_assertions) { 1000 } else { 100 };
         assert!(elapsed.as_millis() < bound, "open took {elapsed:?}");
+    }
+}
+// PLACEHOLDER (wip-storeapi): replaced by the real implementation before this reaches main.
+impl MaildirMailbox {
+    fn placeholder<T>(&self) -> Result<T, StoreError> {
+        Err(StoreError::Refused("not implemented".into()))
+    }
+}
+
+/// The Maildir++ layout of a user's folders. PLACEHOLDER.
+pub struct MaildirStore {
+    _private: (),
+}
+
+impl MaildirStore {
+    pub fn new(_cfg: &super::StoreConfig, _root: &Path) -> MaildirStore {
+        MaildirStore { _private: () }
+    }
+}
+
+impl super::MailStore for MaildirStore {
+    fn list(&self, _show_hidden: bool) -> Result<Vec<super::FolderInfo>, StoreError> {
+        Err(StoreError::Refused("not implemented".into()))
+    }
+    fn open(&self, _name: &str, _access: Access) -> Result<Box<dyn Mailbox>, StoreError> {
+        Err(StoreError::Refused("not implemented".into()))
+    }
+    fn status(&self, _name: &str) -> Result<super::MailboxStatus, StoreError> {
+        Err(StoreError::Refused("not implemented".into()))
+    }
+    fn create(&self, _name: &str) -> Result<(), StoreError> {
+        Err(StoreError::Refused("not implemented".into()))
+    }
+    fn delete(&self, _name: &str) -> Result<(), StoreError> {
+        Err(StoreError::Refused("not implemented".into()))
+    }
+    fn rename(&self, _from: &str, _to: &str) -> Result<(), StoreError> {
+        Err(StoreError::Refused("not implemented".into()))
+    }
+    fn subscriptions(&self) -> Result<Vec<String>, StoreError> {
+        Err(StoreError::Refused("not implemented".into()))
+    }
+    fn set_subscribed(&self, _name: &str, _subscribed: bool) -> Result<(), StoreError> {
+        Err(StoreError::Refused("not implemented".into()))
+    }
+    fn append(
+        &self,
+        _name: &str,
+        _messages: &mut [super::NewMessage<'_>],
+    ) -> Result<(u32, Vec<u32>), StoreError> {
+        Err(StoreError::Refused("not implemented".into()))
     }
 }
