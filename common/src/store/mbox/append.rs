@@ -292,7 +292,7 @@ fn mark_new_mail(file: &File) -> io::Result<()> {
     )
 }
 
-fn user_name() -> String {
+pub(super) fn user_name() -> String {
     nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
         .flatten()

@@ -500,6 +500,59 @@ impl MboxMailbox {
         }
     }
 
+    /// With the lock held after a merge: write `O` into messages no session has seen yet, so
+    /// that this session alone reports them `\Recent`. Writes nothing else: every message's
+    /// flags and keywords are written as the file has them; our pending changes stay pending.
+    fn claim_unseen_locked(&mut self) -> Result<(), StoreError> {
+        let unclaimed = self
+            .entries
+            .iter()
+            .zip(&self.infos)
+            .any(|(e, i)| !e.disk_old && i.recent);
+        if self.access == Access::ReadOnly || !unclaimed {
+            return Ok(());
+        }
+        let Some(file) = self.file.as_ref() else {
+            return Ok(());
+        };
+        let reader = file.try_clone().map_err(|e| self.io_error(e))?;
+        let disk: Vec<MessageInfo> = self
+            .entries
+            .iter()
+            .zip(&self.infos)
+            .map(|(e, i)| MessageInfo {
+                flags: e.disk_flags,
+                keywords: e.disk_keywords,
+                ..i.clone()
+            })
+            .collect();
+        let keep = vec![true; disk.len()];
+        let snapshot = Snapshot {
+            file: &reader,
+            len: self.stamp.map_or(0, |s| s.len),
+            entries: &self.entries,
+            infos: &disk,
+            keep: &keep,
+            style: self.style,
+            uid_validity: self.uid_validity,
+            uid_last: self.uid_last,
+            keywords: &self.keywords,
+            pseudo: self.pseudo.as_ref(),
+            first_meta: self.first_meta.as_deref(),
+            now: now(),
+            claim_recent: true,
+        };
+        let plan = rewrite::plan(&snapshot, &host_name()).map_err(|e| self.io_error(e))?;
+        if plan.is_noop() {
+            return Ok(());
+        }
+        rewrite::execute(&self.path, &reader, &snapshot, &plan).map_err(|e| self.io_error(e))?;
+        let stamp = FileStamp::of(&reader).map_err(|e| self.io_error(e))?;
+        self.merge_fresh(&reader, stamp)?;
+        self.stamp = Some(stamp);
+        Ok(())
+    }
+
     /// Whether message `info` goes in a commit that expunges `which`.
     fn expunge_picks(info: &MessageInfo, which: &Expunge<'_>, sorted_uids: &[u32]) -> bool {
         info.flags.contains(Flags::DELETED)
@@ -633,6 +686,7 @@ impl Mailbox for MboxMailbox {
         let merged = self.merge_fresh(&reader, stamp);
         self.stamp = Some(stamp);
         let merge = merged?;
+        self.claim_unseen_locked()?;
         Ok(changes_between(
             &before,
             &before_names,
