@@ -204,7 +204,8 @@ pub trait Mailbox {
     /// mailbox's keyword list if new; `None` when the mailbox holds no more keywords.
     fn keyword_bit(&mut self, name: &str) -> Option<u32>;
     /// Catch up with other processes: deliveries, other sessions' flag changes and expunges.
-    /// Cheap when nothing changed (a stat). Never writes.
+    /// Cheap when nothing changed (a stat). Writes nothing but, in a read-write session, the
+    /// claim on `\Recent` of messages no session has seen yet (so only one session reports it).
     fn refresh(&mut self) -> Result<Changes, StoreError>;
     /// Append messages at the end, atomically as a group where the store allows (MULTIAPPEND):
     /// on error none of them is visible. Returns their UIDs. The index is NOT updated: the next
