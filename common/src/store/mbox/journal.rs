@@ -152,6 +152,25 @@ fn sync_dir(path: &Path) {
     }
 }
 
+fn create_exclusive(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Only a journal we could have written is trusted: a regular file (not a symlink), owned by us,
+/// writable by nobody else. Anything else (say, planted in a world-writable spool directory by
+/// another user) is ignored and left alone.
+fn trustworthy(journal: &File) -> io::Result<bool> {
+    let m = journal.metadata()?;
+    Ok(m.file_type().is_file()
+        && m.uid() == nix::unistd::geteuid().as_raw()
+        && m.mode() & 0o022 == 0)
+}
+
 fn header_bytes(id: FileId, orig_len: u64, new_len: u64, regions: &[Region]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FIXED_HEADER as usize + 16 * regions.len());
     out.extend_from_slice(MAGIC);
@@ -178,23 +197,17 @@ impl Journal {
         let id = FileId::of(mailbox)?;
         let mut last_err = io::Error::other("no place for a journal (no writable directory)");
         for path in journal_paths(mailbox_path, id) {
-            let file = match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
+            let file = match create_exclusive(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // Left over and already judged incomplete by recovery: replace it.
-                    std::fs::remove_file(&path)?;
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&path)?
+                    // Left over and already judged stale by recovery: replace it if we may.
+                    match std::fs::remove_file(&path).and_then(|_| create_exclusive(&path)) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            last_err = e;
+                            continue;
+                        }
+                    }
                 }
                 Err(e) => {
                     last_err = e;
@@ -407,18 +420,41 @@ fn appended_after_crash(mailbox: &File, found: &Found) -> io::Result<Vec<u8>> {
     Ok(tail)
 }
 
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// True when a journal file (complete or not) exists for the mailbox open as `mailbox`.
+pub(super) fn pending(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
+    let id = FileId::of(mailbox)?;
+    Ok(journal_paths(mailbox_path, id)
+        .iter()
+        .any(|p| std::fs::symlink_metadata(p).is_ok()))
+}
+
 /// Replay or discard any journal left for `mailbox_path` (whose open handle is `mailbox`); call
 /// with the mailbox lock held. Returns true when a rewrite was rolled back.
 pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
     let id = FileId::of(mailbox)?;
     let mut recovered = false;
     for path in journal_paths(mailbox_path, id) {
-        let journal = match File::open(&path) {
+        let journal = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
             Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => continue,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
             Err(e) => return Err(e),
         };
+        if !trustworthy(&journal)? {
+            continue;
+        }
         match verify(&journal, id)? {
             None => {
                 let is_ours_by_name = path.file_name().is_some_and(|n| {
@@ -428,14 +464,14 @@ pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
                 // Incomplete (the rewrite never started) or a leftover for an older file
                 // of the same name next to the mailbox: either way it no longer applies.
                 if is_ours_by_name || path.parent() == mailbox_path.parent() {
-                    std::fs::remove_file(&path)?;
+                    remove_if_present(&path)?;
                 }
             }
             Some(found) => {
                 let writable = OpenOptions::new().write(true).open(mailbox_path)?;
                 let appended = appended_after_crash(mailbox, &found)?;
                 restore_regions(&journal, &found.table, &writable, found.orig_len, &appended)?;
-                std::fs::remove_file(&path)?;
+                remove_if_present(&path)?;
                 sync_dir(&path);
                 recovered = true;
             }
@@ -525,6 +561,29 @@ mod tests {
         let mut expected = original.clone();
         expected.extend_from_slice(delivered);
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn journals_writable_by_others_are_ignored() {
+        let dir = TempDir::new("journal-foreign");
+        let path = dir.path().join("box");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        drop(Journal::create(&path, &f, 10, 10, &[Region { offset: 0, len: 10 }]).unwrap());
+        f.write_all_at(b"XX", 0).unwrap();
+        let jp = journal_file(dir.path());
+        std::fs::set_permissions(&jp, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+        assert!(!recover(&path, &f).unwrap());
+        assert!(jp.exists(), "not ours to delete");
+        assert_eq!(std::fs::read(&path).unwrap(), b"XX23456789");
+        // A symlink in its place is not followed either.
+        std::fs::remove_file(&jp).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &jp).unwrap();
+        assert!(!recover(&path, &f).unwrap());
     }
 
     #[test]

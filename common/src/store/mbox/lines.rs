@@ -81,10 +81,12 @@ impl<'f> LineReader<'f> {
         self.buf.copy_within(self.start..self.end, 0);
         self.end -= self.start;
         self.start = 0;
-        if self.buf.len() < self.end + CHUNK {
-            self.buf.resize(self.end + CHUNK, 0);
+        let left = usize::try_from(self.limit - self.read_pos).unwrap_or(usize::MAX);
+        let chunk = CHUNK.min(left);
+        if self.buf.len() < self.end + chunk {
+            self.buf.resize(self.end + chunk, 0);
         }
-        let want = (self.buf.len() - self.end).min((self.limit - self.read_pos) as usize);
+        let want = (self.buf.len() - self.end).min(left);
         let n = loop {
             match self
                 .file

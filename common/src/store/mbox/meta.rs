@@ -80,6 +80,18 @@ fn name_kind(line: &[u8]) -> LineKind {
     }
 }
 
+/// Classify each line of a whole header held in memory, in order.
+pub(super) fn for_each_header_line(raw: &[u8], mut f: impl FnMut(&[u8], LineKind)) {
+    let mut filter = HeaderFilter::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let n = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+        let line = &rest[..n];
+        f(line, filter.classify(line, true));
+        rest = &rest[n..];
+    }
+}
+
 /// Bytes of `line` after the (exact-case) prefix `name`, without the line end.
 pub(super) fn value_after<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let rest = line.strip_prefix(name)?;

@@ -1,11 +1,20 @@
 //! UW-compatible mbox mailboxes (the `/var/mail/$USER` spool and folders), read and written
 //! byte-compatibly with UW-IMAP imap-2007f's "unix" driver.
 //!
-//! Owns: parsing the file into a compact index ([`parse`]), presenting messages ([`reader`]),
-//! writing flags/UIDs back and expunging in place ([`rewrite`]) behind an undo journal
-//! ([`journal`]). Every read and write of the file happens under [`MailboxLock`]; a POP3 session
+//! Owns: parsing the file into a compact index (`parse`), presenting messages (`reader`),
+//! writing flags/UIDs back and expunging in place (`rewrite`) behind an undo journal
+//! (`journal`). Every read and write of the file happens under [`MailboxLock`]; a POP3 session
 //! additionally holds the [`SessionLock`] for its whole life. Never keeps message bodies in
-//! memory, never replaces the mailbox file by rename, and never writes in `ReadOnly` mode.
+//! memory, never replaces the mailbox file by rename, and never writes in `ReadOnly` mode
+//! (except to finish the recovery of a rewrite that a killed process left half done).
+//!
+//! Rewrites need room for a journal: `.<name>.mbox-journal` beside the mailbox, or, when that
+//! directory is not writable (a setgid-mail spool), `$HOME/.mbox-journal.<dev>.<ino>` — so
+//! `HOME` must be set once privileges are dropped.
+//!
+//! Deliberate differences from imap-2007f: `Content-Length` is hidden from clients (kept in the
+//! file); line ends are kept as stored when a message is rewritten (UW squeezes CRs out of moved
+//! text only); an unchanged first message is not rewritten (UW rewrites it to the same bytes).
 
 mod fromline;
 mod journal;
@@ -174,21 +183,50 @@ impl MboxMailbox {
             .map_err(|e| self.io_error(e))
     }
 
+    /// Undo an interrupted rewrite (see [`journal`]); call with the mailbox lock held.
     fn recover(&self, file: &File) -> Result<(), StoreError> {
-        match journal::recover(&self.path, file) {
-            Ok(_) => Ok(()),
-            Err(e) if self.access == Access::ReadOnly => Err(StoreError::Damaged(format!(
-                "{}: an interrupted rewrite awaits recovery by a read-write session ({e})",
-                self.path.display()
-            ))),
-            Err(e) => Err(self.io_error(e)),
-        }
+        journal::recover(&self.path, file)
+            .map(|_| ())
+            .map_err(|e| self.io_error(e))
+    }
+
+    /// A read-only session holds only a read lock, so it must not replay a journal under it:
+    /// the recovery takes the write lock on a writable descriptor of its own. This restore of
+    /// the pre-crash bytes is the only write a read-only open ever makes.
+    fn recover_for_reader(&self) -> Result<(), StoreError> {
+        let writable = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| {
+                StoreError::Damaged(format!(
+                    "{}: an interrupted rewrite awaits recovery by a read-write session ({e})",
+                    self.path.display()
+                ))
+            })?;
+        let _lock = self.lock(&writable)?;
+        self.recover(&writable)
+    }
+
+    fn journal_pending(&self, file: &File) -> Result<bool, StoreError> {
+        journal::pending(&self.path, file).map_err(|e| self.io_error(e))
     }
 
     /// Parse `file` under the lock, and persist made-up UIDs unless read-only.
     fn load(&mut self, file: File) -> Result<(), StoreError> {
+        let read_only = self.access == Access::ReadOnly;
+        if read_only && self.journal_pending(&file)? {
+            self.recover_for_reader()?;
+        }
         let _lock = self.lock(&file)?;
-        self.recover(&file)?;
+        if !read_only {
+            self.recover(&file)?;
+        } else if self.journal_pending(&file)? {
+            return Err(StoreError::InUse(format!(
+                "{}: a rewrite was interrupted just now; try again",
+                self.path.display()
+            )));
+        }
         let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
         let parsed = self.parse_file(&file, stamp.len)?;
         let needs_persist = parsed.needs_persist;

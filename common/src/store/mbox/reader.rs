@@ -4,8 +4,8 @@
 //!
 //! Owns the conversion only; never writes, never holds the body in memory.
 
-use super::lines::{present_into, LineReader};
-use super::meta::{HeaderFilter, LineKind};
+use super::lines::present_into;
+use super::meta::{for_each_header_line, LineKind};
 use super::parse::Entry;
 use std::fs::File;
 use std::io::{self, Read};
@@ -15,15 +15,13 @@ const BODY_CHUNK: usize = 256 * 1024;
 
 /// The presented header (hidden lines removed, CRLF), including its closing blank line.
 pub(super) fn presented_header(file: &File, entry: &Entry) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut filter = HeaderFilter::new();
-    let mut lines = LineReader::new(file, entry.hdr_off, entry.body_off);
-    while let Some(line) = lines.next_line()? {
-        match filter.classify(line.bytes, line.at_line_start) {
-            LineKind::Visible | LineKind::End => present_into(line.bytes, &mut out),
-            LineKind::Internal | LineKind::ContentLength => {}
-        }
-    }
+    let mut raw = vec![0u8; (entry.body_off - entry.hdr_off) as usize];
+    file.read_exact_at(&mut raw, entry.hdr_off)?;
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 16);
+    for_each_header_line(&raw, |line, kind| match kind {
+        LineKind::Visible | LineKind::End => present_into(line, &mut out),
+        LineKind::Internal | LineKind::ContentLength => {}
+    });
     Ok(out)
 }
 

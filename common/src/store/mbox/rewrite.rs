@@ -8,7 +8,9 @@
 //! the old inode). Owns the write plan and its execution; never takes locks itself.
 
 use super::journal::{Journal, Region};
-use super::meta::{pseudo_message, write_xstatus, BaseInfo, HeaderFilter, LineKind, MessageMeta};
+use super::meta::{
+    for_each_header_line, pseudo_message, write_xstatus, BaseInfo, LineKind, MessageMeta,
+};
 use super::parse::{Entry, PseudoInfo};
 use crate::store::MessageInfo;
 use std::fs::File;
@@ -97,19 +99,10 @@ fn filtered_header(
 ) -> io::Result<()> {
     let mut raw = vec![0u8; (entry.body_off - entry.hdr_off) as usize];
     read(entry.hdr_off, &mut raw)?;
-    let mut filter = HeaderFilter::new();
-    let mut rest = raw.as_slice();
-    let mut at_line_start = true;
-    while !rest.is_empty() {
-        let n = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
-        let line = &rest[..n];
-        match filter.classify(line, at_line_start) {
-            LineKind::Visible | LineKind::ContentLength => out.extend_from_slice(line),
-            LineKind::Internal | LineKind::End => {}
-        }
-        at_line_start = line.last() == Some(&b'\n');
-        rest = &rest[n..];
-    }
+    for_each_header_line(&raw, |line, kind| match kind {
+        LineKind::Visible | LineKind::ContentLength => out.extend_from_slice(line),
+        LineKind::Internal | LineKind::End => {}
+    });
     if out.last().is_some_and(|&c| c != b'\n') {
         out.push(b'\n');
     }
@@ -166,7 +159,7 @@ pub(super) fn plan(s: &Snapshot<'_>, host: &str) -> io::Result<Plan> {
         let first = n == 0 && !want_pseudo;
         let unchanged_state = info.flags == e.disk_flags && info.keywords == e.disk_keywords;
         let metadata_current = if first {
-            s.first_meta == Some(xstatus_bytes(s, i, true).as_slice())
+            i == 0 && s.first_meta == Some(xstatus_bytes(s, i, true).as_slice())
         } else {
             e.canonical
         };
@@ -350,6 +343,20 @@ fn grow(file: &File, from: u64, to: u64) -> io::Result<()> {
     nix::fcntl::posix_fallocate(file.as_raw_fd(), off, len).map_err(io::Error::from)
 }
 
+/// As UW after a rewrite: access time now, modification time a second earlier, so that
+/// "new mail" checks (mtime > atime: shells, biff, mail readers) do not fire for our own write.
+fn mark_as_read(file: &File) -> io::Result<()> {
+    let now = std::time::SystemTime::now();
+    let earlier = now
+        .checked_sub(std::time::Duration::from_secs(1))
+        .unwrap_or(now);
+    file.set_times(
+        std::fs::FileTimes::new()
+            .set_accessed(now)
+            .set_modified(earlier),
+    )
+}
+
 /// Carry out `plan` on the locked, writable `file` at `path`.
 pub(super) fn execute(path: &Path, file: &File, s: &Snapshot<'_>, plan: &Plan) -> io::Result<()> {
     let runs = runs(plan);
@@ -382,6 +389,7 @@ pub(super) fn execute(path: &Path, file: &File, s: &Snapshot<'_>, plan: &Plan) -
             std::process::abort();
         }
         file.set_len(plan.new_len)?;
+        mark_as_read(file)?;
         file.sync_all()
     })();
     match result {

@@ -114,6 +114,11 @@ fn pop1_fresh_session_leaves_the_file_uw_leaves() {
     let report = mb.commit(true).unwrap();
     assert_eq!(report.expunged, vec![0]);
     drop(mb);
+    let m = std::fs::metadata(&path).unwrap();
+    assert!(
+        m.modified().unwrap() < m.accessed().unwrap(),
+        "no \"new mail\" after our write"
+    );
     let got = std::fs::read(&path).unwrap();
     assert_eq!(mask_validity(&got), mask_validity(AFTER_POP1));
     let mb = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
@@ -464,6 +469,25 @@ fn parses_ten_thousand_messages_quickly() {
     let expected: u64 = mb.messages().iter().map(|m| m.size).sum();
     assert_eq!(total, expected);
     eprintln!("parse {parse_time:?}, read {total} bytes in {read_time:?}");
+    drop(mb);
+
+    let started = std::time::Instant::now();
+    let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let persist_time = started.elapsed();
+    let started = std::time::Instant::now();
+    mb.set_flags(5000, Flags::SEEN);
+    mb.commit(false).unwrap();
+    let flag_time = started.elapsed();
+    let started = std::time::Instant::now();
+    mb.set_flags(0, Flags::DELETED);
+    assert_eq!(mb.commit(true).unwrap().expunged, vec![0]);
+    let expunge_time = started.elapsed();
+    assert_eq!(mb.messages().len(), 9_999);
+    assert!(mb.messages()[4999].flags.contains(Flags::SEEN));
+    assert_eq!(mb.messages()[0].uid, 2);
+    eprintln!(
+        "persist UIDs {persist_time:?}, flag one {flag_time:?}, expunge first {expunge_time:?}"
+    );
 }
 
 // ---- crash safety ----------------------------------------------------------------------
@@ -545,7 +569,7 @@ fn commit_survives_a_kill_at_any_point() {
     points.extend((0..30).map(|k| Some(k * final_len / 29)));
     points.push(Some(final_len * 2));
     let exe = std::env::current_exe().unwrap();
-    for point in points {
+    for (n, point) in points.into_iter().enumerate() {
         std::fs::write(&path, &prepared).unwrap();
         let mut child = std::process::Command::new(&exe);
         child
@@ -563,8 +587,20 @@ fn commit_survives_a_kill_at_any_point() {
             Some(n) => child.env("MAILSUITE_CRASH_AFTER_BYTES", n.to_string()),
         };
         let status = child.status().unwrap();
-        assert!(!status.success(), "child at {point:?} was not killed");
-        let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGABRT),
+            "child at {point:?} did not die in the crash hook: {status}"
+        );
+        // The killed child left its dotlock; an MTA would take it over as stale after 5 minutes.
+        let _ = std::fs::remove_file(dir.path().join("user.lock"));
+        // Recovery happens on any open, read-only ones included.
+        let access = if n % 2 == 0 {
+            Access::Shared
+        } else {
+            Access::ReadOnly
+        };
+        let mut mb = MboxMailbox::open(&path, access, helper()).unwrap();
         let now = message_ids(&mut mb);
         for (i, (id, text)) in originals.iter().enumerate() {
             let copies: Vec<_> = now.iter().filter(|(n, _)| n == id).collect();
@@ -578,5 +614,211 @@ fn commit_survives_a_kill_at_any_point() {
             }
         }
         assert!(!dir.path().join(".user.mbox-journal").exists());
+    }
+}
+
+// ---- disk full --------------------------------------------------------------------------
+
+const FULL_DIR_ENV: &str = "MBOX_TEST_FULL_DIR";
+const FULL_LIMIT_ENV: &str = "MBOX_TEST_FULL_LIMIT";
+const LONG_KEYWORD: &str = "Important-keyword-with-a-long-name";
+
+/// Makes the last three messages' metadata grow, so the file must get longer.
+fn growing_commit(path: &Path) -> Result<CommitReport, StoreError> {
+    let mut mb = MboxMailbox::open(path, Access::Shared, helper())?;
+    let k = mb.keyword_index(LONG_KEYWORD).unwrap();
+    let n = mb.messages().len();
+    for i in n - 3..n {
+        mb.set_keywords(i, 1 << k);
+    }
+    mb.commit(false)
+}
+
+/// Run by `disk_full_leaves_the_mailbox_untouched` in a child whose file size limit makes
+/// writes fail with EFBIG, as a full disk makes them fail with ENOSPC.
+#[test]
+#[ignore = "helper run in a child process by the disk-full test"]
+fn disk_full_child() {
+    let (Some(dir), Some(limit)) = (
+        std::env::var_os(FULL_DIR_ENV),
+        std::env::var_os(FULL_LIMIT_ENV),
+    ) else {
+        return;
+    };
+    let limit: libc::rlim_t = limit.to_string_lossy().parse().unwrap();
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: plain FFI calls with valid arguments; ignoring SIGXFSZ makes oversized writes
+    // fail with EFBIG instead of killing the process, and the limit applies to this child only.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit), 0);
+    }
+    match growing_commit(&PathBuf::from(dir).join("user")) {
+        Err(StoreError::Io(_, e)) => eprintln!("refused as expected: {e}"),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+#[test]
+fn disk_full_leaves_the_mailbox_untouched() {
+    let dir = TempDir::new("full");
+    let path = mailbox_with(&dir, &crash_fixture());
+    drop(MboxMailbox::open(&path, Access::Exclusive, helper()).unwrap());
+    let prepared = std::fs::read(&path).unwrap();
+    let len = prepared.len() as u64;
+    let exe = std::env::current_exe().unwrap();
+    // 100 bytes: the journal cannot be written. len + 1: the journal fits, the file cannot grow.
+    for limit in [100, len + 1] {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "store::mbox::tests::disk_full_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(FULL_DIR_ENV, dir.path())
+            .env(FULL_LIMIT_ENV, limit.to_string())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "limit {limit}: {stderr}");
+        assert!(
+            stderr.contains("refused as expected"),
+            "limit {limit}: {stderr}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), prepared, "limit {limit}");
+        assert!(!dir.path().join(".user.mbox-journal").exists());
+    }
+    growing_commit(&path).unwrap();
+    let mb = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() > len);
+    assert_eq!(mb.keyword_names(), [LONG_KEYWORD]);
+    assert_eq!(mb.messages().iter().filter(|m| m.keywords == 1).count(), 3);
+}
+
+// ---- randomized round trips ---------------------------------------------------------------
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a [u8]]) -> &'a [u8] {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+fn random_mailbox(rng: &mut XorShift) -> Vec<u8> {
+    const FROM: [&[u8]; 4] = [
+        b"From a@b Mon Jan  1 10:00:00 2024\n",
+        b"From x y Tue Feb 13 01:02 PST 1990\n",
+        b"From z@w Wed Mar  3 23:59:59 2021 -0700 remote from q\n",
+        b"From c@d Thu Apr  4 04:04:04 2004\r\n",
+    ];
+    const HEADER: [&[u8]; 14] = [
+        b"Subject: hello\n",
+        b"Status: RO\n",
+        b"X-UID: 7\n",
+        b"x-status: F\n",
+        b"X-Status: DA\n",
+        b"Content-Length: 5\n",
+        b"X-Keywords: a b\n",
+        b" continuation\n",
+        b"\tmore\r\n",
+        b"Subject: From x Mon Jan  1 10:00:00 2024\n",
+        b"X-IMAPbase: 5 9 a b\n",
+        b"To: \xff\xfe\n",
+        b"Received: by x\r\n",
+        b"X-Other: y\n",
+    ];
+    const BODY: [&[u8]; 9] = [
+        b"\n",
+        b"From the desk\n",
+        b">From x Mon Jan  1 10:00:00 2024\n",
+        b"line\r\n",
+        b"lone\rcr\n",
+        b"8bit \xff\x80\n",
+        b"\r\n",
+        b"text text text\n",
+        b"Status: RO\n",
+    ];
+    let mut out = Vec::new();
+    for _ in 0..1 + rng.next() % 8 {
+        out.extend_from_slice(rng.pick(&FROM));
+        for _ in 0..rng.next() % 7 {
+            out.extend_from_slice(rng.pick(&HEADER));
+        }
+        out.extend_from_slice(b"\n");
+        for _ in 0..rng.next() % 6 {
+            out.extend_from_slice(rng.pick(&BODY));
+        }
+        if !rng.next().is_multiple_of(3) {
+            out.extend_from_slice(b"\n");
+        }
+    }
+    out
+}
+
+fn snapshot(mb: &mut MboxMailbox) -> Vec<(u32, Flags, Vec<u8>)> {
+    (0..mb.messages().len())
+        .map(|i| {
+            (
+                mb.messages()[i].uid,
+                mb.messages()[i].flags,
+                read_all(mb, i),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn random_mailboxes_round_trip_through_commits() {
+    let dir = TempDir::new("random");
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    for round in 0..150 {
+        let bytes = random_mailbox(&mut rng);
+        let path = mailbox_with(&dir, &bytes);
+        let mut ro = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+        assert_sizes_exact(&mut ro);
+        let ro_texts: Vec<Vec<u8>> = snapshot(&mut ro).into_iter().map(|(_, _, t)| t).collect();
+        drop(ro);
+        let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+        let before = snapshot(&mut mb);
+        let texts: Vec<Vec<u8>> = before.iter().map(|(_, _, t)| t.clone()).collect();
+        assert_eq!(
+            texts, ro_texts,
+            "round {round}: persisting UIDs changed text"
+        );
+        let mut expected = Vec::new();
+        for (i, (uid, _, text)) in before.iter().enumerate() {
+            let flags = Flags::from_bits((rng.next() % 32) as u8);
+            mb.set_flags(i, flags);
+            if !flags.contains(Flags::DELETED) {
+                expected.push((*uid, flags, text.clone()));
+            }
+        }
+        mb.commit(true).unwrap();
+        let mut after = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+        assert_eq!(after.uid_validity(), mb.uid_validity(), "round {round}");
+        assert_eq!(
+            snapshot(&mut after),
+            expected,
+            "round {round}: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(
+            snapshot(&mut mb),
+            expected,
+            "round {round}: session index after commit"
+        );
     }
 }
