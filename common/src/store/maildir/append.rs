@@ -284,3 +284,214 @@ fn date_to_system_time(secs: i64) -> SystemTime {
         Err(_) => SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{maildir, names_in, read_all, uids};
+    use super::super::MaildirMailbox;
+    use super::*;
+    use crate::store::{Access, Mailbox};
+    use std::os::unix::fs::MetadataExt;
+
+    fn message<'a>(source: &'a mut &'static [u8], flags: Flags) -> NewMessage<'a> {
+        NewMessage {
+            len: Some(source.len() as u64),
+            source,
+            flags,
+            keywords: &[],
+            internal_date: None,
+        }
+    }
+
+    #[test]
+    fn appends_several_with_consecutive_uids_normalised_and_dated() {
+        let (_tmp, root) = maildir();
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut a: &[u8] = b"Subject: a\r\n\r\nCRLF body\r\n";
+        let mut b: &[u8] = b"Subject: b\n\nLF body\n";
+        let mut c: &[u8] = b"Subject: c\r\n\r\nno end";
+        let mut batch = [
+            message(&mut a, Flags::NONE),
+            message(&mut b, Flags::SEEN.union(Flags::FLAGGED)),
+            message(&mut c, Flags::NONE),
+        ];
+        batch[0].internal_date = Some((1_000_000_000, 120));
+        let appended = mailbox.append(&mut batch).unwrap();
+        assert_eq!(appended, [1, 2, 3]);
+        // The index is not updated until the refresh reports them.
+        assert!(mailbox.messages().is_empty());
+        let changes = mailbox.refresh().unwrap();
+        assert_eq!(changes.appended, 3);
+        assert_eq!(uids(&mailbox), [1, 2, 3]);
+        assert_eq!(mailbox.uid_next(), 4);
+
+        let presented: [&[u8]; 3] = [
+            b"Subject: a\r\n\r\nCRLF body\r\n",
+            b"Subject: b\r\n\r\nLF body\r\n",
+            b"Subject: c\r\n\r\nno end",
+        ];
+        for (index, want) in presented.iter().enumerate() {
+            assert_eq!(read_all(&mut mailbox, index).unwrap(), *want);
+            assert_eq!(mailbox.messages()[index].size, want.len() as u64);
+        }
+        assert_eq!(mailbox.messages()[0].internal_date, 1_000_000_000);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((mailbox.messages()[1].internal_date - now).abs() < 60);
+        assert_eq!(
+            mailbox.messages()[1].flags,
+            Flags::SEEN.union(Flags::FLAGGED)
+        );
+        // Appended without flags: recent, and ours (claimed at refresh).
+        assert!(mailbox.messages()[0].recent && !mailbox.messages()[1].recent);
+        // Stored with LF, named the Dovecot way with both sizes.
+        let names = names_in(&root, "cur");
+        let first = names.iter().find(|n| n.contains(",S=22,W=25")).unwrap();
+        let stored = fs::read(root.join("cur").join(first)).unwrap();
+        assert_eq!(stored, b"Subject: a\n\nCRLF body\n");
+        let pid = format!("P{}.", std::process::id());
+        assert!(names.iter().all(|n| n.contains(".M") && n.contains(&pid)));
+        assert!(names.iter().any(|n| n.ends_with(":2,FS")));
+        assert!(names_in(&root, "tmp").is_empty());
+    }
+
+    #[test]
+    fn appended_keywords_are_added_to_dovecot_keywords() {
+        let (_tmp, root) = maildir();
+        let mut keywords = Keywords::default();
+        let mut body: &[u8] = b"x\n";
+        let names = ["$Forwarded".to_string(), "Work".to_string()];
+        let mut batch = [NewMessage {
+            source: &mut body,
+            len: None,
+            flags: Flags::NONE,
+            keywords: &names,
+            internal_date: None,
+        }];
+        let (_, uids_got) = append(&root, &mut keywords, &mut batch).unwrap();
+        assert_eq!(uids_got, [1]);
+        assert_eq!(
+            fs::read_to_string(root.join(keywords::KEYWORDS_NAME)).unwrap(),
+            "0 $Forwarded\n1 Work\n"
+        );
+        let cur = names_in(&root, "cur");
+        assert!(cur[0].ends_with(":2,ab"), "{cur:?}");
+        let mailbox = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert_eq!(mailbox.keyword_names(), ["$Forwarded", "Work"]);
+        assert_eq!(mailbox.messages()[0].keywords, 0b11);
+    }
+
+    /// A source that fails after a few bytes, as a dropped connection mid-literal.
+    struct Broken;
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "client went away",
+            ))
+        }
+    }
+
+    #[test]
+    fn a_failed_group_leaves_nothing_visible() {
+        let (_tmp, root) = maildir();
+        drop(MaildirMailbox::open(&root, Access::Shared).unwrap());
+        let list_before = fs::read(root.join(uidlist::UIDLIST_NAME)).unwrap();
+        let mut good: &[u8] = b"fine\n";
+        let mut broken = Broken;
+        let mut batch = [
+            message(&mut good, Flags::NONE),
+            NewMessage {
+                source: &mut broken,
+                len: None,
+                flags: Flags::NONE,
+                keywords: &[],
+                internal_date: None,
+            },
+        ];
+        let result = append(&root, &mut Keywords::default(), &mut batch);
+        assert!(matches!(result, Err(StoreError::Io(..))));
+        for sub in ["new", "cur", "tmp"] {
+            assert!(names_in(&root, sub).is_empty(), "{sub}");
+        }
+        assert_eq!(
+            fs::read(root.join(uidlist::UIDLIST_NAME)).unwrap(),
+            list_before
+        );
+    }
+
+    #[test]
+    fn concurrent_appenders_never_share_a_uid() {
+        let (_tmp, root) = maildir();
+        let appenders: Vec<_> = (0..4)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    for _ in 0..10 {
+                        let mut body: &[u8] = b"m\n";
+                        let mut batch = [message(&mut body, Flags::NONE)];
+                        let (_, uids) =
+                            append(&root, &mut Keywords::default(), &mut batch).unwrap();
+                        got.extend(uids);
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut all: Vec<u32> = appenders
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=40).collect::<Vec<u32>>());
+        let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&mailbox), all);
+        assert_eq!(mailbox.uid_next(), 41);
+    }
+
+    #[test]
+    fn read_only_mailbox_refuses_append() {
+        let (_tmp, root) = maildir();
+        let mut examiner = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        let mut body: &[u8] = b"x\n";
+        let result = examiner.append(&mut [message(&mut body, Flags::NONE)]);
+        assert!(matches!(result, Err(StoreError::Refused(_))));
+        assert!(names_in(&root, "new").is_empty() && names_in(&root, "tmp").is_empty());
+    }
+
+    #[test]
+    fn lf_conversion_agrees_with_presented_size() {
+        let (_tmp, root) = maildir();
+        let cases: [&[u8]; 6] = [
+            b"a\r\nb\r\n",
+            b"a\nb\n",
+            b"cr\ronly\r",
+            b"double\r\r\nend",
+            b"",
+            b"\r\n\r\n\n",
+        ];
+        for (n, case) in cases.iter().enumerate() {
+            let mut stored = Vec::new();
+            let (size, vsize) = copy_as_lf(&mut &case[..], &mut stored).unwrap();
+            assert_eq!(size, stored.len() as u64);
+            assert!(!stored.windows(2).any(|w| w == b"\r\n") || case.starts_with(b"double"));
+            let path = root.join(format!("case{n}"));
+            fs::write(&path, &stored).unwrap();
+            assert_eq!(super::super::body::presented_size(&path).unwrap(), vsize);
+        }
+    }
+
+    #[test]
+    fn unique_names_within_one_process() {
+        let (_tmp, root) = maildir();
+        let mut names = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let (stem, tmp, _file) = create_unique(&root).unwrap();
+            assert!(names.insert(stem));
+            assert_eq!(fs::metadata(tmp).unwrap().mode() & 0o777, 0o600);
+        }
+    }
+}

@@ -852,20 +852,20 @@ pub(crate) mod tests {
     }
 
     /// A Maildir under a fresh temp dir.
-    fn maildir() -> (TempDir, PathBuf) {
+    pub(crate) fn maildir() -> (TempDir, PathBuf) {
         let tmp = TempDir::new();
         let root = tmp.path().join("Maildir");
         create_dirs(&root).unwrap();
         (tmp, root)
     }
 
-    fn deliver(root: &Path, subdir: &str, name: &str, body: &[u8]) -> PathBuf {
+    pub(crate) fn deliver(root: &Path, subdir: &str, name: &str, body: &[u8]) -> PathBuf {
         let path = root.join(subdir).join(name);
         fs::write(&path, body).unwrap();
         path
     }
 
-    fn names_in(root: &Path, subdir: &str) -> Vec<String> {
+    pub(crate) fn names_in(root: &Path, subdir: &str) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(root.join(subdir))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -874,13 +874,13 @@ pub(crate) mod tests {
         names
     }
 
-    fn read_all(mailbox: &mut MaildirMailbox, index: usize) -> io::Result<Vec<u8>> {
+    pub(crate) fn read_all(mailbox: &mut MaildirMailbox, index: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         mailbox.open_message(index)?.read_to_end(&mut out)?;
         Ok(out)
     }
 
-    fn uids(mailbox: &MaildirMailbox) -> Vec<u32> {
+    pub(crate) fn uids(mailbox: &MaildirMailbox) -> Vec<u32> {
         mailbox.messages().iter().map(|m| m.uid).collect()
     }
 
@@ -1005,6 +1005,48 @@ pub(crate) mod tests {
             names,
             ["1700000001.M1P1.host:2,ac", "1700000002.M1P1.host:2,b"]
         );
+    }
+
+    #[test]
+    fn keyword_bit_adds_up_to_26_and_set_keywords_persists() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "cur", "1700000001.M1P1.host:2,S", b"m\n");
+        let mut examiner = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert_eq!(examiner.keyword_bit("Work"), None);
+        assert!(!root.join(keywords::KEYWORDS_NAME).exists());
+
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(mailbox.keyword_bit("Work"), Some(0));
+        assert_eq!(mailbox.keyword_bit("Work"), Some(0));
+        assert_eq!(mailbox.keyword_bit("work"), Some(1), "case-sensitive");
+        for n in 2..26 {
+            assert_eq!(mailbox.keyword_bit(&format!("k{n}")), Some(n));
+        }
+        assert_eq!(mailbox.keyword_bit("k26"), None);
+        mailbox.set_keywords(0, 1 | 1 << 25 | 1 << 40);
+        assert_eq!(mailbox.messages()[0].keywords, 1 | 1 << 25);
+        mailbox.commit(false).unwrap();
+        assert_eq!(names_in(&root, "cur"), ["1700000001.M1P1.host:2,Saz"]);
+        let reopened = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert_eq!(reopened.keyword_names().len(), 26);
+        assert_eq!(reopened.messages()[0].keywords, 1 | 1 << 25);
+        // The examiner learns the names at its next refresh.
+        examiner.refresh().unwrap();
+        assert_eq!(examiner.keyword_names()[0], "Work");
+        assert_eq!(examiner.messages()[0].keywords, 1 | 1 << 25);
+    }
+
+    #[test]
+    fn clearing_a_keyword_keeps_unknown_letters() {
+        let (_tmp, root) = maildir();
+        fs::write(root.join("dovecot-keywords"), "0 Work\n").unwrap();
+        deliver(&root, "cur", "1700000001.M1P1.host:2,Pac", b"m\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(mailbox.messages()[0].keywords, 1);
+        mailbox.set_keywords(0, 0);
+        mailbox.commit(false).unwrap();
+        assert_eq!(names_in(&root, "cur"), ["1700000001.M1P1.host:2,Pc"]);
+        assert!(!mailbox.read_only());
     }
 
     #[test]

@@ -195,3 +195,204 @@ impl MaildirMailbox {
         changes.flags_changed.dedup();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{deliver, maildir, names_in, uids};
+    use super::super::uidlist::UIDLIST_NAME;
+    use super::*;
+    use crate::store::{Expunge, Flags, Mailbox};
+    use std::path::PathBuf;
+
+    /// A Maildir with `count` seen messages in `cur/`, already numbered 1..=count.
+    fn numbered(count: u32) -> (super::super::tests::TempDir, PathBuf) {
+        let (tmp, root) = maildir();
+        for n in 1..=count {
+            deliver(&root, "cur", &format!("170000000{n}.M1P1.host:2,"), b"m\n");
+        }
+        drop(MaildirMailbox::open(&root, Access::Shared).unwrap());
+        (tmp, root)
+    }
+
+    fn flags_of(mailbox: &MaildirMailbox) -> Vec<Flags> {
+        mailbox.messages.iter().map(|m| m.flags).collect()
+    }
+
+    #[test]
+    fn nothing_changed_reports_nothing() {
+        let (_tmp, root) = numbered(2);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        mailbox.refresh().unwrap();
+        let stamps = mailbox.stamps.clone();
+        assert!(mailbox.refresh().unwrap().is_empty());
+        assert_eq!(mailbox.stamps, stamps);
+        assert_eq!(uids(&mailbox), [1, 2]);
+    }
+
+    #[test]
+    fn delivery_by_the_mta_is_appended_recent_and_claimed() {
+        let (_tmp, root) = numbered(1);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let token = mailbox.change_token().unwrap();
+        deliver(&root, "new", "1800000000.M1P9.mta", b"new mail\n");
+        assert_ne!(mailbox.change_token().unwrap(), token);
+        let changes = mailbox.refresh().unwrap();
+        assert_eq!(changes.appended, 1);
+        assert!(changes.expunged.is_empty() && changes.flags_changed.is_empty());
+        assert_eq!(uids(&mailbox), [1, 2]);
+        assert_eq!(mailbox.uid_next(), 3);
+        assert!(mailbox.messages[1].recent && !mailbox.messages[0].recent);
+        // Claimed: moved to cur/, so no other session sees it recent.
+        assert!(names_in(&root, "new").is_empty());
+        let other = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&other), [1, 2]);
+        assert!(other.messages.iter().all(|m| !m.recent));
+        assert!(mailbox.refresh().unwrap().is_empty());
+    }
+
+    #[test]
+    fn first_shared_opener_claims_recent_read_only_does_not() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "new", "1800000000.M1P9.mta", b"x\n");
+        let examiner = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert!(examiner.messages[0].recent);
+        assert_eq!(names_in(&root, "new").len(), 1);
+        let first = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let second = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert!(first.messages[0].recent);
+        assert!(!second.messages[0].recent);
+        assert_eq!(names_in(&root, "cur"), ["1800000000.M1P9.mta:2,"]);
+    }
+
+    #[test]
+    fn other_sessions_flag_changes_and_expunges_are_reported() {
+        let (_tmp, root) = numbered(4);
+        let mut watcher = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut other = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        other.set_flags(1, Flags::DELETED);
+        other.set_flags(2, Flags::FLAGGED);
+        other.set_flags(3, Flags::DELETED);
+        assert_eq!(other.commit(true).unwrap().expunged, [1, 3]);
+
+        let changes = watcher.refresh().unwrap();
+        assert_eq!(changes.expunged, [1, 3]);
+        assert_eq!(changes.flags_changed, [1]);
+        assert_eq!(changes.appended, 0);
+        assert_eq!(uids(&watcher), [1, 3]);
+        assert_eq!(flags_of(&watcher), [Flags::NONE, Flags::FLAGGED]);
+    }
+
+    #[test]
+    fn pending_changes_survive_refresh_and_others_survive_our_commit() {
+        let (_tmp, root) = numbered(2);
+        let mut ours = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut theirs = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        ours.set_flags(0, Flags::SEEN);
+        theirs.set_flags(0, Flags::FLAGGED);
+        theirs.set_flags(1, Flags::ANSWERED);
+        theirs.commit(false).unwrap();
+
+        let changes = ours.refresh().unwrap();
+        assert_eq!(changes.flags_changed, [0, 1]);
+        assert_eq!(
+            flags_of(&ours),
+            [Flags::SEEN.union(Flags::FLAGGED), Flags::ANSWERED]
+        );
+        ours.commit(false).unwrap();
+        assert_eq!(
+            names_in(&root, "cur"),
+            ["1700000001.M1P1.host:2,FS", "1700000002.M1P1.host:2,R"]
+        );
+        // They now clear \Flagged without having seen our \Seen: both changes stay.
+        theirs.set_flags(0, Flags::NONE);
+        theirs.commit(false).unwrap();
+        assert_eq!(theirs.messages[0].flags, Flags::SEEN);
+        assert_eq!(ours.refresh().unwrap().flags_changed, [0]);
+        assert_eq!(ours.messages[0].flags, Flags::SEEN);
+    }
+
+    #[test]
+    fn flag_changes_absorbed_by_a_commit_are_reported_at_the_next_refresh() {
+        let (_tmp, root) = numbered(2);
+        let mut ours = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut theirs = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        theirs.set_flags(1, Flags::FLAGGED);
+        theirs.commit(false).unwrap();
+        // Our commit chases the renamed file and learns their \Flagged.
+        ours.set_flags(1, Flags::SEEN);
+        ours.commit(false).unwrap();
+        assert_eq!(ours.messages[1].flags, Flags::SEEN.union(Flags::FLAGGED));
+        assert_eq!(ours.refresh().unwrap().flags_changed, [1]);
+        assert!(ours.refresh().unwrap().is_empty());
+    }
+
+    #[test]
+    fn uid_expunge_removes_only_the_listed_deleted_messages() {
+        let (_tmp, root) = numbered(4);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        for index in 0..3 {
+            mailbox.set_flags(index, Flags::DELETED);
+        }
+        let report = mailbox.commit_with(Expunge::Uids(&[2, 3, 4])).unwrap();
+        // UID 4 is listed but not \Deleted; UID 1 is \Deleted but not listed.
+        assert_eq!(report.expunged, [1, 2]);
+        assert_eq!(uids(&mailbox), [1, 4]);
+        assert_eq!(
+            names_in(&root, "cur"),
+            ["1700000001.M1P1.host:2,T", "1700000004.M1P1.host:2,"]
+        );
+    }
+
+    #[test]
+    fn read_only_refresh_sees_deliveries_but_writes_nothing() {
+        let (_tmp, root) = numbered(1);
+        let mut examiner = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        let list_before = fs::read(root.join(UIDLIST_NAME)).unwrap();
+        deliver(&root, "new", "1800000000.M1P9.mta", b"x\n");
+        let changes = examiner.refresh().unwrap();
+        assert_eq!(changes.appended, 1);
+        assert_eq!(uids(&examiner), [1, 2]);
+        assert!(examiner.messages[1].recent);
+        assert_eq!(fs::read(root.join(UIDLIST_NAME)).unwrap(), list_before);
+        assert_eq!(names_in(&root, "new"), ["1800000000.M1P9.mta"]);
+        // A writer numbers it the same way.
+        let writer = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&writer), [1, 2]);
+        // Its claim (a rename to cur/) is no change for us: same UID, same flags.
+        assert!(examiner.refresh().unwrap().is_empty());
+        assert_eq!(uids(&examiner), [1, 2]);
+    }
+
+    #[test]
+    fn provisional_uids_overtaken_by_a_writer_are_never_shown_twice() {
+        let (_tmp, root) = numbered(1);
+        deliver(&root, "new", "1800000002.M1P9.mta", b"late\n");
+        let mut examiner = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert_eq!(uids(&examiner), [1, 2]);
+        // An earlier-named delivery arrives and a writer numbers both: it takes UID 2.
+        deliver(&root, "new", "1800000001.M1P9.mta", b"early\n");
+        let writer = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&writer), [1, 2, 3]);
+        let changes = examiner.refresh().unwrap();
+        assert_eq!(changes.expunged, [1]);
+        assert_eq!(changes.appended, 2);
+        assert_eq!(uids(&examiner), [1, 2, 3]);
+        let bases: Vec<&str> = examiner.files.iter().map(|f| f.base.as_str()).collect();
+        let writer_bases: Vec<&str> = writer.files.iter().map(|f| f.base.as_str()).collect();
+        assert_eq!(bases, writer_bases);
+    }
+
+    #[test]
+    fn keywords_set_by_another_session_are_reported() {
+        let (_tmp, root) = numbered(1);
+        let mut ours = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut theirs = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let bit = theirs.keyword_bit("Work").unwrap();
+        theirs.set_keywords(0, 1 << bit);
+        theirs.commit(false).unwrap();
+        let changes = ours.refresh().unwrap();
+        assert_eq!(changes.flags_changed, [0]);
+        assert_eq!(ours.keyword_names(), ["Work"]);
+        assert_eq!(ours.messages[0].keywords, 1);
+    }
+}
