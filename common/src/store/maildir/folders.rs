@@ -416,3 +416,302 @@ fn sweep_leftovers(root: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{deliver, maildir, names_in, TempDir};
+    use super::*;
+    use crate::config::StoreChoice;
+    use crate::store::Flags;
+    use std::os::unix::fs::MetadataExt;
+
+    fn store(root: &Path) -> MaildirStore {
+        let cfg = StoreConfig {
+            spool_dir: "/nonexistent".into(),
+            maildir_name: "Maildir".into(),
+            mail_dir: String::new(),
+            choice: StoreChoice::Maildir,
+            dotlock_helper: "/nonexistent".into(),
+        };
+        MaildirStore::new(&cfg, root)
+    }
+
+    fn root_entries(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn listed(store: &MaildirStore) -> Vec<(String, bool, bool)> {
+        store
+            .list(false)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.name, f.selectable, f.has_children))
+            .collect()
+    }
+
+    fn one_message<'a>(body: &'a mut &'static [u8]) -> [NewMessage<'a>; 1] {
+        [NewMessage {
+            len: None,
+            source: body,
+            flags: Flags::NONE,
+            keywords: &[],
+            internal_date: None,
+        }]
+    }
+
+    #[test]
+    fn create_makes_maildir_plus_plus_folders_and_list_shows_them() {
+        let (_tmp, root) = maildir();
+        let store = store(&root);
+        store.create("Sent").unwrap();
+        store.create("a/b").unwrap();
+        store.create("Entw&APw-rfe/").unwrap();
+        for dir in [".Sent", ".a.b", ".Entw&APw-rfe"] {
+            for sub in ["cur", "new", "tmp", FOLDER_MARKER] {
+                assert!(root.join(dir).join(sub).exists(), "{dir}/{sub}");
+            }
+        }
+        assert!(!root.join(".a").exists(), "no parent levels in Maildir++");
+        assert_eq!(
+            listed(&store),
+            [
+                ("INBOX".into(), true, false),
+                ("Entw&APw-rfe".into(), true, false),
+                ("Sent".into(), true, false),
+                ("a".into(), false, true),
+                ("a/b".into(), true, false),
+            ]
+        );
+        let list = store.list(true).unwrap();
+        assert!(!list[0].inferiors_allowed && list[2].inferiors_allowed);
+        assert_eq!(list[2].special_use, Some(SpecialUse::Sent));
+        assert_eq!(list[4].special_use, None);
+        assert!(matches!(
+            store.create("Sent"),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            store.create("inbox"),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            store.open("a", Access::Shared),
+            Err(StoreError::Refused(_))
+        ));
+        assert!(matches!(
+            store.open("nope", Access::Shared),
+            Err(StoreError::NoSuchMailbox(_))
+        ));
+        assert!(!root.join(".nope").exists());
+    }
+
+    #[test]
+    fn refused_names_never_touch_the_disk() {
+        let (tmp, root) = maildir();
+        let store = store(&root);
+        let before = root_entries(&root);
+        let parent_before = root_entries(tmp.path());
+        for bad in [
+            "../x",
+            "/etc",
+            "a.b",
+            "a//b",
+            "INBOX/sub",
+            "~root",
+            "#news",
+            "x/..",
+        ] {
+            assert!(
+                matches!(store.create(bad), Err(StoreError::Refused(_))),
+                "{bad}"
+            );
+            assert!(store.open(bad, Access::Shared).is_err(), "{bad}");
+            assert!(store.delete(bad).is_err(), "{bad}");
+            assert!(store.rename("INBOX", bad).is_err(), "{bad}");
+            assert!(store.set_subscribed(bad, true).is_err(), "{bad}");
+            let mut body: &[u8] = b"x\n";
+            assert!(store.append(bad, &mut one_message(&mut body)).is_err());
+        }
+        assert_eq!(root_entries(&root), before);
+        assert_eq!(root_entries(tmp.path()), parent_before);
+    }
+
+    #[test]
+    fn delete_refuses_children_and_inbox() {
+        let (_tmp, root) = maildir();
+        let store = store(&root);
+        store.create("a").unwrap();
+        store.create("a/b").unwrap();
+        deliver(&root.join(".a.b"), "cur", "1.M1P1.h:2,", b"m\n");
+        assert!(matches!(store.delete("a"), Err(StoreError::Refused(_))));
+        assert!(matches!(store.delete("INBOX"), Err(StoreError::Refused(_))));
+        assert!(matches!(
+            store.delete("zz"),
+            Err(StoreError::NoSuchMailbox(_))
+        ));
+        store.delete("a/b").unwrap();
+        store.delete("a").unwrap();
+        assert_eq!(listed(&store), [("INBOX".into(), true, false)]);
+        assert_eq!(root_entries(&root), ["cur", "new", "tmp"]);
+    }
+
+    #[test]
+    fn rename_moves_children_and_refuses_collisions() {
+        let (_tmp, root) = maildir();
+        let store = store(&root);
+        for name in ["a", "a/b", "a/b/c", "x"] {
+            store.create(name).unwrap();
+        }
+        deliver(&root.join(".a.b"), "cur", "1.M1P1.h:2,S", b"m\n");
+        assert!(matches!(
+            store.rename("a", "x"),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            store.rename("a", "a/b/d"),
+            Err(StoreError::Refused(_))
+        ));
+        assert!(matches!(
+            store.rename("nope", "y"),
+            Err(StoreError::NoSuchMailbox(_))
+        ));
+        store.rename("a", "n/m").unwrap();
+        let names: Vec<String> = listed(&store).into_iter().map(|f| f.0).collect();
+        assert_eq!(names, ["INBOX", "n", "n/m", "n/m/b", "n/m/b/c", "x"]);
+        assert_eq!(names_in(&root.join(".n.m.b"), "cur"), ["1.M1P1.h:2,S"]);
+    }
+
+    #[test]
+    fn rename_inbox_moves_its_messages_into_a_new_folder() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "cur", "1.M1P1.h:2,S", b"old\n");
+        deliver(&root, "new", "2.M1P1.h", b"new\n");
+        let store = store(&root);
+        let mut inbox = store.open("INBOX", Access::Shared).unwrap();
+        store.rename("INBOX", "Saved").unwrap();
+        assert!(names_in(&root, "cur").is_empty() && names_in(&root, "new").is_empty());
+        let changes = inbox.refresh().unwrap();
+        assert_eq!(changes.expunged, [0, 1]);
+        let saved = store.open("Saved", Access::ReadOnly).unwrap();
+        assert_eq!(saved.messages().len(), 2);
+        assert_eq!(saved.messages()[0].flags, Flags::SEEN);
+        assert!(matches!(
+            store.rename("INBOX", "Saved"),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            store.rename("Saved", "inbox"),
+            Err(StoreError::AlreadyExists(_))
+        ));
+    }
+
+    #[test]
+    fn subscriptions_round_trip_and_read_other_servers_formats() {
+        let (_tmp, root) = maildir();
+        let store = store(&root);
+        assert!(store.subscriptions().unwrap().is_empty());
+        store.set_subscribed("inbox", true).unwrap();
+        store.set_subscribed("a/b", true).unwrap();
+        store.set_subscribed("Sent", true).unwrap();
+        store.set_subscribed("a/b", true).unwrap();
+        store.set_subscribed("Sent", false).unwrap();
+        assert_eq!(store.subscriptions().unwrap(), ["INBOX", "a/b"]);
+        assert_eq!(
+            fs::read_to_string(root.join(SUBSCRIPTIONS_NAME)).unwrap(),
+            "INBOX\na/b\n"
+        );
+        assert!(!root.join("subscriptions.lock").exists());
+
+        fs::write(
+            root.join(SUBSCRIPTIONS_NAME),
+            "V\t2\n\nSent\nlists\tdev\nArchive.2024\nINBOX.Trash\nINBOX\nSent\n",
+        )
+        .unwrap();
+        assert_eq!(
+            store.subscriptions().unwrap(),
+            ["Sent", "lists/dev", "Archive/2024", "Trash", "INBOX"]
+        );
+    }
+
+    #[test]
+    fn status_counts_without_writing_anything() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "new", "1700000002.M1P1.h", b"b\n");
+        deliver(&root, "new", "1700000001.M1P1.h", b"a\n");
+        deliver(&root, "cur", "1700000000.M1P1.h:2,S", b"seen\n");
+        let stamp = |p: &Path| {
+            let m = fs::metadata(p).unwrap();
+            (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+        };
+        let dirs = ["", "new", "cur", "tmp"].map(|d| root.join(d));
+        let before: Vec<_> = dirs.iter().map(|d| stamp(d)).collect();
+        let entries_before = root_entries(&root);
+        let store = store(&root);
+        let status = store.status("INBOX").unwrap();
+        assert_eq!(status.messages, 3);
+        assert_eq!(status.recent, 2);
+        assert_eq!(status.unseen, 2);
+        assert_eq!(status.uid_next, 4);
+        let after: Vec<_> = dirs.iter().map(|d| stamp(d)).collect();
+        assert_eq!(before, after);
+        assert_eq!(root_entries(&root), entries_before);
+        assert!(matches!(
+            store.status("nope"),
+            Err(StoreError::NoSuchMailbox(_))
+        ));
+        // A writer then agrees with what STATUS promised.
+        let writer = store.open("INBOX", Access::Shared).unwrap();
+        assert_eq!(writer.uid_next(), status.uid_next);
+    }
+
+    #[test]
+    fn append_by_name_needs_an_existing_mailbox() {
+        let tmp = TempDir::new();
+        let root = tmp.path().join("Maildir");
+        let store = store(&root);
+        let mut body: &[u8] = b"hello\n";
+        assert!(matches!(
+            store.append("Drafts", &mut one_message(&mut body)),
+            Err(StoreError::NoSuchMailbox(_))
+        ));
+        assert!(!root.join(".Drafts").exists());
+        // INBOX always exists (created on first use).
+        let mut body: &[u8] = b"hello\n";
+        let (validity, uids) = store.append("INBOX", &mut one_message(&mut body)).unwrap();
+        assert_eq!(uids, [1]);
+        store.create("Drafts").unwrap();
+        let mut body: &[u8] = b"draft\n";
+        let (drafts_validity, uids) = store.append("Drafts", &mut one_message(&mut body)).unwrap();
+        assert_eq!(uids, [1]);
+        let drafts = store.open("Drafts", Access::ReadOnly).unwrap();
+        assert_eq!(drafts.uid_validity(), drafts_validity);
+        assert_eq!(drafts.messages().len(), 1);
+        let inbox = store.open("INBOX", Access::ReadOnly).unwrap();
+        assert_eq!(inbox.uid_validity(), validity);
+        assert_eq!(inbox.messages().len(), 1, "folders are not INBOX messages");
+    }
+
+    #[test]
+    fn list_marks_folders_with_new_mail_and_skips_leftovers() {
+        let (_tmp, root) = maildir();
+        let store = store(&root);
+        store.create("Lists").unwrap();
+        deliver(&root.join(".Lists"), "new", "1.M1P1.h", b"m\n");
+        fs::create_dir(root.join("..deleted-1-2")).unwrap();
+        fs::create_dir(root.join(".a..b")).unwrap();
+        fs::write(root.join(".not-a-dir"), b"").unwrap();
+        let list = store.list(false).unwrap();
+        let names: Vec<&str> = list.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["INBOX", "Lists"]);
+        assert_eq!(list[0].marked, Some(false));
+        assert_eq!(list[1].marked, Some(true));
+        store.create("x").unwrap();
+        store.delete("x").unwrap();
+        assert!(!root.join("..deleted-1-2").exists(), "leftover swept");
+    }
+}
