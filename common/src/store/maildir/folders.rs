@@ -29,7 +29,8 @@ use crate::store::{
 };
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The marker file Maildir++ puts in every folder (for the LDA's quota code).
@@ -176,14 +177,11 @@ fn create_folder(dir: &Path, name: &str) -> Result<(), StoreError> {
         }
         Err(e) => return Err(StoreError::Io(dir.to_path_buf(), e)),
     }
-    use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(io_at(dir.to_path_buf()))?;
     create_dirs(dir)?;
     let marker = dir.join(FOLDER_MARKER);
-    File::create(&marker)
-        .and_then(|mut f| f.flush())
-        .map_err(io_at(marker))
+    File::create(&marker).map(drop).map_err(io_at(marker))
 }
 
 impl MailStore for MaildirStore {

@@ -68,7 +68,14 @@ impl MaildirMailbox {
     pub(super) fn catch_up(&mut self) -> Result<Changes, StoreError> {
         let stamps = Stamps::take(&self.path)?;
         let mut changes = Changes::default();
-        if stamps != self.stamps && self.path.is_dir() {
+        if stamps != self.stamps && !self.path.is_dir() {
+            // Deleted (or renamed away) under us: every message is gone.
+            self.stamps = stamps;
+            changes.expunged = (0..self.messages.len()).collect();
+            self.messages.clear();
+            self.files.clear();
+            self.unreported_flag_changes.clear();
+        } else if stamps != self.stamps {
             self.keywords
                 .reload(&self.path)
                 .map_err(io_at(self.path.join(KEYWORDS_NAME)))?;
@@ -380,6 +387,16 @@ mod tests {
         let bases: Vec<&str> = examiner.files.iter().map(|f| f.base.as_str()).collect();
         let writer_bases: Vec<&str> = writer.files.iter().map(|f| f.base.as_str()).collect();
         assert_eq!(bases, writer_bases);
+    }
+
+    #[test]
+    fn a_deleted_folder_shows_every_message_expunged() {
+        let (_tmp, root) = numbered(2);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(mailbox.refresh().unwrap().expunged, [0, 1]);
+        assert!(mailbox.messages().is_empty());
+        assert!(mailbox.refresh().unwrap().is_empty());
     }
 
     #[test]
