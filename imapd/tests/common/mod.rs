@@ -174,3 +174,51 @@ pub fn fixture(name: &str) -> PathBuf {
         .join("../tests/fixtures")
         .join(name)
 }
+
+/// Blank UIDVALIDITY values (they are the time of creation).
+pub fn blank_validity(response: &str) -> String {
+    let mut out = Vec::new();
+    let mut previous = "";
+    for word in response.split(' ') {
+        if matches!(
+            previous,
+            "[UIDVALIDITY" | "UIDVALIDITY" | "[COPYUID" | "[APPENDUID"
+        ) {
+            let tail: String = word.chars().skip_while(char::is_ascii_digit).collect();
+            out.push(format!("V{tail}"));
+        } else {
+            out.push(word.to_string());
+        }
+        previous = word;
+    }
+    out.join(" ")
+}
+
+/// A Maildir with `count` small messages delivered to new/, owned by the server's user.
+pub fn maildir_home(dir: &TempDir, count: usize) -> PathBuf {
+    let home = dir.path().join("home");
+    let maildir = home.join("Maildir");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    for i in 1..=count {
+        deliver(&maildir, i);
+    }
+    dir.hand_over();
+    home
+}
+
+/// Deliver message number `i` into `maildir`/new as an MTA would (tmp/, then rename).
+pub fn deliver(maildir: &Path, i: usize) {
+    let text = format!(
+        "From: a{i}@example.com\r\nTo: b@example.com\r\nSubject: msg {i}\r\n\
+         Date: Mon, {i} Jan 2024 10:00:00 +0000\r\nMessage-ID: <m{i}@x>\r\n\r\nbody {i} text\r\n"
+    );
+    let name = format!("100{i}.M{i}P1.host");
+    let tmp = maildir.join("tmp").join(&name);
+    std::fs::write(&tmp, text).unwrap();
+    if let Some((uid, gid)) = server_ids() {
+        std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid)).unwrap();
+    }
+    std::fs::rename(&tmp, maildir.join("new").join(&name)).unwrap();
+}

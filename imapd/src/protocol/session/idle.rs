@@ -19,10 +19,13 @@ const MAX_IDLE_LINE: usize = 1024;
 
 impl<T: Transport, B: Backend> Session<'_, T, B> {
     pub(super) fn idle(&mut self) -> io::Result<Reply> {
+        // The token is taken before the catch-up refresh: a change after it is seen by that
+        // refresh or by the next comparison, never lost.
+        let mut token = self.change_token();
         self.client.write_all(b"+ idling\r\n")?;
+        self.sync_selected(true)?;
         self.client.flush()?;
         let started = Instant::now();
-        let mut token = self.change_token();
         loop {
             let readable =
                 self.client.has_pending_input() || self.client.wait_readable(POLL_INTERVAL)?;
