@@ -43,7 +43,7 @@ impl Drop for TempDir {
     }
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     common::privs::is_root()
 }
 
@@ -75,8 +75,17 @@ pub struct Server {
 impl Server {
     /// Start the server with `home` as HOME and `mail` (if any) as MAIL, plus `args`.
     pub fn start(home: &Path, mail: Option<&Path>, args: &[&str]) -> Server {
+        Server::spawn(home, mail, args, true)
+    }
+
+    /// Start the server as whoever runs the tests (root: the login path, before any PAM).
+    pub fn start_unchanged(home: &Path, args: &[&str]) -> Server {
+        Server::spawn(home, None, args, false)
+    }
+
+    fn spawn(home: &Path, mail: Option<&Path>, args: &[&str], drop_root: bool) -> Server {
         let binary = env!("CARGO_BIN_EXE_imapd");
-        let mut cmd = if is_root() {
+        let mut cmd = if is_root() && drop_root {
             let mut c = Command::new("setpriv");
             c.args([
                 "--reuid=nobody",

@@ -187,10 +187,21 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                 continue;
             };
             let loaded = if parse {
-                match load(sel, idx)? {
-                    Some(l) => Some(l),
-                    None => {
+                match load(sel, idx) {
+                    Ok(Some(l)) => Some(l),
+                    Ok(None) => {
                         trouble.too_large = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        // The store lost the message under us (or the disk failed): say so
+                        // for this message and go on with the others.
+                        log::err(&format!(
+                            "FETCH: cannot read message {} of {}: {e} {who}",
+                            pos + 1,
+                            sel.mailbox.path().display()
+                        ));
+                        trouble.missing = true;
                         continue;
                     }
                 }
