@@ -71,8 +71,22 @@ fn canonical_pattern(reference: &str, pattern: &str) -> Vec<u8> {
     full
 }
 
-/// Add the parent levels of nested names the store did not list itself (`\NoSelect`).
+/// Add the parent levels of nested names the store did not list itself (`\NoSelect`), and
+/// INBOX, which is always listed (it exists as soon as mail is delivered).
 fn with_implied_parents(mut folders: Vec<FolderInfo>) -> Vec<FolderInfo> {
+    if !folders.iter().any(|f| names::is_inbox(&f.name)) {
+        folders.insert(
+            0,
+            FolderInfo {
+                name: "INBOX".into(),
+                selectable: true,
+                inferiors_allowed: false,
+                has_children: false,
+                marked: None,
+                special_use: None,
+            },
+        );
+    }
     let known: BTreeSet<String> = folders.iter().map(|f| f.name.clone()).collect();
     let mut missing = BTreeSet::new();
     for f in &folders {
@@ -467,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn implied_parents_are_noselect() {
+    fn implied_parents_are_noselect_and_inbox_is_always_there() {
         let leaf = FolderInfo {
             name: "a/b/c".into(),
             selectable: true,
@@ -478,9 +492,9 @@ mod tests {
         };
         let all = with_implied_parents(vec![leaf]);
         let names: Vec<&str> = all.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["a/b/c", "a", "a/b"]);
+        assert_eq!(names, ["INBOX", "a/b/c", "a", "a/b"]);
         assert_eq!(
-            attributes(&all[1], false, false),
+            attributes(&all[2], false, false),
             "\\NoSelect \\HasChildren"
         );
     }
