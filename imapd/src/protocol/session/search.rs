@@ -6,7 +6,7 @@
 //! as the key needs (nothing, the header, or the whole message). Charsets: US-ASCII and UTF-8,
 //! anything else is `NO [BADCHARSET]`. Never sends EXPUNGE.
 
-use super::fetch::{load, MAX_PARSED};
+use super::fetch::MAX_PARSED;
 use super::format::uid_set;
 use super::select::Selected;
 use super::{Backend, Reply, Session, Transport};
@@ -128,12 +128,15 @@ fn read_header(sel: &mut Selected, idx: usize) -> io::Result<Vec<u8>> {
     Ok(header)
 }
 
-/// The whole message (or its first [`MAX_PARSED`] octets when larger).
+/// The whole message (or its first [`MAX_PARSED`] octets when larger), from the FETCH cache
+/// when it holds this message. Not parsed here: the search parses only if a key needs it.
 fn read_message(sel: &mut Selected, idx: usize) -> io::Result<Vec<u8>> {
-    if let Some(loaded) = load(sel, idx)? {
-        return Ok(loaded.bytes.clone());
+    let uid = sel.mailbox.messages()[idx].uid;
+    if let Some(cached) = sel.cache.as_ref().filter(|c| c.uid == uid) {
+        return Ok(cached.bytes.clone());
     }
-    let mut bytes = Vec::new();
+    let size = sel.mailbox.messages()[idx].size.min(MAX_PARSED);
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     sel.mailbox
         .open_message(idx)?
         .take(MAX_PARSED)
