@@ -1,4 +1,4 @@
-//! FETCH and UID FETCH: every RFC 3501 data item, BODY[section]<partial> (HEADER.FIELDS(.NOT),
+//! FETCH and UID FETCH: every RFC 3501 data item, `BODY[section]<partial>` (HEADER.FIELDS(.NOT),
 //! MIME, TEXT, nested message/rfc822), BODY.PEEK, and RFC 3516 BINARY / BINARY.SIZE.
 //!
 //! Owns what a FETCH response says and the implicit `\Seen`. Whole-message items (RFC822,
