@@ -400,3 +400,44 @@ fn expunges_by_others_wait_for_a_command_that_allows_them() {
     assert_eq!(a.wait(), 0);
     assert_eq!(b.wait(), 0);
 }
+
+#[test]
+fn large_messages_copy_through_a_spool_and_stream_back() {
+    let dir = TempDir::new("large");
+    let home = maildir_home(&dir, 0);
+    let mut s = Server::start(&home, None, &[]);
+    s.response();
+    let line = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n";
+    let mut message = b"Subject: big\r\n\r\n".to_vec();
+    while message.len() < 5 * 1024 * 1024 {
+        message.extend_from_slice(line.as_bytes());
+    }
+    let mut append = format!("a1 APPEND INBOX {{{}+}}\r\n", message.len()).into_bytes();
+    append.extend_from_slice(&message);
+    append.extend_from_slice(b"\r\n");
+    s.send(&append);
+    let got = s.until_tagged("a1");
+    assert!(
+        got.last().unwrap().starts_with("a1 OK [APPENDUID "),
+        "{got:?}"
+    );
+    s.command("a2", "CREATE Big");
+    s.command("a3", "SELECT INBOX");
+    let got = s.command("a4", "COPY 1 Big");
+    assert!(
+        got.last().unwrap().starts_with("a4 OK [COPYUID "),
+        "{got:?}"
+    );
+    s.command("a5", "SELECT Big");
+    let got = s.command("a6", "FETCH 1 (RFC822.SIZE BODY.PEEK[])");
+    let want = format!(
+        "* 1 FETCH (RFC822.SIZE {} BODY[] {{{}}}\r\n",
+        message.len(),
+        message.len()
+    );
+    assert!(got[0].starts_with(&want), "{}", &got[0][..80]);
+    assert!(got[0].as_bytes()[want.len()..].starts_with(&message));
+    assert_eq!(got[0].len(), want.len() + message.len() + 3);
+    s.command("a7", "LOGOUT");
+    assert_eq!(s.wait(), 0);
+}

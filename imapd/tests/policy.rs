@@ -113,3 +113,17 @@ fn inbox_held_by_pop3_opens_read_only() {
     let after = std::fs::read(&inbox).unwrap();
     assert!(after.starts_with(b"From alice@example.com"));
 }
+
+#[test]
+fn login_timeout_ends_the_session() {
+    if !is_root() {
+        eprintln!("skipped: the login path needs the server started as root");
+        return;
+    }
+    let dir = TempDir::new("logintimeout");
+    let mut s = Server::start_unchanged(dir.path(), &["--login-timeout", "1"]);
+    assert!(s.response().starts_with("* OK [CAPABILITY "));
+    assert_eq!(s.response(), "* BYE Autologout; idle for too long\r\n");
+    assert_eq!(s.response(), "");
+    s.wait();
+}
