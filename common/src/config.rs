@@ -57,6 +57,15 @@ pub struct ServerOptions {
     #[arg(long, default_value = "Maildir", value_name = "NAME")]
     pub maildir_name: String,
 
+    /// Where mbox folders live, relative to the home directory (UW: the home directory itself;
+    /// many sites use `mail`). INBOX stays the spool.
+    #[arg(long, default_value = "", value_name = "SUBDIR")]
+    pub mail_dir: String,
+
+    /// Show dot-files in LIST, as UW did (hidden by default).
+    #[arg(long)]
+    pub show_dotfiles: bool,
+
     /// CRAM-MD5/APOP secrets file (UW semantics); its presence enables APOP and CRAM-MD5.
     #[arg(long, default_value = "/etc/cram-md5.pwd", value_name = "PATH")]
     pub cram_file: PathBuf,

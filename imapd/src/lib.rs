@@ -5,11 +5,13 @@
 //!   literals) under hard limits; [`wire::parser`] tokenizes it (atoms, strings, numbers, sequence
 //!   sets, dates, mailbox names); [`wire::response`] writes responses, streaming literals.
 //! - [`protocol`]: what the bytes mean. [`protocol::command`] turns a raw command into a typed
-//!   [`protocol::command::Command`].
+//!   [`protocol::command::Command`]; [`protocol::session`] is the state machine that executes
+//!   commands against the `common::store` traits (the only layer that touches the store).
 //! - [`message`]: what a message says: MIME structure, ENVELOPE, BODYSTRUCTURE, sections,
 //!   SEARCH matching, SORT and THREAD, computed from message bytes.
 //!
-//! These layers never touch the mail store: the session (built on top) does.
+//! The wire and message layers never touch the mail store; the binary (`main.rs`) only wires
+//! the connection, the login backend and the session together.
 
 pub mod message;
 pub mod protocol;

@@ -99,7 +99,12 @@ impl SystemBackend {
         let location = store::locate_inbox(&self.store, &account.name, &home, mail_env.as_deref());
         store::open_inbox(&self.store, &location, Access::Exclusive).map_err(|e| match e {
             StoreError::InUse(why) => LoginError::InUse(why),
-            StoreError::Damaged(why) => LoginError::Permanent(format!("Can't open mailbox: {why}")),
+            StoreError::Damaged(why) | StoreError::Refused(why) => {
+                LoginError::Permanent(format!("Can't open mailbox: {why}"))
+            }
+            e @ (StoreError::NoSuchMailbox(_) | StoreError::AlreadyExists(_)) => {
+                LoginError::Permanent(format!("Can't open mailbox: {e}"))
+            }
             StoreError::Io(path, err) => {
                 LoginError::Temporary(format!("Can't open mailbox {}: {err}", path.display()))
             }

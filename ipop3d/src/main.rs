@@ -116,6 +116,7 @@ fn serve_one(args: &Args, program: &str) -> i32 {
         store: StoreConfig {
             spool_dir: opts.spool_dir.clone(),
             maildir_name: opts.maildir_name.clone(),
+            mail_dir: opts.mail_dir.clone(),
             choice: opts.store,
             dotlock_helper: opts.dotlock_helper.clone(),
         },

@@ -10,9 +10,13 @@
 //! headers (X-IMAPbase, X-IMAP, X-UID, Status, X-Status, X-Keywords, Content-Length) removed;
 //! `MessageInfo::size` is the exact length of that presentation.
 
+pub mod folders;
 pub mod lock;
 pub mod maildir;
 pub mod mbox;
+pub mod names;
+
+pub use folders::{open_store, FolderInfo, MailStore, MailboxStatus, SpecialUse};
 
 use std::fmt;
 use std::io::{self, Read};
@@ -78,6 +82,13 @@ pub enum StoreError {
     Damaged(String),
     /// An I/O error, with the path it concerns.
     Io(PathBuf, io::Error),
+    /// No mailbox of that name (IMAP `NO [TRYCREATE]` for APPEND/COPY/MOVE, `NO [NONEXISTENT]`).
+    NoSuchMailbox(String),
+    /// CREATE or RENAME onto a name that exists (`NO [ALREADYEXISTS]`).
+    AlreadyExists(String),
+    /// A request the store refuses, with the reason for the client (bad name, deleting a
+    /// directory that is not empty, renaming a folder into itself...): `NO [CANNOT]`.
+    Refused(String),
 }
 
 impl fmt::Display for StoreError {
@@ -86,6 +97,9 @@ impl fmt::Display for StoreError {
             StoreError::InUse(why) => write!(f, "mailbox in use: {why}"),
             StoreError::Damaged(why) => write!(f, "damaged mailbox: {why}"),
             StoreError::Io(path, e) => write!(f, "{}: {e}", path.display()),
+            StoreError::NoSuchMailbox(name) => write!(f, "no such mailbox: {name}"),
+            StoreError::AlreadyExists(name) => write!(f, "mailbox already exists: {name}"),
+            StoreError::Refused(why) => f.write_str(why),
         }
     }
 }
@@ -110,6 +124,47 @@ pub struct CommitReport {
     pub expunged: Vec<usize>,
 }
 
+/// Which messages a commit removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expunge<'a> {
+    /// Only persist flag changes.
+    Nothing,
+    /// Remove every message flagged `\Deleted` (POP3 QUIT, IMAP EXPUNGE and CLOSE).
+    AllDeleted,
+    /// Remove the messages flagged `\Deleted` whose UID is listed (UIDPLUS `UID EXPUNGE`).
+    Uids(&'a [u32]),
+}
+
+/// What other processes changed since the last [`Mailbox::refresh`] (or open), in the order an
+/// IMAP session reports it: expunges first, then flag changes, then new messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Indices (as before this refresh, ascending) of messages that are gone.
+    pub expunged: Vec<usize>,
+    /// Indices (as after this refresh) of surviving messages whose flags or keywords changed.
+    pub flags_changed: Vec<usize>,
+    /// How many new messages now stand at the end of [`Mailbox::messages`].
+    pub appended: usize,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.expunged.is_empty() && self.flags_changed.is_empty() && self.appended == 0
+    }
+}
+
+/// A message to append (IMAP APPEND, COPY, MOVE).
+pub struct NewMessage<'a> {
+    /// The message text, with CRLF or LF line ends; stored in the mailbox's own convention.
+    pub source: &'a mut dyn Read,
+    /// Exact length of `source` in bytes, when known (literals); lets stores write `,S=`.
+    pub len: Option<u64>,
+    pub flags: Flags,
+    pub keywords: &'a [String],
+    /// INTERNALDATE (seconds since the epoch, zone in minutes east of UTC); `None` = now.
+    pub internal_date: Option<(i64, i32)>,
+}
+
 /// One open mailbox. Implementations keep only the compact index in memory and stream bodies.
 pub trait Mailbox {
     /// The file or directory this mailbox lives in (for logs and error messages).
@@ -129,7 +184,36 @@ pub trait Mailbox {
     /// Persist flag changes and, with `expunge`, remove every message flagged `\Deleted`.
     /// Mail delivered by others since the mailbox was opened is kept. Crash-safe: a kill at any
     /// instant loses and duplicates nothing that was not deleted.
-    fn commit(&mut self, expunge: bool) -> Result<CommitReport, StoreError>;
+    fn commit(&mut self, expunge: bool) -> Result<CommitReport, StoreError> {
+        self.commit_with(if expunge {
+            Expunge::AllDeleted
+        } else {
+            Expunge::Nothing
+        })
+    }
+    /// [`Mailbox::commit`] with a choice of what to expunge. Applies only THIS session's flag
+    /// and keyword changes on top of what is on disk now, so changes made by other sessions
+    /// since are never lost. The index afterwards reflects the disk (like a refresh) minus the
+    /// expunged messages; `CommitReport::expunged` lists the removed indices.
+    fn commit_with(&mut self, expunge: Expunge<'_>) -> Result<CommitReport, StoreError>;
+    /// True when opened `ReadOnly` (EXAMINE, or a writer could not be had).
+    fn read_only(&self) -> bool;
+    /// Change message `index`'s keywords (bits of [`Mailbox::keyword_names`]) in memory.
+    fn set_keywords(&mut self, index: usize, keywords: u64);
+    /// The bit of keyword `name` (case-sensitive, as UW and Dovecot), adding it to the
+    /// mailbox's keyword list if new; `None` when the mailbox holds no more keywords.
+    fn keyword_bit(&mut self, name: &str) -> Option<u32>;
+    /// Catch up with other processes: deliveries, other sessions' flag changes and expunges.
+    /// Cheap when nothing changed (a stat). Writes nothing but, in a read-write session, the
+    /// claim on `\Recent` of messages no session has seen yet (so only one session reports it).
+    fn refresh(&mut self) -> Result<Changes, StoreError>;
+    /// Append messages at the end, atomically as a group where the store allows (MULTIAPPEND):
+    /// on error none of them is visible. Returns their UIDs. The index is NOT updated: the next
+    /// [`Mailbox::refresh`] reports them as appended, like anyone else's delivery.
+    fn append(&mut self, messages: &mut [NewMessage<'_>]) -> Result<Vec<u32>, StoreError>;
+    /// A cheap token that changes whenever the mailbox may have changed on disk (file size and
+    /// mtime, directory mtimes): IDLE polls it (and watches it with inotify where available).
+    fn change_token(&self) -> io::Result<u64>;
 }
 
 /// Where a user's mail lives.
@@ -137,6 +221,8 @@ pub trait Mailbox {
 pub struct StoreConfig {
     pub spool_dir: PathBuf,
     pub maildir_name: String,
+    /// mbox folders' root relative to the home directory ("" = the home directory, as UW).
+    pub mail_dir: String,
     pub choice: crate::config::StoreChoice,
     /// setgid-mail dotlock helper for spool directories the user cannot write.
     pub dotlock_helper: PathBuf,
@@ -196,6 +282,7 @@ mod tests {
         StoreConfig {
             spool_dir: "/var/mail".into(),
             maildir_name: "Maildir".into(),
+            mail_dir: String::new(),
             choice,
             dotlock_helper: "/nonexistent".into(),
         }

@@ -1,5 +1,8 @@
-//! IMAP protocol semantics on top of the wire: typed commands.
+//! IMAP protocol semantics on top of the wire: typed commands and the session that executes them.
 //!
-//! Owns the mapping from syntax to meaning. Never performs I/O and never touches a mailbox.
+//! [`command`] maps syntax to meaning and never performs I/O. [`session`] is the state machine:
+//! it talks to the client through a [`session::Transport`] and to the mail store through the
+//! `common::store` traits, and never touches files or privileges itself.
 
 pub mod command;
+pub mod session;

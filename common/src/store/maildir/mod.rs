@@ -7,18 +7,35 @@
 //! once on disk. Never copies a message, never reads bodies at open when the name carries its size,
 //! never writes anything when opened [`Access::ReadOnly`].
 //!
+//! Sharing: any number of `Shared` sessions, Dovecot and the MTA work on one Maildir at once.
+//! A UID is only ever given under `dovecot-uidlist.lock`; flag changes are renames that apply
+//! only this session's changes on top of the name the file has now; `\Recent` belongs to the
+//! first read-write session that sees a message in `new/`: it claims it by renaming it into
+//! `cur/` at open or refresh. A POP3 session's [`SessionLock`] is deliberately NOT taken or
+//! honoured by `Shared` opens: Maildir needs no exclusive access (every change is an atomic
+//! rename), so IMAP keeps working while someone reads mail by POP3; whether to refuse IMAP then
+//! is protocol policy, left to the caller.
+//!
 //! Submodules: `name` (file names and info letters), `uidlist` (the UID file and its lock),
-//! `keywords` (keyword letters), `body` (CRLF presentation and sizes).
+//! `keywords` (keyword letters), `body` (CRLF presentation and sizes), `refresh` (catching up
+//! with other processes), `append` (delivering new messages), `folders` (the Maildir++ folder
+//! layout, [`MaildirStore`]).
 
+mod append;
 mod body;
+mod folders;
 mod keywords;
 mod name;
+mod refresh;
 mod uidlist;
 
+pub use folders::MaildirStore;
+
 use super::lock::SessionLock;
-use super::{Access, CommitReport, Flags, Mailbox, MessageInfo, StoreError};
+use super::{Access, CommitReport, Expunge, Flags, Mailbox, MessageInfo, StoreError};
 use body::CrlfReader;
 use keywords::Keywords;
+use refresh::Stamps;
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read};
@@ -73,7 +90,19 @@ struct MessageFile {
     /// The flags this session last agreed with the disk on: changes made since are ours to
     /// write, everything else on disk (changed by other sessions) is left as it is.
     baseline: Flags,
+    /// The same for keyword bits.
+    keyword_baseline: u64,
 }
+
+/// What is already known about a message file, by base name: spares reading bodies and
+/// stat()ing files again (Maildir files never change content, and mtime is INTERNALDATE).
+#[derive(Clone, Copy, Debug)]
+struct Known {
+    size: u64,
+    mtime: i64,
+}
+
+type KnownFiles<'a> = HashMap<&'a str, Known>;
 
 /// One open Maildir. See the module documentation.
 pub struct MaildirMailbox {
@@ -85,12 +114,17 @@ pub struct MaildirMailbox {
     /// Parallel to `messages`.
     files: Vec<MessageFile>,
     keywords: Keywords,
+    /// The directories and files as they were before our last full scan.
+    stamps: Stamps,
+    /// UIDs whose flags changed on disk under a commit of ours: the next refresh reports them.
+    unreported_flag_changes: Vec<u32>,
     _session: Option<SessionLock>,
 }
 
 impl MaildirMailbox {
     /// Open the Maildir at `path`: scan `new/` and `cur/`, give unlisted messages UIDs in
     /// `dovecot-uidlist` (not when `ReadOnly`), and take the session lock when `Exclusive`.
+    /// `Shared` claims the messages in `new/` (they are `\Recent` for this session only).
     /// A missing Maildir is created (`cur new tmp`, mode 0700), or is empty when `ReadOnly`.
     pub fn open(path: &Path, access: Access) -> Result<MaildirMailbox, StoreError> {
         let root = path.to_path_buf();
@@ -104,22 +138,28 @@ impl MaildirMailbox {
             Access::Exclusive => Some(SessionLock::try_acquire(&root).map_err(StoreError::InUse)?),
             _ => None,
         };
+        let stamps = Stamps::take(&root)?;
         let keywords = Keywords::read(&root).map_err(io_at(root.join(keywords::KEYWORDS_NAME)))?;
-        let mut index = Index::build(&root, &HashMap::new())?;
-        if access != Access::ReadOnly && index.needs_write {
-            let lock = UidlistLock::acquire(&root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER)
-                .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
-            // Another writer may have assigned UIDs since we looked: look again under the lock.
-            // Sizes do not change (Maildir files are immutable): don't read bodies twice.
-            index = Index::build(&root, &index.sizes_by_base())?;
-            if index.needs_write {
-                lock.replace(&index.list)
-                    .map_err(io_at(root.join(uidlist::UIDLIST_NAME)))?;
-            }
+        let index = load_index(&root, access, &KnownFiles::new())?;
+        let mut mailbox = MaildirMailbox {
+            path: root,
+            access,
+            uid_validity: index.list.uid_validity,
+            uid_next: index.list.next_uid,
+            messages: Vec::with_capacity(index.entries.len()),
+            files: Vec::with_capacity(index.entries.len()),
+            keywords,
+            stamps,
+            unreported_flag_changes: Vec::new(),
+            _session: session,
+        };
+        for entry in index.entries {
+            mailbox.push_entry(entry);
         }
-        Ok(MaildirMailbox::from_index(
-            root, access, index, keywords, session,
-        ))
+        if access == Access::Shared {
+            mailbox.claim_recent(0);
+        }
+        Ok(mailbox)
     }
 
     fn empty(path: PathBuf, access: Access) -> MaildirMailbox {
@@ -131,49 +171,75 @@ impl MaildirMailbox {
             messages: Vec::new(),
             files: Vec::new(),
             keywords: Keywords::default(),
+            stamps: Stamps::default(),
+            unreported_flag_changes: Vec::new(),
             _session: None,
         }
     }
 
-    fn from_index(
-        path: PathBuf,
-        access: Access,
-        index: Index,
-        keywords: Keywords,
-        session: Option<SessionLock>,
-    ) -> MaildirMailbox {
-        let mut messages = Vec::with_capacity(index.entries.len());
-        let mut files = Vec::with_capacity(index.entries.len());
-        for entry in index.entries {
-            let parsed = name::parse(&entry.found.name);
-            messages.push(MessageInfo {
-                uid: entry.uid,
-                flags: parsed.flags,
-                keywords: keywords.bits(&parsed.kept),
-                recent: entry.found.subdir == Subdir::New,
-                size: entry.size,
-                internal_date: entry.found.mtime,
-                internal_tz_minutes: 0,
-            });
-            files.push(MessageFile {
-                base: parsed.base,
-                subdir: entry.found.subdir,
-                name: entry.found.name,
-                disk_flags: parsed.flags,
-                kept: parsed.kept,
-                baseline: parsed.flags,
-            });
-        }
-        MaildirMailbox {
-            path,
-            access,
-            uid_validity: index.list.uid_validity,
-            uid_next: index.list.next_uid,
-            messages,
-            files,
+    /// Add an indexed message at the end of the index.
+    fn push_entry(&mut self, entry: Entry) {
+        let parsed = name::parse(&entry.found.name);
+        let keywords = self.keywords.bits(&parsed.kept);
+        self.messages.push(MessageInfo {
+            uid: entry.uid,
+            flags: parsed.flags,
             keywords,
-            _session: session,
+            recent: entry.found.subdir == Subdir::New,
+            size: entry.size,
+            internal_date: entry.found.mtime,
+            internal_tz_minutes: 0,
+        });
+        self.files.push(MessageFile {
+            base: parsed.base,
+            subdir: entry.found.subdir,
+            name: entry.found.name,
+            disk_flags: parsed.flags,
+            kept: parsed.kept,
+            baseline: parsed.flags,
+            keyword_baseline: keywords,
+        });
+    }
+
+    /// Claim `\Recent` for the messages from `first` on that are in `new/`: rename them into
+    /// `cur/` (flags unchanged). One another session claimed first is not recent for us.
+    fn claim_recent(&mut self, first: usize) {
+        for index in first..self.files.len() {
+            if self.files[index].subdir != Subdir::New {
+                continue;
+            }
+            let file = &self.files[index];
+            let claimed = name::build(&file.base, file.disk_flags, &file.kept);
+            let to = self.path.join(Subdir::Cur.name()).join(&claimed);
+            match fs::rename(self.file_path(index), to) {
+                Ok(()) => {
+                    let file = &mut self.files[index];
+                    file.subdir = Subdir::Cur;
+                    file.name = claimed;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.messages[index].recent = false;
+                    // Where it went is found when it is next needed (relocate).
+                }
+                // Could not claim (permissions, full disk): it stays recent for us and in new/.
+                Err(_) => {}
+            }
         }
+    }
+
+    /// What is known about every indexed file, for the next scan.
+    fn known_files(&self) -> KnownFiles<'_> {
+        self.files
+            .iter()
+            .zip(&self.messages)
+            .map(|(file, info)| {
+                let known = Known {
+                    size: info.size,
+                    mtime: info.internal_date,
+                };
+                (file.base.as_str(), known)
+            })
+            .collect()
     }
 
     fn file_path(&self, index: usize) -> PathBuf {
@@ -209,28 +275,54 @@ impl MaildirMailbox {
         Err(moving_target())
     }
 
-    /// Rename message `index` into `cur/` with this session's flag changes applied on top of
-    /// the flags its name has now. False when the file is gone (expunged by another session).
-    fn write_flags(&mut self, index: usize) -> io::Result<bool> {
+    /// The flags and keyword bits message `index` should have on disk: its name's, with this
+    /// session's changes since the baseline applied on top.
+    fn merged_target(&self, index: usize) -> (Flags, u64) {
+        let file = &self.files[index];
+        let info = &self.messages[index];
+        let flags = Flags::from_bits(apply_changes(
+            u64::from(file.disk_flags.bits()),
+            u64::from(file.baseline.bits()),
+            u64::from(info.flags.bits()),
+        ) as u8);
+        let disk_keywords = self.keywords.bits(&file.kept);
+        let keywords = apply_changes(disk_keywords, file.keyword_baseline, info.keywords);
+        (flags, keywords)
+    }
+
+    /// The kept letters of message `index` with its keyword letters replaced by `keywords`'.
+    fn kept_with(&self, index: usize, keywords: u64) -> String {
+        let mut kept: String = self.files[index]
+            .kept
+            .chars()
+            .filter(|c| !self.keywords.knows_letter(*c))
+            .collect();
+        kept.push_str(&self.keywords.letters(keywords));
+        kept
+    }
+
+    /// Rename message `index` into `cur/` with this session's flag and keyword changes applied
+    /// on top of its name now. False when the file is gone (expunged by another session).
+    fn write_changes(&mut self, index: usize) -> io::Result<bool> {
         for _ in 0..CHASE_ATTEMPTS {
+            let (flags, keywords) = self.merged_target(index);
             let file = &self.files[index];
-            let wanted = self.messages[index].flags.bits();
-            let added = wanted & !file.baseline.bits();
-            let removed = file.baseline.bits() & !wanted;
-            let target = Flags::from_bits((file.disk_flags.bits() | added) & !removed);
-            if file.subdir == Subdir::Cur && target == file.disk_flags {
-                self.settle(index, target);
+            let disk_keywords = self.keywords.bits(&file.kept);
+            if file.subdir == Subdir::Cur && flags == file.disk_flags && keywords == disk_keywords {
+                self.settle(index, flags, keywords);
                 return Ok(true);
             }
-            let new_name = name::build(&file.base, target, &file.kept);
+            let kept = self.kept_with(index, keywords);
+            let new_name = name::build(&self.files[index].base, flags, &kept);
             let to = self.path.join(Subdir::Cur.name()).join(&new_name);
             match fs::rename(self.file_path(index), to) {
                 Ok(()) => {
                     let file = &mut self.files[index];
                     file.subdir = Subdir::Cur;
                     file.name = new_name;
-                    file.disk_flags = target;
-                    self.settle(index, target);
+                    file.disk_flags = flags;
+                    file.kept = kept;
+                    self.settle(index, flags, keywords);
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -243,10 +335,30 @@ impl MaildirMailbox {
         Err(moving_target())
     }
 
-    /// Record that message `index`'s flags on disk are now `flags`.
-    fn settle(&mut self, index: usize, flags: Flags) {
-        self.files[index].baseline = flags;
-        self.messages[index].flags = flags;
+    /// Record that message `index`'s flags and keywords on disk are now these; a difference
+    /// from what the session showed is another session's change, reported at the next refresh.
+    fn settle(&mut self, index: usize, flags: Flags, keywords: u64) {
+        let info = &mut self.messages[index];
+        if info.flags != flags || info.keywords != keywords {
+            self.unreported_flag_changes.push(info.uid);
+        }
+        info.flags = flags;
+        info.keywords = keywords;
+        let file = &mut self.files[index];
+        file.baseline = flags;
+        file.keyword_baseline = keywords;
+    }
+
+    /// Whether `expunge` removes message `index`, whose flags are about to become `flags`.
+    fn expunges(&self, expunge: Expunge<'_>, index: usize, flags: Flags) -> bool {
+        if !flags.contains(Flags::DELETED) {
+            return false;
+        }
+        match expunge {
+            Expunge::Nothing => false,
+            Expunge::AllDeleted => true,
+            Expunge::Uids(uids) => uids.contains(&self.messages[index].uid),
+        }
     }
 
     /// Drop the messages at `gone` (ascending indices) from the index.
@@ -269,6 +381,14 @@ impl MaildirMailbox {
         };
         self.files.retain(&mut keep);
     }
+}
+
+/// `disk` with the bits set in `wanted` but not in `baseline` added and those cleared removed:
+/// this session's changes on top of whatever others made.
+fn apply_changes(disk: u64, baseline: u64, wanted: u64) -> u64 {
+    let added = wanted & !baseline;
+    let removed = baseline & !wanted;
+    (disk | added) & !removed
 }
 
 impl Mailbox for MaildirMailbox {
@@ -322,19 +442,21 @@ impl Mailbox for MaildirMailbox {
         }
     }
 
-    /// Rename changed and `new/` messages into `cur/` with their flags; with `expunge`, unlink
-    /// the `\Deleted` ones. Messages found expunged by another session are reported expunged
-    /// too. `ReadOnly`: writes nothing and reports nothing.
-    fn commit(&mut self, expunge: bool) -> Result<CommitReport, StoreError> {
+    /// Rename changed and `new/` messages into `cur/` with this session's flag and keyword
+    /// changes applied on top of their current names; unlink the `\Deleted` ones `expunge`
+    /// selects. Messages found expunged by another session are reported expunged too.
+    /// `ReadOnly`: writes nothing and reports nothing.
+    fn commit_with(&mut self, expunge: Expunge<'_>) -> Result<CommitReport, StoreError> {
         if self.access == Access::ReadOnly {
             return Ok(CommitReport::default());
         }
         let mut expunged = Vec::new();
         for index in 0..self.messages.len() {
-            let still_there = if expunge && self.messages[index].flags.contains(Flags::DELETED) {
+            let (flags, _) = self.merged_target(index);
+            let still_there = if self.expunges(expunge, index, flags) {
                 self.unlink(index).map(|()| false)
             } else {
-                self.write_flags(index)
+                self.write_changes(index)
             };
             match still_there {
                 Ok(true) => {}
@@ -344,8 +466,75 @@ impl Mailbox for MaildirMailbox {
             }
         }
         self.forget(&expunged);
+        let present: Vec<u32> = self.messages.iter().map(|m| m.uid).collect();
+        self.unreported_flag_changes
+            .retain(|uid| present.binary_search(uid).is_ok());
         Ok(CommitReport { expunged })
     }
+
+    fn read_only(&self) -> bool {
+        self.access == Access::ReadOnly
+    }
+
+    fn set_keywords(&mut self, index: usize, keywords: u64) {
+        let known = self.keywords.names.len();
+        let mask = if known >= 64 {
+            u64::MAX
+        } else {
+            (1 << known) - 1
+        };
+        if let Some(info) = self.messages.get_mut(index) {
+            info.keywords = keywords & mask;
+        }
+    }
+
+    /// Known names answer at once; a new one is added to `dovecot-keywords` (under its lock),
+    /// which holds at most 26. `ReadOnly` mailboxes add nothing.
+    fn keyword_bit(&mut self, name: &str) -> Option<u32> {
+        if let Some(bit) = self.keywords.bit_of(name) {
+            return Some(bit);
+        }
+        if self.access == Access::ReadOnly || !keywords::add(&self.path, name).ok()? {
+            return None;
+        }
+        self.keywords.reload(&self.path).ok()?;
+        self.keywords.bit_of(name)
+    }
+
+    fn refresh(&mut self) -> Result<super::Changes, StoreError> {
+        self.catch_up()
+    }
+
+    fn append(&mut self, messages: &mut [super::NewMessage<'_>]) -> Result<Vec<u32>, StoreError> {
+        if self.access == Access::ReadOnly {
+            return Err(StoreError::Refused("Mailbox is read-only".into()));
+        }
+        let (_, uids) = append::append(&self.path, &mut self.keywords, messages)?;
+        Ok(uids)
+    }
+
+    fn change_token(&self) -> io::Result<u64> {
+        Ok(Stamps::take(&self.path).map_err(into_io)?.token())
+    }
+}
+
+/// Scan and match `root` against its uidlist; unless `ReadOnly`, give unlisted messages UIDs
+/// under the uidlist lock (scanning again under it: another writer may have just done so).
+fn load_index(root: &Path, access: Access, known: &KnownFiles) -> Result<Index, StoreError> {
+    let index = Index::build(root, known)?;
+    if access == Access::ReadOnly || !index.needs_write {
+        return Ok(index);
+    }
+    let lock = UidlistLock::acquire(root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER)
+        .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
+    let mut known_now = index.known_files();
+    known_now.extend(known.iter().map(|(k, v)| (*k, *v)));
+    let index = Index::build(root, &known_now)?;
+    if index.needs_write {
+        lock.replace(&index.list)
+            .map_err(io_at(root.join(uidlist::UIDLIST_NAME)))?;
+    }
+    Ok(index)
 }
 
 /// A message as the index assigns it.
@@ -367,9 +556,9 @@ struct Index {
 }
 
 impl Index {
-    /// Scan `root` and match it against its uidlist. `known_sizes` (by base name) spares reading
-    /// bodies whose size an earlier pass computed.
-    fn build(root: &Path, known_sizes: &HashMap<&str, u64>) -> Result<Index, StoreError> {
+    /// Scan `root` and match it against its uidlist. `known` (by base name) spares reading
+    /// bodies and stat()ing files an earlier pass looked at.
+    fn build(root: &Path, known: &KnownFiles) -> Result<Index, StoreError> {
         let list_path = root.join(uidlist::UIDLIST_NAME);
         let existing = uidlist::read(root).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => {
@@ -382,7 +571,7 @@ impl Index {
             None => true,
         };
         let mut list = existing.unwrap_or_else(|| Uidlist::new(now_uid_validity()));
-        let scanned = scan(root)?;
+        let scanned = scan(root, known)?;
 
         // Pair each record with its file; a base seen twice (new/ and cur/ mid-rename) counts once.
         let mut by_base: HashMap<&str, usize> = HashMap::with_capacity(scanned.len());
@@ -404,7 +593,7 @@ impl Index {
             let Some(found) = scanned[at].take() else {
                 continue;
             };
-            match size_entry(root, record, found, known_sizes, &mut needs_write)? {
+            match size_entry(root, record, found, known, &mut needs_write)? {
                 Some((record, entry)) => {
                     list.records.push(record);
                     entries.push(entry);
@@ -423,8 +612,7 @@ impl Index {
                 extensions: Vec::new(),
                 base: name::base_of(&found.name).to_string(),
             };
-            if let Some((record, entry)) =
-                size_entry(root, record, found, known_sizes, &mut needs_write)?
+            if let Some((record, entry)) = size_entry(root, record, found, known, &mut needs_write)?
             {
                 list.next_uid = list.next_uid.checked_add(1).ok_or_else(|| {
                     StoreError::Damaged(format!("{}: UIDs exhausted", list_path.display()))
@@ -441,24 +629,30 @@ impl Index {
         })
     }
 
-    fn sizes_by_base(&self) -> HashMap<&str, u64> {
+    fn known_files(&self) -> KnownFiles<'_> {
         self.list
             .records
             .iter()
             .zip(&self.entries)
-            .map(|(record, entry)| (record.base.as_str(), entry.size))
+            .map(|(record, entry)| {
+                let known = Known {
+                    size: entry.size,
+                    mtime: entry.found.mtime,
+                };
+                (record.base.as_str(), known)
+            })
             .collect()
     }
 }
 
 /// The presented size of a message: `,W=` in its name, else the uidlist's `W` extension, else
-/// else `known_sizes`, else read from the file once; the last two are remembered in the record
+/// what `known` says, else read from the file once; the last two are remembered in the record
 /// (setting `needs_write`). `None` when the file vanished meanwhile.
 fn size_entry(
     root: &Path,
     mut record: Record,
     found: Found,
-    known_sizes: &HashMap<&str, u64>,
+    known: &KnownFiles,
     needs_write: &mut bool,
 ) -> Result<Option<(Record, Entry)>, StoreError> {
     let recorded = name::size_field(&record.base, 'W')
@@ -466,8 +660,8 @@ fn size_entry(
     let size = match recorded {
         Some(size) => size,
         None => {
-            let size = match known_sizes.get(record.base.as_str()) {
-                Some(size) => *size,
+            let size = match known.get(record.base.as_str()) {
+                Some(known) => known.size,
                 None => {
                     let path = root.join(found.subdir.name()).join(&found.name);
                     match body::presented_size(&path) {
@@ -489,14 +683,14 @@ fn size_entry(
 
 /// Every message file in `new/` then `cur/`, rescanning when either directory changed during
 /// the scan (a rename racing readdir could otherwise be missed).
-fn scan(root: &Path) -> Result<Vec<Found>, StoreError> {
+fn scan(root: &Path, known: &KnownFiles) -> Result<Vec<Found>, StoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let before = dir_stamps(root)?;
         let mut found = Vec::new();
         for subdir in Subdir::ALL {
-            scan_subdir(root, subdir, &mut found)?;
+            scan_subdir(root, subdir, known, &mut found)?;
         }
         if attempt >= SCAN_ATTEMPTS || dir_stamps(root)? == before {
             return Ok(found);
@@ -504,7 +698,14 @@ fn scan(root: &Path) -> Result<Vec<Found>, StoreError> {
     }
 }
 
-fn scan_subdir(root: &Path, subdir: Subdir, found: &mut Vec<Found>) -> Result<(), StoreError> {
+/// The files of one subdirectory. The directory entry's type (d_type) tells files apart
+/// without a stat; a file is stat()ed only for its mtime, and only when `known` lacks it.
+fn scan_subdir(
+    root: &Path,
+    subdir: Subdir,
+    known: &KnownFiles,
+    found: &mut Vec<Found>,
+) -> Result<(), StoreError> {
     let dir = root.join(subdir.name());
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -520,19 +721,29 @@ fn scan_subdir(root: &Path, subdir: Subdir, found: &mut Vec<Found>) -> Result<()
         if name.starts_with('.') {
             continue;
         }
-        let meta = match fs::metadata(entry.path()) {
-            Ok(meta) => meta,
-            // Renamed or expunged since readdir: the rescan or the other directory has it.
+        let file_type = match entry.file_type() {
+            Ok(file_type) => file_type,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(StoreError::Io(entry.path(), e)),
         };
-        if meta.is_file() {
-            found.push(Found {
-                subdir,
-                name,
-                mtime: meta.mtime(),
-            });
+        if file_type.is_dir() {
+            continue;
         }
+        let mtime = match known.get(name::base_of(&name)) {
+            Some(known) if file_type.is_file() => known.mtime,
+            _ => match fs::metadata(entry.path()) {
+                Ok(meta) if meta.is_file() => meta.mtime(),
+                Ok(_) => continue,
+                // Renamed or expunged since readdir: the rescan or the other directory has it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::Io(entry.path(), e)),
+            },
+        };
+        found.push(Found {
+            subdir,
+            name,
+            mtime,
+        });
     }
     Ok(())
 }
@@ -596,6 +807,13 @@ fn io_at(path: PathBuf) -> impl FnOnce(io::Error) -> StoreError {
     move |e| StoreError::Io(path, e)
 }
 
+fn into_io(e: StoreError) -> io::Error {
+    match e {
+        StoreError::Io(_, e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
 fn moving_target() -> io::Error {
     io::Error::other("message keeps being renamed by another process")
 }
@@ -634,20 +852,20 @@ pub(crate) mod tests {
     }
 
     /// A Maildir under a fresh temp dir.
-    fn maildir() -> (TempDir, PathBuf) {
+    pub(crate) fn maildir() -> (TempDir, PathBuf) {
         let tmp = TempDir::new();
         let root = tmp.path().join("Maildir");
         create_dirs(&root).unwrap();
         (tmp, root)
     }
 
-    fn deliver(root: &Path, subdir: &str, name: &str, body: &[u8]) -> PathBuf {
+    pub(crate) fn deliver(root: &Path, subdir: &str, name: &str, body: &[u8]) -> PathBuf {
         let path = root.join(subdir).join(name);
         fs::write(&path, body).unwrap();
         path
     }
 
-    fn names_in(root: &Path, subdir: &str) -> Vec<String> {
+    pub(crate) fn names_in(root: &Path, subdir: &str) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(root.join(subdir))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -656,13 +874,13 @@ pub(crate) mod tests {
         names
     }
 
-    fn read_all(mailbox: &mut MaildirMailbox, index: usize) -> io::Result<Vec<u8>> {
+    pub(crate) fn read_all(mailbox: &mut MaildirMailbox, index: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         mailbox.open_message(index)?.read_to_end(&mut out)?;
         Ok(out)
     }
 
-    fn uids(mailbox: &MaildirMailbox) -> Vec<u32> {
+    pub(crate) fn uids(mailbox: &MaildirMailbox) -> Vec<u32> {
         mailbox.messages().iter().map(|m| m.uid).collect()
     }
 
@@ -787,6 +1005,48 @@ pub(crate) mod tests {
             names,
             ["1700000001.M1P1.host:2,ac", "1700000002.M1P1.host:2,b"]
         );
+    }
+
+    #[test]
+    fn keyword_bit_adds_up_to_26_and_set_keywords_persists() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "cur", "1700000001.M1P1.host:2,S", b"m\n");
+        let mut examiner = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert_eq!(examiner.keyword_bit("Work"), None);
+        assert!(!root.join(keywords::KEYWORDS_NAME).exists());
+
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(mailbox.keyword_bit("Work"), Some(0));
+        assert_eq!(mailbox.keyword_bit("Work"), Some(0));
+        assert_eq!(mailbox.keyword_bit("work"), Some(1), "case-sensitive");
+        for n in 2..26 {
+            assert_eq!(mailbox.keyword_bit(&format!("k{n}")), Some(n));
+        }
+        assert_eq!(mailbox.keyword_bit("k26"), None);
+        mailbox.set_keywords(0, 1 | 1 << 25 | 1 << 40);
+        assert_eq!(mailbox.messages()[0].keywords, 1 | 1 << 25);
+        mailbox.commit(false).unwrap();
+        assert_eq!(names_in(&root, "cur"), ["1700000001.M1P1.host:2,Saz"]);
+        let reopened = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert_eq!(reopened.keyword_names().len(), 26);
+        assert_eq!(reopened.messages()[0].keywords, 1 | 1 << 25);
+        // The examiner learns the names at its next refresh.
+        examiner.refresh().unwrap();
+        assert_eq!(examiner.keyword_names()[0], "Work");
+        assert_eq!(examiner.messages()[0].keywords, 1 | 1 << 25);
+    }
+
+    #[test]
+    fn clearing_a_keyword_keeps_unknown_letters() {
+        let (_tmp, root) = maildir();
+        fs::write(root.join("dovecot-keywords"), "0 Work\n").unwrap();
+        deliver(&root, "cur", "1700000001.M1P1.host:2,Pac", b"m\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(mailbox.messages()[0].keywords, 1);
+        mailbox.set_keywords(0, 0);
+        mailbox.commit(false).unwrap();
+        assert_eq!(names_in(&root, "cur"), ["1700000001.M1P1.host:2,Pc"]);
+        assert!(!mailbox.read_only());
     }
 
     #[test]

@@ -216,7 +216,8 @@ fn new_guid() -> String {
 
 /// `dovecot-uidlist.lock`, held while reading-then-writing the list. It doubles as the new
 /// list's temporary file: [`UidlistLock::replace`] writes into it and renames it over the list.
-/// Dropped without `replace`, it is removed.
+/// Dropped without `replace`, it is removed. The same dotlock protocol guards the other small
+/// files of a Maildir (`dovecot-keywords`, `subscriptions`): see [`UidlistLock::acquire_for`].
 pub struct UidlistLock {
     lock_path: PathBuf,
     list_path: PathBuf,
@@ -227,7 +228,14 @@ impl UidlistLock {
     /// Create the lock with O_EXCL, waiting up to `wait`; a lock file older than `stale_after`
     /// is taken over.
     pub fn acquire(maildir: &Path, wait: Duration, stale_after: Duration) -> io::Result<Self> {
-        let lock_path = maildir.join(LOCK_NAME);
+        UidlistLock::acquire_for(&maildir.join(UIDLIST_NAME), wait, stale_after)
+    }
+
+    /// The dotlock `<target>.lock` of any file `target`, as Dovecot's file_dotlock_open.
+    pub fn acquire_for(target: &Path, wait: Duration, stale_after: Duration) -> io::Result<Self> {
+        let mut lock_name = target.as_os_str().to_owned();
+        lock_name.push(".lock");
+        let lock_path = PathBuf::from(lock_name);
         let deadline = SystemTime::now() + wait;
         let mut pause = Duration::from_millis(10);
         loop {
@@ -239,7 +247,7 @@ impl UidlistLock {
             match created {
                 Ok(file) => {
                     return Ok(UidlistLock {
-                        list_path: maildir.join(UIDLIST_NAME),
+                        list_path: target.to_path_buf(),
                         lock_path,
                         file: Some(file),
                     })
@@ -263,12 +271,17 @@ impl UidlistLock {
 
     /// Write `list` into the lock file, flush it to disk and rename it over the list: readers
     /// see the old or the new list, never a partial one. Releases the lock.
-    pub fn replace(mut self, list: &Uidlist) -> io::Result<()> {
+    pub fn replace(self, list: &Uidlist) -> io::Result<()> {
+        self.replace_with(list.serialize().as_bytes())
+    }
+
+    /// Write `contents` into the lock file, flush it and rename it over the locked file.
+    pub fn replace_with(mut self, contents: &[u8]) -> io::Result<()> {
         let mut file = self
             .file
             .take()
             .ok_or_else(|| io::Error::other("uidlist lock already used"))?;
-        file.write_all(list.serialize().as_bytes())?;
+        file.write_all(contents)?;
         file.sync_data()?;
         drop(file);
         fs::rename(&self.lock_path, &self.list_path)

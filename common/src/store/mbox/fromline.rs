@@ -282,6 +282,30 @@ pub(super) fn local_time(epoch: i64) -> LocalTime {
     }
 }
 
+/// The date of a `From ` line we write (UW's `mail_cdate`): `Thu Feb  1 12:00:00 2024 +0000`,
+/// the instant `epoch` shown in the zone `tz_minutes` east of UTC, newline not included.
+pub(super) fn from_line_date(epoch: i64, tz_minutes: i32) -> String {
+    let local = epoch + i64::from(tz_minutes) * 60;
+    let days = local.div_euclid(86_400);
+    let secs = local.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let weekday = (days + 4).rem_euclid(7) as usize;
+    let zone = tz_minutes.abs();
+    format!(
+        "{} {} {:2} {:02}:{:02}:{:02} {} {}{:02}{:02}",
+        WEEKDAY_NAMES[weekday],
+        MONTH_NAMES[(month - 1).clamp(0, 11) as usize],
+        day,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        year,
+        if tz_minutes < 0 { '-' } else { '+' },
+        zone / 60,
+        zone % 60
+    )
+}
+
 fn local_offset_minutes(epoch: i64) -> i32 {
     local_time(epoch).offset_minutes
 }
@@ -317,6 +341,30 @@ mod tests {
 
     fn date(line: &str) -> Option<FromDate> {
         parse_from_line(line.as_bytes())
+    }
+
+    #[test]
+    fn written_dates_read_back_identically() {
+        for (epoch, tz) in [
+            (1_706_788_800, 0),
+            (1_700_000_000, -300),
+            (0, 330),
+            (951_782_400, 60),
+        ] {
+            let line = format!("From u@h {}\n", from_line_date(epoch, tz));
+            assert_eq!(
+                date(&line),
+                Some(FromDate {
+                    epoch,
+                    tz_minutes: tz
+                }),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            from_line_date(1_706_788_800, 0),
+            "Thu Feb  1 12:00:00 2024 +0000"
+        );
     }
 
     #[test]

@@ -420,6 +420,27 @@ fn appended_after_crash(mailbox: &File, found: &Found) -> io::Result<Vec<u8>> {
     Ok(tail)
 }
 
+/// After an interrupted append (a journal without regions that grows the file): the appended
+/// bytes are dropped whole, and only what starts with a `From ` line at the length the append
+/// was to reach (mail delivered after the crash) is kept. Mail delivered while our partial bytes
+/// were the end of the file cannot be told apart from them; MTAs honouring our dotlock never
+/// do that.
+fn appended_after_append(mailbox: &File, found: &Found) -> io::Result<Vec<u8>> {
+    let now = mailbox.metadata()?.len();
+    if now <= found.new_len {
+        return Ok(Vec::new());
+    }
+    let mut head = vec![0u8; 1024.min((now - found.new_len) as usize)];
+    mailbox.read_exact_at(&mut head, found.new_len)?;
+    let starts_from_line = memchr::memchr(b'\n', &head).is_some_and(|i| is_from_line(&head[..=i]));
+    if !starts_from_line {
+        return Ok(Vec::new());
+    }
+    let mut tail = vec![0u8; (now - found.new_len) as usize];
+    mailbox.read_exact_at(&mut tail, found.new_len)?;
+    Ok(tail)
+}
+
 fn remove_if_present(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -469,7 +490,11 @@ pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
             }
             Some(found) => {
                 let writable = OpenOptions::new().write(true).open(mailbox_path)?;
-                let appended = appended_after_crash(mailbox, &found)?;
+                let appended = if found.table.is_empty() && found.new_len > found.orig_len {
+                    appended_after_append(mailbox, &found)?
+                } else {
+                    appended_after_crash(mailbox, &found)?
+                };
                 restore_regions(&journal, &found.table, &writable, found.orig_len, &appended)?;
                 remove_if_present(&path)?;
                 sync_dir(&path);

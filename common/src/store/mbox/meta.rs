@@ -167,9 +167,11 @@ pub(super) struct MessageMeta {
     pub flags: Flags,
     pub keywords: u64,
     pub uid: u32,
+    /// Write `O` in `Status`: some session has seen the message (it is no longer `\Recent`).
+    pub old: bool,
 }
 
-/// Append UW's metadata block for a message (`unix_xstatus` with a UID, always `O`), ending with
+/// Append UW's metadata block for a message (`unix_xstatus` with a UID), ending with
 /// the blank line that closes the header. `base` is given for the first message of a spool INBOX.
 pub(super) fn write_xstatus(
     out: &mut Vec<u8>,
@@ -192,7 +194,10 @@ pub(super) fn write_xstatus(
     if msg.flags.contains(Flags::SEEN) {
         out.push(b'R');
     }
-    out.extend_from_slice(b"O\nX-Status: ");
+    if msg.old {
+        out.push(b'O');
+    }
+    out.extend_from_slice(b"\nX-Status: ");
     for (flag, letter) in [
         (Flags::DELETED, b'D'),
         (Flags::FLAGGED, b'F'),
@@ -301,6 +306,7 @@ mod tests {
             flags: Flags::SEEN,
             keywords: 0,
             uid: 1,
+            old: true,
         };
         write_xstatus(&mut out, &seen, Some(&base), &names);
         assert_eq!(
@@ -313,6 +319,7 @@ mod tests {
             flags: Flags::FLAGGED.union(Flags::ANSWERED),
             keywords: 3,
             uid: 2,
+            old: true,
         };
         write_xstatus(&mut out, &kw, None, &names);
         assert_eq!(

@@ -16,6 +16,8 @@
 //! file); line ends are kept as stored when a message is rewritten (UW squeezes CRs out of moved
 //! text only); an unchanged first message is not rewritten (UW rewrites it to the same bytes).
 
+mod append;
+mod folders;
 mod fromline;
 mod journal;
 mod lines;
@@ -24,8 +26,12 @@ mod parse;
 mod reader;
 mod rewrite;
 
+pub use folders::MboxStore;
+
 use super::lock::{MailboxLock, SessionLock};
-use super::{Access, CommitReport, Flags, Mailbox, MessageInfo, StoreError};
+use super::{
+    Access, Changes, CommitReport, Expunge, Flags, Mailbox, MessageInfo, NewMessage, StoreError,
+};
 use meta::{keyword_words, BaseInfo, MAX_KEYWORDS};
 use parse::{Entry, ParseError, Parsed, PseudoInfo};
 use rewrite::{Snapshot, Style};
@@ -39,7 +45,7 @@ use std::time::Duration;
 const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What the file looked like when we last parsed or wrote it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FileStamp {
     dev: u64,
     ino: u64,
@@ -50,14 +56,17 @@ struct FileStamp {
 
 impl FileStamp {
     fn of(file: &File) -> io::Result<FileStamp> {
-        let m = file.metadata()?;
-        Ok(FileStamp {
+        Ok(FileStamp::from_metadata(&file.metadata()?))
+    }
+
+    fn from_metadata(m: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
             dev: m.dev(),
             ino: m.ino(),
             len: m.len(),
             mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
             ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
-        })
+        }
     }
 }
 
@@ -212,29 +221,37 @@ impl MboxMailbox {
         journal::pending(&self.path, file).map_err(|e| self.io_error(e))
     }
 
-    /// Parse `file` under the lock, and persist made-up UIDs unless read-only.
-    fn load(&mut self, file: File) -> Result<(), StoreError> {
+    /// Take the mailbox lock on `file` after finishing any interrupted rewrite (see
+    /// [`journal`]); a read-only session that finds one still pending gets `InUse`.
+    fn lock_recovered(&self, file: &File) -> Result<MailboxLock, StoreError> {
         let read_only = self.access == Access::ReadOnly;
-        if read_only && self.journal_pending(&file)? {
+        if read_only && self.journal_pending(file)? {
             self.recover_for_reader()?;
         }
-        let _lock = self.lock(&file)?;
+        let lock = self.lock(file)?;
         if !read_only {
-            self.recover(&file)?;
-        } else if self.journal_pending(&file)? {
+            self.recover(file)?;
+        } else if self.journal_pending(file)? {
             return Err(StoreError::InUse(format!(
                 "{}: a rewrite was interrupted just now; try again",
                 self.path.display()
             )));
         }
+        Ok(lock)
+    }
+
+    /// Parse `file` under the lock. Unless read-only, persist made-up UIDs and claim `\Recent`
+    /// (write `O` into messages no session has seen), so that one session only reports them.
+    fn load(&mut self, file: File) -> Result<(), StoreError> {
+        let _lock = self.lock_recovered(&file)?;
         let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
         let parsed = self.parse_file(&file, stamp.len)?;
-        let needs_persist = parsed.needs_persist;
+        let must_write = parsed.needs_persist || parsed.infos.iter().any(|i| i.recent);
         self.adopt(parsed, None);
         self.file = Some(file);
         self.stamp = Some(stamp);
-        if needs_persist && self.access != Access::ReadOnly {
-            self.rewrite_locked(false)?;
+        if must_write && self.access != Access::ReadOnly {
+            self.rewrite_locked(&|_| false)?;
         }
         Ok(())
     }
@@ -352,18 +369,17 @@ impl MboxMailbox {
         Ok(MergeResult { gone, origin })
     }
 
-    /// Write our state into the (locked) file; `expunge` removes `\Deleted` messages.
+    /// Write our state into the (locked) file, removing the messages `remove` picks.
     /// Returns the indices (in the current index) of the messages removed.
-    fn rewrite_locked(&mut self, expunge: bool) -> Result<Vec<usize>, StoreError> {
+    fn rewrite_locked(
+        &mut self,
+        remove: &dyn Fn(&MessageInfo) -> bool,
+    ) -> Result<Vec<usize>, StoreError> {
         let Some(file) = self.file.as_ref() else {
             return Ok(Vec::new());
         };
         let len = self.stamp.map_or(0, |s| s.len);
-        let keep: Vec<bool> = self
-            .infos
-            .iter()
-            .map(|i| !(expunge && i.flags.contains(Flags::DELETED)))
-            .collect();
+        let keep: Vec<bool> = self.infos.iter().map(|i| !remove(i)).collect();
         let snapshot = Snapshot {
             file,
             len,
@@ -377,6 +393,7 @@ impl MboxMailbox {
             pseudo: self.pseudo.as_ref(),
             first_meta: self.first_meta.as_deref(),
             now: now(),
+            claim_recent: true,
         };
         let plan = rewrite::plan(&snapshot, &host_name()).map_err(|e| self.io_error(e))?;
         let removed: Vec<usize> = (0..keep.len()).filter(|&i| !keep[i]).collect();
@@ -428,6 +445,125 @@ fn translate_keywords(bits: u64, from: &[String], to: &mut Vec<String>) -> u64 {
     out
 }
 
+/// What a refresh reports, from the index before it and the merge.
+fn changes_between(
+    before: &[MessageInfo],
+    before_names: &[String],
+    after: &[MessageInfo],
+    after_names: &[String],
+    merge: &MergeResult,
+) -> Changes {
+    let names = |bits: u64, list: &[String]| -> Vec<String> {
+        let mut v: Vec<String> = list
+            .iter()
+            .enumerate()
+            .take(64)
+            .filter(|(i, _)| bits & (1 << i) != 0)
+            .map(|(_, n)| n.to_ascii_lowercase())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let mut changes = Changes {
+        expunged: merge.gone.clone(),
+        ..Changes::default()
+    };
+    for (j, origin) in merge.origin.iter().enumerate() {
+        match origin {
+            None => changes.appended += 1,
+            Some(i) => {
+                let (old, new) = (&before[*i], &after[j]);
+                if old.flags != new.flags
+                    || names(old.keywords, before_names) != names(new.keywords, after_names)
+                {
+                    changes.flags_changed.push(j);
+                }
+            }
+        }
+    }
+    changes
+}
+
+impl MboxMailbox {
+    /// The file is gone (deleted or renamed away): every message is expunged.
+    fn forget_everything(&mut self) -> Changes {
+        let expunged = (0..self.infos.len()).collect();
+        self.entries.clear();
+        self.infos.clear();
+        self.pseudo = None;
+        self.first_meta = None;
+        self.file = None;
+        self.stamp = None;
+        Changes {
+            expunged,
+            ..Changes::default()
+        }
+    }
+
+    /// With the lock held after a merge: write `O` into messages no session has seen yet, so
+    /// that this session alone reports them `\Recent`. Writes nothing else: every message's
+    /// flags and keywords are written as the file has them; our pending changes stay pending.
+    fn claim_unseen_locked(&mut self) -> Result<(), StoreError> {
+        let unclaimed = self
+            .entries
+            .iter()
+            .zip(&self.infos)
+            .any(|(e, i)| !e.disk_old && i.recent);
+        if self.access == Access::ReadOnly || !unclaimed {
+            return Ok(());
+        }
+        let Some(file) = self.file.as_ref() else {
+            return Ok(());
+        };
+        let reader = file.try_clone().map_err(|e| self.io_error(e))?;
+        let disk: Vec<MessageInfo> = self
+            .entries
+            .iter()
+            .zip(&self.infos)
+            .map(|(e, i)| MessageInfo {
+                flags: e.disk_flags,
+                keywords: e.disk_keywords,
+                ..i.clone()
+            })
+            .collect();
+        let keep = vec![true; disk.len()];
+        let snapshot = Snapshot {
+            file: &reader,
+            len: self.stamp.map_or(0, |s| s.len),
+            entries: &self.entries,
+            infos: &disk,
+            keep: &keep,
+            style: self.style,
+            uid_validity: self.uid_validity,
+            uid_last: self.uid_last,
+            keywords: &self.keywords,
+            pseudo: self.pseudo.as_ref(),
+            first_meta: self.first_meta.as_deref(),
+            now: now(),
+            claim_recent: true,
+        };
+        let plan = rewrite::plan(&snapshot, &host_name()).map_err(|e| self.io_error(e))?;
+        if plan.is_noop() {
+            return Ok(());
+        }
+        rewrite::execute(&self.path, &reader, &snapshot, &plan).map_err(|e| self.io_error(e))?;
+        let stamp = FileStamp::of(&reader).map_err(|e| self.io_error(e))?;
+        self.merge_fresh(&reader, stamp)?;
+        self.stamp = Some(stamp);
+        Ok(())
+    }
+
+    /// Whether message `info` goes in a commit that expunges `which`.
+    fn expunge_picks(info: &MessageInfo, which: &Expunge<'_>, sorted_uids: &[u32]) -> bool {
+        info.flags.contains(Flags::DELETED)
+            && match which {
+                Expunge::Nothing => false,
+                Expunge::AllDeleted => true,
+                Expunge::Uids(_) => sorted_uids.binary_search(&info.uid).is_ok(),
+            }
+    }
+}
+
 impl Mailbox for MboxMailbox {
     fn path(&self) -> &Path {
         &self.path
@@ -471,19 +607,20 @@ impl Mailbox for MboxMailbox {
         }
     }
 
-    fn commit(&mut self, expunge: bool) -> Result<CommitReport, StoreError> {
+    fn commit_with(&mut self, expunge: Expunge<'_>) -> Result<CommitReport, StoreError> {
         if self.access == Access::ReadOnly {
             return Ok(CommitReport::default());
         }
         let file = match self.open_file() {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && self.infos.is_empty() => {
-                return Ok(CommitReport::default())
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(CommitReport {
+                    expunged: self.forget_everything().expunged,
+                })
             }
             Err(e) => return Err(self.io_error(e)),
         };
-        let _lock = self.lock(&file)?;
-        self.recover(&file)?;
+        let _lock = self.lock_recovered(&file)?;
         let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
         let merge = if Some(stamp) == self.stamp {
             None
@@ -492,7 +629,12 @@ impl Mailbox for MboxMailbox {
         };
         self.file = Some(file);
         self.stamp = Some(stamp);
-        let removed = self.rewrite_locked(expunge)?;
+        let mut uids = match expunge {
+            Expunge::Uids(u) => u.to_vec(),
+            _ => Vec::new(),
+        };
+        uids.sort_unstable();
+        let removed = self.rewrite_locked(&|i| Self::expunge_picks(i, &expunge, &uids))?;
         let mut expunged: Vec<usize> = match &merge {
             None => removed,
             Some(m) => {
@@ -508,7 +650,77 @@ impl Mailbox for MboxMailbox {
         expunged.sort_unstable();
         Ok(CommitReport { expunged })
     }
+
+    fn read_only(&self) -> bool {
+        self.access == Access::ReadOnly
+    }
+
+    fn set_keywords(&mut self, index: usize, keywords: u64) {
+        MboxMailbox::set_keywords(self, index, keywords);
+    }
+
+    fn keyword_bit(&mut self, name: &str) -> Option<u32> {
+        self.keyword_index(name).map(|i| i as u32)
+    }
+
+    fn refresh(&mut self) -> Result<Changes, StoreError> {
+        let current = match std::fs::metadata(&self.path) {
+            Ok(m) => FileStamp::from_metadata(&m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(self.forget_everything()),
+            Err(e) => return Err(self.io_error(e)),
+        };
+        if self.stamp == Some(current) {
+            return Ok(Changes::default());
+        }
+        let file = match self.open_file() {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(self.forget_everything()),
+            Err(e) => return Err(self.io_error(e)),
+        };
+        let _lock = self.lock_recovered(&file)?;
+        let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
+        let before = self.infos.clone();
+        let before_names = self.keywords.clone();
+        let reader = file.try_clone().map_err(|e| self.io_error(e))?;
+        self.file = Some(file);
+        let merged = self.merge_fresh(&reader, stamp);
+        self.stamp = Some(stamp);
+        let merge = merged?;
+        self.claim_unseen_locked()?;
+        Ok(changes_between(
+            &before,
+            &before_names,
+            &self.infos,
+            &self.keywords,
+            &merge,
+        ))
+    }
+
+    /// Appends behind the index (see the trait). Works whatever the access: APPEND to a
+    /// mailbox that is open read-only elsewhere in the session is still an APPEND.
+    fn append(&mut self, messages: &mut [NewMessage<'_>]) -> Result<Vec<u32>, StoreError> {
+        let target = append::Target {
+            path: &self.path,
+            helper: &self.helper,
+            style: self.style,
+            create_missing: true,
+        };
+        append::append(&target, messages).map(|(_, uids)| uids)
+    }
+
+    fn change_token(&self) -> io::Result<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match std::fs::metadata(&self.path) {
+            Ok(m) => FileStamp::from_metadata(&m).hash(&mut hasher),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0u8.hash(&mut hasher),
+            Err(e) => return Err(e),
+        }
+        Ok(hasher.finish())
+    }
 }
 
+#[cfg(test)]
+mod imap_tests;
 #[cfg(test)]
 pub(crate) mod tests;

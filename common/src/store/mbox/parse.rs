@@ -30,6 +30,8 @@ pub(super) struct Entry {
     /// Flags and keywords as read from the file.
     pub disk_flags: Flags,
     pub disk_keywords: u64,
+    /// `Status` carried `O` (a session has seen the message).
+    pub disk_old: bool,
     /// The file already holds exactly the metadata block we would write for this message (as a
     /// message other than the first).
     pub canonical: bool,
@@ -352,6 +354,7 @@ impl Parser {
                 flags: msg.flags,
                 keywords: msg.keywords,
                 uid: msg.uid,
+                old: msg.old,
             };
             write_xstatus(&mut self.scratch, &meta, None, &self.out.keywords);
             self.scratch == msg.meta
@@ -367,6 +370,7 @@ impl Parser {
             next_off,
             disk_flags: msg.flags,
             disk_keywords: msg.keywords,
+            disk_old: msg.old,
             canonical,
         });
         self.out.infos.push(MessageInfo {

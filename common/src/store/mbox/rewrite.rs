@@ -43,6 +43,9 @@ pub(super) struct Snapshot<'a> {
     pub pseudo: Option<&'a PseudoInfo>,
     pub first_meta: Option<&'a [u8]>,
     pub now: i64,
+    /// Mark every message seen by a session (`O`): true for a session's own commit, which
+    /// claims `\Recent`; false to keep each message's `O` as the index says (`!recent`).
+    pub claim_recent: bool,
 }
 
 enum Source {
@@ -83,11 +86,12 @@ fn base_info<'a>(s: &Snapshot<'a>) -> BaseInfo<'a> {
     }
 }
 
-fn meta_of(info: &MessageInfo) -> MessageMeta {
+fn meta_of(info: &MessageInfo, claim_recent: bool) -> MessageMeta {
     MessageMeta {
         flags: info.flags,
         keywords: info.keywords,
         uid: info.uid,
+        old: claim_recent || !info.recent,
     }
 }
 
@@ -113,7 +117,12 @@ fn xstatus_bytes(s: &Snapshot<'_>, index: usize, first: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let base = base_info(s);
     let base = if first { Some(&base) } else { None };
-    write_xstatus(&mut out, &meta_of(&s.infos[index]), base, s.keywords);
+    write_xstatus(
+        &mut out,
+        &meta_of(&s.infos[index], s.claim_recent),
+        base,
+        s.keywords,
+    );
     out
 }
 
@@ -161,7 +170,7 @@ pub(super) fn plan(s: &Snapshot<'_>, host: &str) -> io::Result<Plan> {
         let metadata_current = if first {
             i == 0 && s.first_meta == Some(xstatus_bytes(s, i, true).as_slice())
         } else {
-            e.canonical
+            e.canonical && (e.disk_old || !s.claim_recent)
         };
         let piece = if unchanged_state && metadata_current {
             Piece {

@@ -1,0 +1,415 @@
+//! Catching up with other processes: deliveries, other sessions' flag changes (renames) and
+//! expunges (unlinks), reported as IMAP needs them ([`Changes`]).
+//!
+//! Owns the cheap "did anything change?" test ([`Stamps`]: one stat each of `new/`, `cur/`,
+//! `dovecot-uidlist` and `dovecot-keywords`) and the matching of a fresh scan against the index.
+//! A message is the same message only if both its base name and its UID match, so no session
+//! ever shows one message under two UIDs. Never changes a file itself: UIDs for new files are
+//! given by the shared index loader (not when `ReadOnly`) and `\Recent` is claimed by the
+//! mailbox (only when `Shared`).
+
+use super::keywords::KEYWORDS_NAME;
+use super::uidlist::UIDLIST_NAME;
+use super::{io_at, load_index, Index, MaildirMailbox};
+use crate::store::{Access, Changes, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// The files whose change means the mailbox may have changed.
+const WATCHED: [&str; 4] = ["new", "cur", UIDLIST_NAME, KEYWORDS_NAME];
+
+/// Identity and change times of the watched files (`None` when absent).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Stamps([Option<Stamp>; 4]);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamps {
+    /// Stat the watched files of the Maildir at `root`.
+    pub fn take(root: &Path) -> Result<Stamps, StoreError> {
+        let mut stamps = Stamps::default();
+        for (stamp, name) in stamps.0.iter_mut().zip(WATCHED) {
+            let path = root.join(name);
+            *stamp = match fs::metadata(&path) {
+                Ok(meta) => Some(Stamp {
+                    ino: meta.ino(),
+                    size: meta.size(),
+                    mtime: (meta.mtime(), meta.mtime_nsec()),
+                    ctime: (meta.ctime(), meta.ctime_nsec()),
+                }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_at(path)(e)),
+            };
+        }
+        Ok(stamps)
+    }
+
+    /// A number that changes whenever the stamps do.
+    pub fn token(&self) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+impl MaildirMailbox {
+    /// [`crate::store::Mailbox::refresh`]: a stat of the watched files, and a rescan only when
+    /// one changed.
+    pub(super) fn catch_up(&mut self) -> Result<Changes, StoreError> {
+        let stamps = Stamps::take(&self.path)?;
+        let mut changes = Changes::default();
+        if stamps != self.stamps && !self.path.is_dir() {
+            // Deleted (or renamed away) under us: every message is gone.
+            self.stamps = stamps;
+            changes.expunged = (0..self.messages.len()).collect();
+            self.messages.clear();
+            self.files.clear();
+            self.unreported_flag_changes.clear();
+        } else if stamps != self.stamps {
+            self.keywords
+                .reload(&self.path)
+                .map_err(io_at(self.path.join(KEYWORDS_NAME)))?;
+            let index = load_index(&self.path, self.access, &self.known_files())?;
+            if index.list.uid_validity != self.uid_validity && !self.messages.is_empty() {
+                return Err(StoreError::Damaged(format!(
+                    "{}: UIDVALIDITY changed from {} to {}",
+                    self.path.display(),
+                    self.uid_validity,
+                    index.list.uid_validity
+                )));
+            }
+            self.stamps = stamps;
+            changes = self.absorb(index);
+        }
+        self.report_unreported(&mut changes);
+        Ok(changes)
+    }
+
+    /// Replace the index by `index`, reporting the differences.
+    fn absorb(&mut self, index: Index) -> Changes {
+        self.uid_validity = index.list.uid_validity;
+        self.uid_next = index.list.next_uid.max(self.uid_next);
+        let mut entries: Vec<Option<super::Entry>> = index.entries.into_iter().map(Some).collect();
+        let position_of: HashMap<&str, usize> = index
+            .list
+            .records
+            .iter()
+            .enumerate()
+            .map(|(at, record)| (record.base.as_str(), at))
+            .collect();
+
+        // Survivors: same base, same UID. Everything else of ours is gone.
+        let mut survivors: Vec<(usize, usize)> = Vec::new();
+        let mut expunged = Vec::new();
+        for (at, file) in self.files.iter().enumerate() {
+            let uid = self.messages[at].uid;
+            match position_of.get(file.base.as_str()) {
+                Some(&p) if entries[p].as_ref().is_some_and(|e| e.uid == uid) => {
+                    survivors.push((at, p));
+                }
+                _ => expunged.push(at),
+            }
+        }
+        // A new message numbered below a survivor (a ReadOnly session's provisional UIDs were
+        // overtaken by a writer's) cannot be shown in place: show everything from there again.
+        let matched: HashSet<usize> = survivors.iter().map(|(_, p)| *p).collect();
+        let lowest_new = (0..entries.len())
+            .filter(|p| !matched.contains(p))
+            .find_map(|p| entries[p].as_ref().map(|e| e.uid));
+        if let Some(cut) = lowest_new {
+            while let Some(&(at, _)) = survivors.last() {
+                if self.messages[at].uid < cut {
+                    break;
+                }
+                survivors.pop();
+                expunged.push(at);
+            }
+            expunged.sort_unstable();
+        }
+        let first_new = survivors.last().map(|(_, p)| p + 1).unwrap_or(0);
+        let survivor_at: Vec<usize> = survivors.iter().map(|(at, _)| *at).collect();
+        let mut flags_changed = Vec::new();
+        for (new_at, (_, p)) in survivors.iter().enumerate() {
+            let Some(entry) = entries[*p].take() else {
+                continue;
+            };
+            if self.update_survivor(survivor_at[new_at], &entry.found) {
+                flags_changed.push(new_at);
+            }
+        }
+        self.forget(&expunged);
+        let before = self.messages.len();
+        for entry in entries.drain(first_new..).flatten() {
+            self.push_entry(entry);
+        }
+        if self.access == Access::Shared {
+            self.claim_recent(before);
+        }
+        Changes {
+            expunged,
+            flags_changed,
+            appended: self.messages.len() - before,
+        }
+    }
+
+    /// Take in message `at`'s name as found now, keeping this session's pending changes on
+    /// top. True when the flags or keywords the session shows changed.
+    fn update_survivor(&mut self, at: usize, found: &super::Found) -> bool {
+        let parsed = super::name::parse(&found.name);
+        let disk_keywords = self.keywords.bits(&parsed.kept);
+        let file = &mut self.files[at];
+        let info = &mut self.messages[at];
+        let flags = crate::store::Flags::from_bits(super::apply_changes(
+            u64::from(parsed.flags.bits()),
+            u64::from(file.baseline.bits()),
+            u64::from(info.flags.bits()),
+        ) as u8);
+        let keywords = super::apply_changes(disk_keywords, file.keyword_baseline, info.keywords);
+        file.subdir = found.subdir;
+        file.name = found.name.clone();
+        file.disk_flags = parsed.flags;
+        file.kept = parsed.kept;
+        file.baseline = parsed.flags;
+        file.keyword_baseline = disk_keywords;
+        let changed = info.flags != flags || info.keywords != keywords;
+        info.flags = flags;
+        info.keywords = keywords;
+        changed
+    }
+
+    /// Add the flag changes a commit of ours took in from the disk to `changes`.
+    fn report_unreported(&mut self, changes: &mut Changes) {
+        if self.unreported_flag_changes.is_empty() {
+            return;
+        }
+        let uids = std::mem::take(&mut self.unreported_flag_changes);
+        for uid in uids {
+            if let Ok(at) = self.messages.binary_search_by_key(&uid, |m| m.uid) {
+                changes.flags_changed.push(at);
+            }
+        }
+        changes.flags_changed.sort_unstable();
+        changes.flags_changed.dedup();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{deliver, maildir, names_in, uids};
+    use super::super::uidlist::UIDLIST_NAME;
+    use super::*;
+    use crate::store::{Expunge, Flags, Mailbox};
+    use std::path::PathBuf;
+
+    /// A Maildir with `count` seen messages in `cur/`, already numbered 1..=count.
+    fn numbered(count: u32) -> (super::super::tests::TempDir, PathBuf) {
+        let (tmp, root) = maildir();
+        for n in 1..=count {
+            deliver(&root, "cur", &format!("170000000{n}.M1P1.host:2,"), b"m\n");
+        }
+        drop(MaildirMailbox::open(&root, Access::Shared).unwrap());
+        (tmp, root)
+    }
+
+    fn flags_of(mailbox: &MaildirMailbox) -> Vec<Flags> {
+        mailbox.messages.iter().map(|m| m.flags).collect()
+    }
+
+    #[test]
+    fn nothing_changed_reports_nothing() {
+        let (_tmp, root) = numbered(2);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        mailbox.refresh().unwrap();
+        let stamps = mailbox.stamps.clone();
+        assert!(mailbox.refresh().unwrap().is_empty());
+        assert_eq!(mailbox.stamps, stamps);
+        assert_eq!(uids(&mailbox), [1, 2]);
+    }
+
+    #[test]
+    fn delivery_by_the_mta_is_appended_recent_and_claimed() {
+        let (_tmp, root) = numbered(1);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let token = mailbox.change_token().unwrap();
+        deliver(&root, "new", "1800000000.M1P9.mta", b"new mail\n");
+        assert_ne!(mailbox.change_token().unwrap(), token);
+        let changes = mailbox.refresh().unwrap();
+        assert_eq!(changes.appended, 1);
+        assert!(changes.expunged.is_empty() && changes.flags_changed.is_empty());
+        assert_eq!(uids(&mailbox), [1, 2]);
+        assert_eq!(mailbox.uid_next(), 3);
+        assert!(mailbox.messages[1].recent && !mailbox.messages[0].recent);
+        // Claimed: moved to cur/, so no other session sees it recent.
+        assert!(names_in(&root, "new").is_empty());
+        let other = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&other), [1, 2]);
+        assert!(other.messages.iter().all(|m| !m.recent));
+        assert!(mailbox.refresh().unwrap().is_empty());
+    }
+
+    #[test]
+    fn first_shared_opener_claims_recent_read_only_does_not() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "new", "1800000000.M1P9.mta", b"x\n");
+        let examiner = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert!(examiner.messages[0].recent);
+        assert_eq!(names_in(&root, "new").len(), 1);
+        let first = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let second = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert!(first.messages[0].recent);
+        assert!(!second.messages[0].recent);
+        assert_eq!(names_in(&root, "cur"), ["1800000000.M1P9.mta:2,"]);
+    }
+
+    #[test]
+    fn other_sessions_flag_changes_and_expunges_are_reported() {
+        let (_tmp, root) = numbered(4);
+        let mut watcher = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut other = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        other.set_flags(1, Flags::DELETED);
+        other.set_flags(2, Flags::FLAGGED);
+        other.set_flags(3, Flags::DELETED);
+        assert_eq!(other.commit(true).unwrap().expunged, [1, 3]);
+
+        let changes = watcher.refresh().unwrap();
+        assert_eq!(changes.expunged, [1, 3]);
+        assert_eq!(changes.flags_changed, [1]);
+        assert_eq!(changes.appended, 0);
+        assert_eq!(uids(&watcher), [1, 3]);
+        assert_eq!(flags_of(&watcher), [Flags::NONE, Flags::FLAGGED]);
+    }
+
+    #[test]
+    fn pending_changes_survive_refresh_and_others_survive_our_commit() {
+        let (_tmp, root) = numbered(2);
+        let mut ours = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut theirs = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        ours.set_flags(0, Flags::SEEN);
+        theirs.set_flags(0, Flags::FLAGGED);
+        theirs.set_flags(1, Flags::ANSWERED);
+        theirs.commit(false).unwrap();
+
+        let changes = ours.refresh().unwrap();
+        assert_eq!(changes.flags_changed, [0, 1]);
+        assert_eq!(
+            flags_of(&ours),
+            [Flags::SEEN.union(Flags::FLAGGED), Flags::ANSWERED]
+        );
+        ours.commit(false).unwrap();
+        assert_eq!(
+            names_in(&root, "cur"),
+            ["1700000001.M1P1.host:2,FS", "1700000002.M1P1.host:2,R"]
+        );
+        // They now clear \Flagged without having seen our \Seen: both changes stay.
+        theirs.set_flags(0, Flags::NONE);
+        theirs.commit(false).unwrap();
+        assert_eq!(theirs.messages[0].flags, Flags::SEEN);
+        assert_eq!(ours.refresh().unwrap().flags_changed, [0]);
+        assert_eq!(ours.messages[0].flags, Flags::SEEN);
+    }
+
+    #[test]
+    fn flag_changes_absorbed_by_a_commit_are_reported_at_the_next_refresh() {
+        let (_tmp, root) = numbered(2);
+        let mut ours = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut theirs = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        theirs.set_flags(1, Flags::FLAGGED);
+        theirs.commit(false).unwrap();
+        // Our commit chases the renamed file and learns their \Flagged.
+        ours.set_flags(1, Flags::SEEN);
+        ours.commit(false).unwrap();
+        assert_eq!(ours.messages[1].flags, Flags::SEEN.union(Flags::FLAGGED));
+        assert_eq!(ours.refresh().unwrap().flags_changed, [1]);
+        assert!(ours.refresh().unwrap().is_empty());
+    }
+
+    #[test]
+    fn uid_expunge_removes_only_the_listed_deleted_messages() {
+        let (_tmp, root) = numbered(4);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        for index in 0..3 {
+            mailbox.set_flags(index, Flags::DELETED);
+        }
+        let report = mailbox.commit_with(Expunge::Uids(&[2, 3, 4])).unwrap();
+        // UID 4 is listed but not \Deleted; UID 1 is \Deleted but not listed.
+        assert_eq!(report.expunged, [1, 2]);
+        assert_eq!(uids(&mailbox), [1, 4]);
+        assert_eq!(
+            names_in(&root, "cur"),
+            ["1700000001.M1P1.host:2,T", "1700000004.M1P1.host:2,"]
+        );
+    }
+
+    #[test]
+    fn read_only_refresh_sees_deliveries_but_writes_nothing() {
+        let (_tmp, root) = numbered(1);
+        let mut examiner = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        let list_before = fs::read(root.join(UIDLIST_NAME)).unwrap();
+        deliver(&root, "new", "1800000000.M1P9.mta", b"x\n");
+        let changes = examiner.refresh().unwrap();
+        assert_eq!(changes.appended, 1);
+        assert_eq!(uids(&examiner), [1, 2]);
+        assert!(examiner.messages[1].recent);
+        assert_eq!(fs::read(root.join(UIDLIST_NAME)).unwrap(), list_before);
+        assert_eq!(names_in(&root, "new"), ["1800000000.M1P9.mta"]);
+        // A writer numbers it the same way.
+        let writer = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&writer), [1, 2]);
+        // Its claim (a rename to cur/) is no change for us: same UID, same flags.
+        assert!(examiner.refresh().unwrap().is_empty());
+        assert_eq!(uids(&examiner), [1, 2]);
+    }
+
+    #[test]
+    fn provisional_uids_overtaken_by_a_writer_are_never_shown_twice() {
+        let (_tmp, root) = numbered(1);
+        deliver(&root, "new", "1800000002.M1P9.mta", b"late\n");
+        let mut examiner = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert_eq!(uids(&examiner), [1, 2]);
+        // An earlier-named delivery arrives and a writer numbers both: it takes UID 2.
+        deliver(&root, "new", "1800000001.M1P9.mta", b"early\n");
+        let writer = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&writer), [1, 2, 3]);
+        let changes = examiner.refresh().unwrap();
+        assert_eq!(changes.expunged, [1]);
+        assert_eq!(changes.appended, 2);
+        assert_eq!(uids(&examiner), [1, 2, 3]);
+        let bases: Vec<&str> = examiner.files.iter().map(|f| f.base.as_str()).collect();
+        let writer_bases: Vec<&str> = writer.files.iter().map(|f| f.base.as_str()).collect();
+        assert_eq!(bases, writer_bases);
+    }
+
+    #[test]
+    fn a_deleted_folder_shows_every_message_expunged() {
+        let (_tmp, root) = numbered(2);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(mailbox.refresh().unwrap().expunged, [0, 1]);
+        assert!(mailbox.messages().is_empty());
+        assert!(mailbox.refresh().unwrap().is_empty());
+    }
+
+    #[test]
+    fn keywords_set_by_another_session_are_reported() {
+        let (_tmp, root) = numbered(1);
+        let mut ours = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut theirs = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let bit = theirs.keyword_bit("Work").unwrap();
+        theirs.set_keywords(0, 1 << bit);
+        theirs.commit(false).unwrap();
+        let changes = ours.refresh().unwrap();
+        assert_eq!(changes.flags_changed, [0]);
+        assert_eq!(ours.keyword_names(), ["Work"]);
+        assert_eq!(ours.messages[0].keywords, 1);
+    }
+}

@@ -1,0 +1,509 @@
+//! Appending messages to an mbox file (IMAP APPEND, COPY, MOVE) in the bytes UW-IMAP
+//! imap-2007f leaves (`unix_append` followed by its rewrite): a `From user@host <date> <zone>`
+//! line, the header with UW's metadata block (Status, X-Status, padded X-Keywords, X-UID) at its
+//! end, the body with `From ` lines escaped as `>From `, LF line ends, a blank separator line.
+//!
+//! Messages are first converted into an unlinked spool file (never held in memory), then
+//! written under the mailbox lock in two crash-safe steps:
+//! 1. the mailbox-wide UID-last (and any new keyword names) is raised in `X-IMAPbase` or the
+//!    pseudo-message by a journaled rewrite, so a kill after this step only skips UIDs, which
+//!    is harmless, and UW, which refuses X-UIDs above UID-last, reads the file unchanged;
+//! 2. the messages are appended behind an append journal (no regions, the old length), which
+//!    recovery uses to cut a half-written append off whole.
+//!
+//! Owns the append format and its ordering; never changes existing messages' flags and never
+//! claims `\Recent` (appended messages carry no `O`, so the next session to open claims them).
+
+use super::fromline::from_line_date;
+use super::journal::{self, Journal};
+use super::meta::{
+    pseudo_message, write_xstatus, BaseInfo, HeaderFilter, LineKind, MessageMeta, MAX_KEYWORDS,
+};
+use super::parse::{self, ParseError, Parsed};
+use super::rewrite::{self, Snapshot, Style};
+use super::{host_name, now, LOCK_TIMEOUT};
+use crate::store::lock::MailboxLock;
+use crate::store::{Flags, NewMessage, StoreError};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Buffer size for reading sources and copying spooled text into the mailbox.
+const COPY_CHUNK: usize = 256 * 1024;
+/// A line longer than this is converted in pieces.
+const MAX_LINE: usize = 1 << 20;
+
+/// One message converted to mbox form in the spool: header lines (LF ends, metadata headers
+/// renamed `X-Original-...`, `From ` escaped) and body, without the blank line between them.
+struct Spooled {
+    header_off: u64,
+    header_len: u64,
+    body_len: u64,
+    flags: Flags,
+    keywords: Vec<String>,
+    date: (i64, i32),
+}
+
+/// The converted messages, in an unlinked temporary file.
+struct Spool {
+    file: File,
+    messages: Vec<Spooled>,
+}
+
+/// Where and how to append.
+pub(super) struct Target<'a> {
+    pub path: &'a Path,
+    pub helper: &'a Path,
+    /// Where mailbox-wide data goes if the file has none yet.
+    pub style: Style,
+    /// Create the file (0600) when missing (the spool INBOX); otherwise a missing file is
+    /// `NoSuchMailbox`.
+    pub create_missing: bool,
+}
+
+/// Append `messages` at the end of the mailbox. Returns UIDVALIDITY and the new UIDs.
+pub(super) fn append(
+    target: &Target<'_>,
+    messages: &mut [NewMessage<'_>],
+) -> Result<(u32, Vec<u32>), StoreError> {
+    let io_err = |e| StoreError::Io(target.path.to_path_buf(), e);
+    let spool = spool_messages(messages)?;
+    let file = open_target(target)?;
+    let _lock =
+        MailboxLock::acquire(target.path, &file, target.helper, LOCK_TIMEOUT).map_err(io_err)?;
+    journal::recover(target.path, &file).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    let parsed = parse::parse(&file, len, now()).map_err(|e| match e {
+        ParseError::Io(e) => io_err(e),
+        ParseError::NotMbox(..) => StoreError::Damaged(format!(
+            "Not a UNIX-format mailbox: {}",
+            target.path.display()
+        )),
+    })?;
+    let count = u32::try_from(spool.messages.len()).unwrap_or(u32::MAX);
+    let Some(new_last) = parsed.uid_last.checked_add(count) else {
+        return Err(StoreError::Refused(format!(
+            "{}: no UIDs left in this mailbox",
+            target.path.display()
+        )));
+    };
+    let first_uid = parsed.uid_last + 1;
+    let mut keywords = parsed.keywords.clone();
+    for m in &spool.messages {
+        for k in &m.keywords {
+            if keywords.len() < MAX_KEYWORDS && !keywords.iter().any(|n| n.eq_ignore_ascii_case(k))
+            {
+                keywords.push(k.clone());
+            }
+        }
+    }
+    let style = if parsed.pseudo.is_some() {
+        Style::Pseudo
+    } else if parsed.has_base {
+        Style::Base
+    } else {
+        target.style
+    };
+    let holds_base = !parsed.entries.is_empty() || parsed.pseudo.is_some();
+    if holds_base {
+        raise_uid_last(target.path, &file, &parsed, style, new_last, &keywords).map_err(io_err)?;
+        if std::env::var("MAILSUITE_CRASH_AT").is_ok_and(|v| v == "append-base") {
+            std::process::abort();
+        }
+    }
+    let base = BaseInfo {
+        uid_validity: parsed.uid_validity,
+        uid_last: new_last,
+        keywords: &keywords,
+    };
+    let layout = Layout {
+        base: &base,
+        style,
+        holds_base,
+        first_uid,
+    };
+    write_messages(target.path, &file, &spool, &layout).map_err(io_err)?;
+    Ok((parsed.uid_validity, (first_uid..=new_last).collect()))
+}
+
+fn open_target(target: &Target<'_>) -> Result<File, StoreError> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    if target.create_missing {
+        options.create(true).mode(0o600);
+    }
+    options.open(target.path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => StoreError::NoSuchMailbox(target.path.display().to_string()),
+        _ => StoreError::Io(target.path.to_path_buf(), e),
+    })
+}
+
+/// Step 1: the file's own messages unchanged (disk state, `O` kept as it is), UID-last raised.
+fn raise_uid_last(
+    path: &Path,
+    file: &File,
+    parsed: &Parsed,
+    style: Style,
+    new_last: u32,
+    keywords: &[String],
+) -> io::Result<()> {
+    let keep = vec![true; parsed.entries.len()];
+    let snapshot = Snapshot {
+        file,
+        len: file.metadata()?.len(),
+        entries: &parsed.entries,
+        infos: &parsed.infos,
+        keep: &keep,
+        style,
+        uid_validity: parsed.uid_validity,
+        uid_last: new_last,
+        keywords,
+        pseudo: parsed.pseudo.as_ref(),
+        first_meta: parsed.first_meta.as_deref(),
+        now: now(),
+        claim_recent: false,
+    };
+    let plan = rewrite::plan(&snapshot, &host_name())?;
+    if plan.is_noop() {
+        return Ok(());
+    }
+    rewrite::execute(path, file, &snapshot, &plan)
+}
+
+/// Mailbox-wide facts the appended bytes depend on.
+struct Layout<'a> {
+    base: &'a BaseInfo<'a>,
+    style: Style,
+    /// The file already carries the mailbox-wide data (step 1 raised it).
+    holds_base: bool,
+    first_uid: u32,
+}
+
+/// The appended bytes that are not spooled text, per message: From line and metadata block.
+struct Framing {
+    prefix: Vec<u8>,
+    messages: Vec<(Vec<u8>, Vec<u8>)>,
+    total: u64,
+}
+
+fn framing(len_before: u64, tail: &[u8], spool: &Spool, layout: &Layout<'_>) -> Framing {
+    let mut prefix = Vec::new();
+    if len_before > 0 && !tail.ends_with(b"\n\n") {
+        prefix.extend_from_slice(if tail.ends_with(b"\n") {
+            b"\n"
+        } else {
+            b"\n\n"
+        });
+    }
+    if !layout.holds_base && layout.style == Style::Pseudo {
+        prefix.extend_from_slice(&pseudo_message(layout.base, now(), &host_name()));
+    }
+    let sender = format!("{}@{}", user_name(), host_name());
+    let mut total = prefix.len() as u64;
+    let mut messages = Vec::with_capacity(spool.messages.len());
+    for (i, m) in spool.messages.iter().enumerate() {
+        let from = format!("From {sender} {}\n", from_line_date(m.date.0, m.date.1)).into_bytes();
+        let bits = m.keywords.iter().fold(0u64, |acc, k| {
+            match layout
+                .base
+                .keywords
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(k))
+            {
+                Some(p) if p < 64 => acc | 1 << p,
+                _ => acc,
+            }
+        });
+        let meta = MessageMeta {
+            flags: m.flags,
+            keywords: bits,
+            uid: layout.first_uid + i as u32,
+            old: false,
+        };
+        let first_of_file = i == 0 && !layout.holds_base && layout.style == Style::Base;
+        let mut block = Vec::new();
+        write_xstatus(
+            &mut block,
+            &meta,
+            first_of_file.then_some(layout.base),
+            layout.base.keywords,
+        );
+        total += from.len() as u64 + m.header_len + block.len() as u64 + m.body_len + 1;
+        messages.push((from, block));
+    }
+    Framing {
+        prefix,
+        messages,
+        total,
+    }
+}
+
+/// Step 2: write everything at the end behind an append journal.
+fn write_messages(path: &Path, file: &File, spool: &Spool, layout: &Layout<'_>) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    let mut tail = [0u8; 2];
+    let tail_len = len.min(2) as usize;
+    file.read_exact_at(&mut tail[..tail_len], len - tail_len as u64)?;
+    let framing = framing(len, &tail[..tail_len], spool, layout);
+    let journal = Journal::create(path, file, len, len + framing.total, &[])?;
+    let crash_half = std::env::var("MAILSUITE_CRASH_AT").is_ok_and(|v| v == "append-half");
+    let result = (|| {
+        let mut out = PositionalWriter::new(file, len);
+        out.put(&framing.prefix)?;
+        for (m, (from, block)) in spool.messages.iter().zip(&framing.messages) {
+            out.put(from)?;
+            out.copy_from(&spool.file, m.header_off, m.header_len)?;
+            if crash_half {
+                out.flush()?;
+                std::process::abort();
+            }
+            out.put(block)?;
+            out.copy_from(&spool.file, m.header_off + m.header_len, m.body_len)?;
+            out.put(b"\n")?;
+        }
+        out.flush()?;
+        if out.pos != len + framing.total {
+            return Err(io::Error::other("append wrote an unexpected length"));
+        }
+        mark_new_mail(file)?;
+        file.sync_all()
+    })();
+    match result {
+        Ok(()) => journal.finish(),
+        Err(e) => {
+            journal.restore(file)?;
+            Err(e)
+        }
+    }
+}
+
+/// As UW after an append: modification time now, access time a second earlier, so that
+/// "new mail" checks (mtime > atime) fire.
+fn mark_new_mail(file: &File) -> io::Result<()> {
+    let now = std::time::SystemTime::now();
+    let earlier = now
+        .checked_sub(std::time::Duration::from_secs(1))
+        .unwrap_or(now);
+    file.set_times(
+        std::fs::FileTimes::new()
+            .set_accessed(earlier)
+            .set_modified(now),
+    )
+}
+
+pub(super) fn user_name() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "MAILER-DAEMON".to_string())
+}
+
+/// Buffered `pwrite`s from a starting offset.
+struct PositionalWriter<'f> {
+    file: &'f File,
+    pos: u64,
+    buf: Vec<u8>,
+}
+
+impl<'f> PositionalWriter<'f> {
+    fn new(file: &'f File, pos: u64) -> PositionalWriter<'f> {
+        PositionalWriter {
+            file,
+            pos,
+            buf: Vec::with_capacity(COPY_CHUNK),
+        }
+    }
+
+    fn put(&mut self, data: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= COPY_CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn copy_from(&mut self, source: &File, mut off: u64, len: u64) -> io::Result<()> {
+        let end = off + len;
+        let mut chunk = vec![0u8; COPY_CHUNK.min(len as usize)];
+        while off < end {
+            let n = (end - off).min(chunk.len() as u64) as usize;
+            source.read_exact_at(&mut chunk[..n], off)?;
+            self.put(&chunk[..n])?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all_at(&self.buf, self.pos)?;
+        self.pos += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// An unlinked scratch file in the temporary directory.
+fn scratch_file() -> Result<File, StoreError> {
+    let dir = std::env::temp_dir();
+    for attempt in 0..16u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path: PathBuf = dir.join(format!(
+            ".mbox-append.{}.{nanos}.{attempt}",
+            std::process::id()
+        ));
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => {
+                std::fs::remove_file(&path).map_err(|e| StoreError::Io(path.clone(), e))?;
+                return Ok(f);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(StoreError::Io(path, e)),
+        }
+    }
+    Err(StoreError::Io(
+        dir,
+        io::Error::other("cannot create a scratch file for APPEND"),
+    ))
+}
+
+fn spool_messages(messages: &mut [NewMessage<'_>]) -> Result<Spool, StoreError> {
+    let file = scratch_file()?;
+    let scratch_err = |e| StoreError::Io(std::env::temp_dir(), e);
+    let mut spooled = Vec::with_capacity(messages.len());
+    let mut offset = 0u64;
+    for m in messages.iter_mut() {
+        let mut out = io::BufWriter::with_capacity(COPY_CHUNK, &file);
+        let mut converter = Converter::new(&mut out);
+        let mut buf = vec![0u8; COPY_CHUNK];
+        loop {
+            let n = match m.source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::Io(PathBuf::from("<append source>"), e)),
+            };
+            converter.feed(&buf[..n]).map_err(scratch_err)?;
+        }
+        let (header_len, body_len) = converter.finish().map_err(scratch_err)?;
+        out.flush().map_err(scratch_err)?;
+        drop(out);
+        if header_len + body_len == 0 {
+            return Err(StoreError::Refused("Append of zero-length message".into()));
+        }
+        spooled.push(Spooled {
+            header_off: offset,
+            header_len,
+            body_len,
+            flags: m.flags,
+            keywords: m.keywords.to_vec(),
+            date: m.internal_date.unwrap_or_else(|| (now(), 0)),
+        });
+        offset += header_len + body_len;
+    }
+    Ok(Spool {
+        file,
+        messages: spooled,
+    })
+}
+
+/// Streams one message into mbox form, line by line.
+struct Converter<'w, W: Write> {
+    out: &'w mut W,
+    line: Vec<u8>,
+    /// The next bytes begin a line (false after a piece of an over-long line).
+    at_line_start: bool,
+    in_header: bool,
+    filter: HeaderFilter,
+    written: u64,
+    header_len: u64,
+}
+
+impl<'w, W: Write> Converter<'w, W> {
+    fn new(out: &'w mut W) -> Converter<'w, W> {
+        Converter {
+            out,
+            line: Vec::new(),
+            at_line_start: true,
+            in_header: true,
+            filter: HeaderFilter::new(),
+            written: 0,
+            header_len: 0,
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while let Some(i) = memchr::memchr(b'\n', data) {
+            self.line.extend_from_slice(&data[..=i]);
+            data = &data[i + 1..];
+            let line = std::mem::take(&mut self.line);
+            self.emit(&line, true)?;
+            self.line = line;
+            self.line.clear();
+        }
+        self.line.extend_from_slice(data);
+        if self.line.len() > MAX_LINE && self.line.last() != Some(&b'\r') {
+            let piece = std::mem::take(&mut self.line);
+            self.emit(&piece, false)?;
+        }
+        Ok(())
+    }
+
+    /// Flush the last line (adding its newline); returns header and body lengths.
+    fn finish(mut self) -> io::Result<(u64, u64)> {
+        if !self.line.is_empty() {
+            let mut last = std::mem::take(&mut self.line);
+            last.push(b'\n');
+            self.emit(&last, true)?;
+        }
+        if self.in_header {
+            self.header_len = self.written;
+        }
+        Ok((self.header_len, self.written - self.header_len))
+    }
+
+    /// Write `bytes` (a whole line when `complete`, else a piece of an over-long one).
+    fn emit(&mut self, bytes: &[u8], complete: bool) -> io::Result<()> {
+        let line_start = self.at_line_start;
+        self.at_line_start = complete;
+        let text: std::borrow::Cow<'_, [u8]> = if complete && bytes.ends_with(b"\r\n") {
+            let mut lf = bytes[..bytes.len() - 2].to_vec();
+            lf.push(b'\n');
+            lf.into()
+        } else {
+            bytes.into()
+        };
+        if line_start && self.in_header && *text == *b"\n" {
+            self.in_header = false;
+            self.header_len = self.written;
+            return Ok(());
+        }
+        if self.in_header {
+            let kind = self.filter.classify(&text, line_start);
+            let starts_name = !matches!(text.first(), Some(b' ') | Some(b'\t'));
+            if line_start && kind == LineKind::Internal && starts_name {
+                self.write(b"X-Original-")?;
+            }
+        }
+        if line_start && text.starts_with(b"From ") {
+            self.write(b">")?;
+        }
+        self.write(&text)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+}
