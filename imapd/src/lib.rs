@@ -6,8 +6,11 @@
 //!   sets, dates, mailbox names); [`wire::response`] writes responses, streaming literals.
 //! - [`protocol`]: what the bytes mean. [`protocol::command`] turns a raw command into a typed
 //!   [`protocol::command::Command`].
+//! - [`message`]: what a message says: MIME structure, ENVELOPE, BODYSTRUCTURE, sections,
+//!   SEARCH matching, SORT and THREAD, computed from message bytes.
 //!
-//! This crate never touches the mail store from these layers: the session (built on top) does.
+//! These layers never touch the mail store: the session (built on top) does.
 
+pub mod message;
 pub mod protocol;
 pub mod wire;

@@ -39,6 +39,9 @@ impl Backend for SystemBackend {
         }
         if self.as_root {
             privs::become_user(&account, self.min_uid).map_err(LoginError::Permanent)?;
+            // The store keeps its crash journal in $HOME when the spool directory is not
+            // writable; after the drop, HOME must be the user's, not root's.
+            std::env::set_var("HOME", &account.home);
         } else if privs::current().map(|me| me.uid) != Some(account.uid) {
             return Err(LoginError::Refused(
                 "not running as root: cannot serve other users".into(),
