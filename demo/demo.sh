@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 port=${PORT:-11110}
 cargo build --release -p ipop3d --quiet
 work=$(mktemp -d /tmp/ipop3d-demo.XXXXXX)
-cp tests/fixtures/inbox.mbox "$work/inbox"
+install -m 0600 tests/fixtures/inbox.mbox "$work/inbox"
 run_as=()
 if [ "$(id -u)" = 0 ]; then
   chown -R nobody "$work"
