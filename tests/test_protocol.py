@@ -321,3 +321,22 @@ def test_login_delay_enforced(users, mbox_for, pipe_session):
     finally:
         if os.path.exists(stamp):
             os.unlink(stamp)
+
+
+def test_retr_and_top_mark_seen_and_last(users, mbox_for, pipe_session):
+    """LAST is 0 before any access and the highest number accessed after; RETR and TOP mark
+    \\Seen, which QUIT writes as Status: RO; an untouched message is only marked old (O)."""
+    alice = users["alice"]
+    path = mbox_for(alice, mbox_of(three_messages()))
+    s = pipe_session("--allow-plaintext")
+    s.greeting()
+    s.login(alice.name, alice.password)
+    assert s.cmd("LAST") == b"+OK 0"
+    s.ok("TOP 1 0")
+    s.multiline()
+    assert s.cmd("LAST") == b"+OK 1"
+    s.retr(3)
+    assert s.cmd("LAST") == b"+OK 3"
+    assert s.quit() == b"+OK Sayonara"
+    statuses = [re.findall(rb"(?m)^Status: (\w*)$", m.split(b"\n\n")[0]) for m in split_mbox(read_file(path))]
+    assert statuses == [[b"RO"], [b"O"], [b"RO"]], statuses
