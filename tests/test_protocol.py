@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from mailtest import make_message, mbox_of, presented, read_file, split_mbox
+from mailtest import dot_unstuff, make_message, mbox_of, presented, read_file, split_mbox
 
 GREETING = re.compile(rb"^\+OK POP3 \S+ ipop3d \S+ server ready$")
 
@@ -340,3 +340,23 @@ def test_retr_and_top_mark_seen_and_last(users, mbox_for, pipe_session):
     assert s.quit() == b"+OK Sayonara"
     statuses = [re.findall(rb"(?m)^Status: (\w*)$", m.split(b"\n\n")[0]) for m in split_mbox(read_file(path))]
     assert statuses == [[b"RO"], [b"O"], [b"RO"]], statuses
+
+
+def test_case_insensitive_commands_and_bare_lf(users, mbox_for, pipe_session):
+    """Keywords are case-insensitive (RFC 1939); a bare LF line end is accepted; TOP with a
+    count beyond the body returns the whole message."""
+    alice = users["alice"]
+    msgs = three_messages()
+    mbox_for(alice, mbox_of(msgs))
+    s = pipe_session("--allow-plaintext")
+    s.greeting()
+    s.send_raw(b"user " + alice.name.encode() + b"\n")
+    assert s.readline() == b"+OK User name accepted, password please"
+    assert s.cmd("Pass " + alice.password) == b"+OK Mailbox open, 3 messages"
+    assert s.cmd("stat").startswith(b"+OK 3 ")
+    assert s.cmd("list 2") == b"+OK 2 %d" % len(presented(msgs[1]))
+    assert s.cmd("rEtR 2") == b"+OK %d octets" % len(presented(msgs[1]))
+    assert dot_unstuff(s.multiline()) == presented(msgs[1])
+    assert s.cmd("TOP 2 99999") == b"+OK Top of message follows"
+    assert dot_unstuff(s.multiline()) == presented(msgs[1])
+    assert s.cmd("quit") == b"+OK Sayonara"
