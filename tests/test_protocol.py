@@ -94,9 +94,15 @@ def test_transaction_commands_and_exact_bytes(users, mbox_for, pipe_session):
     assert s.cmd("DELE 1") == b"+OK Message deleted"
     assert s.cmd("USER x") == b"-ERR Unknown TRANSACTION state command"
     assert s.cmd("FOO") == b"-ERR Unknown TRANSACTION state command"
+    before = os.stat(path)
     assert s.quit() == b"+OK Sayonara"
     left = split_mbox(read_file(path))
     assert [presented(m) for m in left] == want[1:], "QUIT must remove exactly message 1"
+    after = os.stat(path)
+    # rewritten in place: same inode (an MTA holding the file open appends to the live
+    # mailbox), same owner and mode
+    assert (after.st_ino, after.st_uid, after.st_gid, after.st_mode) == \
+        (before.st_ino, before.st_uid, before.st_gid, before.st_mode)
 
 
 def test_dele_without_quit_deletes_nothing(users, mbox_for, pipe_session):
