@@ -123,17 +123,19 @@ def _create_user(name, password, extra_groups=()):
 @pytest.fixture(scope="session")
 def users(pam_pop):
     """Real system users: alice (mbox, in an extra group), bob (mbox), maddy (has ~/Maildir)."""
-    subprocess.run(["groupdel", "msextra"], capture_output=True)
-    subprocess.run(["groupadd", "msextra"], check=True)
+    # Names unique to this run: several checkouts may run the suite on one machine at once.
+    tag = "%05d" % (os.getpid() % 100000)
+    extra = "msx" + tag
+    subprocess.run(["groupadd", extra], check=True)
     made = {
-        "alice": _create_user("msalice", "Alice-pw-1", extra_groups=("msextra",)),
-        "bob": _create_user("msbob", "B0b pass!"),
-        "maddy": _create_user("msmaddy", "maddy-pw-3"),
+        "alice": _create_user("msa" + tag, "Alice-pw-1", extra_groups=(extra,)),
+        "bob": _create_user("msb" + tag, "B0b pass!"),
+        "maddy": _create_user("msm" + tag, "maddy-pw-3"),
     }
     yield made
     for user in made.values():
         subprocess.run(["userdel", "-r", user.name], capture_output=True)
-    subprocess.run(["groupdel", "msextra"], capture_output=True)
+    subprocess.run(["groupdel", extra], capture_output=True)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,8 @@ METADATA_HEADERS = re.compile(
     rb"(?i)^(status|x-status|x-keywords|x-uid|x-imapbase|x-imap|content-length):"
 )
 # A From_ line as UW's mbox driver recognises it ("From sender Www Mmm dd hh:mm:ss yyyy").
-FROM_LINE = re.compile(rb"^From \S+ +\w{3} \w{3} [ \d]?\d \d\d:\d\d(:\d\d)? (\S+ )?\d{4}\s*$")
+FROM_LINE = re.compile(
+    rb"^From \S+ +\w{3} \w{3} [ \d]?\d \d\d:\d\d(:\d\d)? (\S+ )?\d{4}( [+-]?\w+)?\s*$")
 
 
 # ---------------------------------------------------------------- mbox files

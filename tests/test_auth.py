@@ -249,3 +249,17 @@ def test_spool_dir_owned_by_mail_group_uses_mlock(users, mbox_for, pipe_session,
     assert s.quit() == b"+OK Sayonara"
     assert b"<t-1@test>" not in open(path, "rb").read()
     assert sorted(os.listdir(spool)) == [alice.name]
+
+
+def test_secrets_file_replaces_pam_for_plaintext(users, mbox_for, pipe_session, tmp_path):
+    """UW semantics (tests/fixtures/cram-md5-apop.txt): with a valid secrets file, USER/PASS
+    is checked against the file's secret, so the PAM password no longer works."""
+    alice = users["alice"]
+    one_message_mbox(mbox_for, alice)
+    cram = secrets_file(str(tmp_path), 0o600, [(alice.name, "md5secret")])
+    s = pipe_session("--allow-plaintext", cram_file=cram)
+    s.greeting()
+    s.ok("USER " + alice.name)
+    assert s.cmd("PASS " + alice.password) == b"-ERR [AUTH] Bad login"
+    assert s.login(alice.name, "md5secret") == b"+OK Mailbox open, 1 messages"
+    s.quit()

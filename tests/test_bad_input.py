@@ -7,7 +7,7 @@ under 50 MB and the mailbox bytes are unchanged.
 
 import threading
 
-from mailtest import make_message, mbox_of, proc_status, read_file
+from mailtest import make_message, mbox_of, presented, proc_status, read_file
 
 BAD_NUMBER = (b"-ERR No such message", b"-ERR Bad message number argument")
 MEMORY_LIMIT_KB = 50 * 1024
@@ -115,3 +115,29 @@ def test_ten_thousand_pipelined_commands(users, mbox_for, pipe_session):
     assert hwm < MEMORY_LIMIT_KB, "VmHWM %d kB" % hwm
     assert s.quit() == b"+OK Sayonara"
     assert read_file(path) == before
+
+
+def test_large_message_streams_in_bounded_memory(users, mbox_for, pipe_session):
+    """A 40 MB message: STAT/LIST size exact, RETR bytes exact, VmHWM stays under 50 MB
+    (the store streams bodies instead of loading them)."""
+    import hashlib
+    alice = users["alice"]
+    big = make_message(1, body_lines=40 * 1024 * 1024 // 64, line=b"%d-%d " + b"z" * 52)
+    want = hashlib.sha256(presented(big)).hexdigest()
+    size = len(presented(big))
+    mbox_for(alice, mbox_of([big, make_message(2)]))
+    s = pipe_session("--allow-plaintext")
+    s.greeting()
+    s.login(alice.name, alice.password)
+    assert s.cmd("LIST 1") == b"+OK 1 %d" % size
+    assert s.cmd("RETR 1") == b"+OK %d octets" % size
+    digest = hashlib.sha256()
+    while True:
+        line = s.readline(timeout=60)
+        if line == b".":
+            break
+        digest.update((line[1:] if line.startswith(b"..") else line) + b"\r\n")
+    assert digest.hexdigest() == want
+    hwm = int(proc_status(s.pid)["VmHWM"].split()[0])
+    assert hwm < MEMORY_LIMIT_KB, "VmHWM %d kB" % hwm
+    assert s.quit(timeout=120) == b"+OK Sayonara"

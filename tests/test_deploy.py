@@ -55,7 +55,7 @@ def test_xinetd_and_inetd_files():
 
 @pytest.fixture
 def deny_service():
-    path = "/etc/pam.d/mailsuite-test-deny"
+    path = "/etc/pam.d/mailsuite-test-deny-%d" % os.getpid()
     with open(path, "w") as f:
         f.write("auth required pam_deny.so\naccount required pam_deny.so\n")
     yield os.path.basename(path)

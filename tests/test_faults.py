@@ -140,7 +140,7 @@ def test_sigkill_during_large_quit(users, mbox_for, server_args, spool):
         path = mbox_for(alice, original)
         to_delete = sorted({1, rng.randint(2, 3000)})
         s = start_deleting(argv, alice, to_delete)
-        delay = rng.uniform(0, quit_time)
+        delay = rng.uniform(0, 0.8 * quit_time)
         s.send("QUIT")
         time.sleep(delay)
         if s.proc.poll() is None:

@@ -9,8 +9,10 @@ headers, an empty body, DELE applied at QUIT through each launcher.
 """
 
 import poplib
+import re
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -158,3 +160,56 @@ def test_listen_max_children(users, mbox_for, server_args, tmp_path):
         second.settimeout(20)
         assert second.recv(100).startswith(b"+OK POP3 ")
         second.close()
+
+
+def test_listen_ipv6_loopback_and_log_host(users, mbox_for, server_args, tmp_path):
+    """--listen [::1]:PORT serves IPv6 loopback (plaintext allowed); the log names the peer."""
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip("no IPv6 loopback here: %s" % e)
+    alice = users["alice"]
+    msgs = varied_messages()
+    mbox_for(alice, mbox_of(msgs))
+    port = launchers.free_port()
+    errpath = tmp_path / "v6.err"
+    with open(errpath, "wb") as err:
+        proc = subprocess.Popen(server_args("--listen", "[::1]:%d" % port), stderr=err,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if b"listening on" in errpath.read_bytes():
+                break
+            assert proc.poll() is None, errpath.read_bytes()
+            time.sleep(0.05)
+        client = poplib.POP3("::1", port, timeout=20)
+        assert client.sock.family == socket.AF_INET6
+        client.user(alice.name)
+        assert client.pass_(alice.password) == b"+OK Mailbox open, %d messages" % len(msgs)
+        assert [d for _, d in poplib_fetch_all(client)] == [presented(m) for m in msgs]
+        client.quit()
+        time.sleep(0.3)
+    finally:
+        launchers.stop(proc)
+    log = errpath.read_text(errors="replace")
+    assert re.search(r"Login user=%s host=(\S+ )?\[::1\] nmsgs=6/6" % alice.name, log), log
+    assert re.search(r"Logout user=%s host=(\S+ )?\[::1\]" % alice.name, log), log
+
+
+def test_listen_logs_ipv4_peer(users, mbox_for, server_args, tmp_path):
+    alice = users["alice"]
+    mbox_for(alice, mbox_of(varied_messages()))
+    with launchers.listen_mode(server_args(), str(tmp_path)) as port:
+        client = poplib.POP3("127.0.0.1", port, timeout=20)
+        client.user(alice.name)
+        client.pass_(alice.password)
+        client.dele(2)
+        client.quit()
+        time.sleep(0.3)
+        log = open(tmp_path / ("listen-%d.err" % port), errors="replace").read()
+    u = alice.name
+    assert re.search(r"Login user=%s host=localhost \[127\.0\.0\.1\] nmsgs=6/6" % u, log), log
+    assert re.search(r"Update user=%s host=localhost \[127\.0\.0\.1\] nmsgs=5 ndele=1 nseen=0" % u, log), log
+    assert re.search(r"Logout user=%s host=localhost \[127\.0\.0\.1\]" % u, log), log

@@ -132,3 +132,39 @@ def test_store_mbox_overrides_maildir(users, maildir, pipe_session, spool):
     s, resp = session(pipe_session, maddy, "--store", "mbox")
     assert resp == b"+OK Mailbox open, 0 messages"
     s.quit()
+
+
+def parse_dovecot_uidlist(root):
+    """(uidvalidity, {maildir base name: uid}) from dovecot-uidlist version 3."""
+    with open(os.path.join(root, "dovecot-uidlist"), "rb") as f:
+        lines = f.read().decode().splitlines()
+    header = lines[0].split()
+    assert header[0] == "3", "dovecot-uidlist version: %r" % lines[0]
+    validity = int(next(field[1:] for field in header[1:] if field.startswith("V")))
+    uids = {}
+    for line in lines[1:]:
+        uid, _, rest = line.partition(" ")
+        name = rest[rest.index(":") + 1:] if ":" in rest else rest.split()[-1]
+        uids[name.split(":")[0]] = int(uid)
+    return validity, uids
+
+
+def test_maildir_uidl_follows_dovecot_uidlist(users, maildir, pipe_session):
+    """Maildir variant of the UW UIDL rule: UIDL = 8 hex digits of the dovecot-uidlist
+    UIDVALIDITY then 8 of the message's UID, as Dovecot's pop3_uidl_format %08Xv%08Xu
+    (lower-case); the uidlist is owned by the user."""
+    maddy = users["maddy"]
+    root, msgs, _ = maildir
+    s, _ = session(pipe_session, maddy)
+    got = fetch_all(s, 5)
+    s.ok("UIDL")
+    uidl = {int(n): u.decode() for n, u in (line.split() for line in s.multiline())}
+    s.quit()
+    validity, uids = parse_dovecot_uidlist(root)
+    assert os.stat(os.path.join(root, "dovecot-uidlist")).st_uid == maddy.uid
+    names = {}
+    for sub in ("new", "cur"):
+        for name in os.listdir(os.path.join(root, sub)):
+            names[message_ids(read_file(os.path.join(root, sub, name)))[0]] = name.split(":")[0]
+    for mid, (n, _) in got.items():
+        assert uidl[n] == "%08x%08x" % (validity, uids[names[mid]]), mid

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from mailtest import make_message, mbox_of, presented, read_file, split_mbox
+from mailtest import dot_unstuff, make_message, mbox_of, presented, read_file, split_mbox
 
 GREETING = re.compile(rb"^\+OK POP3 \S+ ipop3d \S+ server ready$")
 
@@ -94,9 +94,15 @@ def test_transaction_commands_and_exact_bytes(users, mbox_for, pipe_session):
     assert s.cmd("DELE 1") == b"+OK Message deleted"
     assert s.cmd("USER x") == b"-ERR Unknown TRANSACTION state command"
     assert s.cmd("FOO") == b"-ERR Unknown TRANSACTION state command"
+    before = os.stat(path)
     assert s.quit() == b"+OK Sayonara"
     left = split_mbox(read_file(path))
     assert [presented(m) for m in left] == want[1:], "QUIT must remove exactly message 1"
+    after = os.stat(path)
+    # rewritten in place: same inode (an MTA holding the file open appends to the live
+    # mailbox), same owner and mode
+    assert (after.st_ino, after.st_uid, after.st_gid, after.st_mode) == \
+        (before.st_ino, before.st_uid, before.st_gid, before.st_mode)
 
 
 def test_dele_without_quit_deletes_nothing(users, mbox_for, pipe_session):
@@ -321,3 +327,42 @@ def test_login_delay_enforced(users, mbox_for, pipe_session):
     finally:
         if os.path.exists(stamp):
             os.unlink(stamp)
+
+
+def test_retr_and_top_mark_seen_and_last(users, mbox_for, pipe_session):
+    """LAST is 0 before any access and the highest number accessed after; RETR and TOP mark
+    \\Seen, which QUIT writes as Status: RO; an untouched message is only marked old (O)."""
+    alice = users["alice"]
+    path = mbox_for(alice, mbox_of(three_messages()))
+    s = pipe_session("--allow-plaintext")
+    s.greeting()
+    s.login(alice.name, alice.password)
+    assert s.cmd("LAST") == b"+OK 0"
+    s.ok("TOP 1 0")
+    s.multiline()
+    assert s.cmd("LAST") == b"+OK 1"
+    s.retr(3)
+    assert s.cmd("LAST") == b"+OK 3"
+    assert s.quit() == b"+OK Sayonara"
+    statuses = [re.findall(rb"(?m)^Status: (\w*)$", m.split(b"\n\n")[0]) for m in split_mbox(read_file(path))]
+    assert statuses == [[b"RO"], [b"O"], [b"RO"]], statuses
+
+
+def test_case_insensitive_commands_and_bare_lf(users, mbox_for, pipe_session):
+    """Keywords are case-insensitive (RFC 1939); a bare LF line end is accepted; TOP with a
+    count beyond the body returns the whole message."""
+    alice = users["alice"]
+    msgs = three_messages()
+    mbox_for(alice, mbox_of(msgs))
+    s = pipe_session("--allow-plaintext")
+    s.greeting()
+    s.send_raw(b"user " + alice.name.encode() + b"\n")
+    assert s.readline() == b"+OK User name accepted, password please"
+    assert s.cmd("Pass " + alice.password) == b"+OK Mailbox open, 3 messages"
+    assert s.cmd("stat").startswith(b"+OK 3 ")
+    assert s.cmd("list 2") == b"+OK 2 %d" % len(presented(msgs[1]))
+    assert s.cmd("rEtR 2") == b"+OK %d octets" % len(presented(msgs[1]))
+    assert dot_unstuff(s.multiline()) == presented(msgs[1])
+    assert s.cmd("TOP 2 99999") == b"+OK Top of message follows"
+    assert dot_unstuff(s.multiline()) == presented(msgs[1])
+    assert s.cmd("quit") == b"+OK Sayonara"

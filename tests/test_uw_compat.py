@@ -112,3 +112,33 @@ def test_uidvalidity_and_uids_persist(users, mbox_for, pipe_session, uw_inbox):
         s.quit()
     assert uidls[0] == uidls[1]
     assert len(uidls[0]) == 3
+
+
+def test_reads_uw_written_metadata(users, mbox_for, pipe_session):
+    """The spool UW left after an IMAP session (mbox-after-imap1.raw: X-IMAPbase with
+    keywords, X-UID gaps, X-Status flags, a From_ line with a zone): UIDLs come from UW's
+    UIDVALIDITY and X-UIDs, bodies are presented without metadata, and a POP3 session that
+    reads everything keeps UW's UIDs, keywords and flags, only adding \\Seen."""
+    alice = users["alice"]
+    uw = read_file(os.path.join(FIXTURES, "mbox-after-imap1.raw"))
+    path = mbox_for(alice, uw)
+    msgs = split_mbox(uw)
+    uids = [int(re.search(rb"(?m)^X-UID: (\d+)", m).group(1)) for m in msgs]
+    validity = int(re.search(rb"(?m)^X-IMAPbase: (\d+) ", uw).group(1))
+    s = pipe_session("--allow-plaintext")
+    s.greeting()
+    assert s.login(alice.name, alice.password) == b"+OK Mailbox open, %d messages" % len(msgs)
+    s.ok("UIDL")
+    assert s.multiline() == [b"%d %08x%08x" % (i + 1, validity, uid) for i, uid in enumerate(uids)]
+    for i, m in enumerate(msgs):
+        resp, data = s.retr(i + 1)
+        assert data == presented(m), "message %d" % (i + 1)
+    assert s.quit() == b"+OK Sayonara"
+    after = read_file(path)
+    assert re.search(rb"(?m)^X-IMAPbase: %d 5 \$Forwarded Junk$" % validity, after), after[:600]
+    assert re.findall(rb"(?m)^X-UID: (\d+)$", after) == [b"%d" % u for u in uids]
+    assert re.findall(rb"(?m)^X-Status: (.*)$", after) == re.findall(rb"(?m)^X-Status: (.*)$", uw)
+    assert [k.strip() for k in re.findall(rb"(?m)^X-Keywords:(.*)$", after)] == \
+        [k.strip() for k in re.findall(rb"(?m)^X-Keywords:(.*)$", uw)]
+    assert re.findall(rb"(?m)^Status: (.*)$", after) == [b"RO"] * len(msgs)
+    assert [presented(m) for m in split_mbox(after)] == [presented(m) for m in msgs]
