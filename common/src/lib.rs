@@ -10,4 +10,5 @@ pub mod config;
 pub mod log;
 pub mod net;
 pub mod privs;
+pub mod server;
 pub mod store;

@@ -13,6 +13,7 @@
 //! The wire and message layers never touch the mail store; the binary (`main.rs`) only wires
 //! the connection, the login backend and the session together.
 
+pub mod client;
 pub mod message;
 pub mod protocol;
 pub mod wire;

@@ -8,17 +8,11 @@
 mod backend;
 
 use clap::Parser;
-use common::auth::Authenticator;
 use common::config::ServerOptions;
-use common::log;
-use common::net::conn::{Conn, Line};
-use common::net::{launch, peer::Peer, tls};
-use common::privs;
-use common::store::StoreConfig;
-use imapd::protocol::session::{self, Transport};
-use imapd::wire::reader::{Input, InputLine, Limits};
-use std::io::{self, Write};
-use std::sync::Arc;
+use common::net::launch;
+use common::server::{self, Client, Logins};
+use imapd::protocol::session;
+use imapd::wire::reader::Limits;
 use std::time::Duration;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -45,15 +39,8 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let program = launch::program_name();
-    let opts = &args.server;
-    log::init(&program, opts.debug || opts.listen.is_some());
-    launch::ignore_sigpipe();
-    if let Some(addr) = opts.listen {
-        if let Err(e) = launch::listen_and_serve(addr, opts.max_children) {
-            log::err(&format!("--listen {addr}: {e}"));
-            std::process::exit(1);
-        }
-        return;
+    if let Some(status) = server::start(&args.server, &program) {
+        std::process::exit(status);
     }
     std::process::exit(serve_one(&args, &program));
 }
@@ -61,48 +48,23 @@ fn main() {
 /// Serve the one client on fd 0/1; returns the exit status.
 fn serve_one(args: &Args, program: &str) -> i32 {
     let opts = &args.server;
-    let peer = Peer::from_fd0();
-    let tls_config = load_tls(opts);
-    let implicit_tls = opts.tls || launch::implicit_tls_by_name(program);
-    let mut conn = match Conn::from_stdio() {
-        Ok(conn) => conn,
-        Err(e) => {
-            log::err(&format!("cannot use stdin/stdout: {e}"));
-            return 1;
-        }
+    let mut client = match Client::accept(opts, SERVICE, program) {
+        Ok(client) => client,
+        Err(status) => return status,
     };
-    if implicit_tls {
-        let Some(config) = tls_config.clone() else {
-            let msg = "implicit TLS requested but no usable certificate (see --cert/--key)";
-            eprintln!("{program}: {msg}");
-            log::err(msg);
-            return 1;
-        };
-        if let Err(e) = conn.start_tls(config, Duration::from_secs(opts.login_timeout)) {
-            log::info(&format!("TLS handshake failed host={peer}: {e}"));
-            return 1;
-        }
-    }
-    let as_root = privs::is_root();
-    let authenticator = Authenticator::new(
-        opts.pam_service.as_deref().unwrap_or(PAM_SERVICE),
-        &opts.cram_file,
-    );
-    let preauth_user = (!as_root)
-        .then(|| privs::current().map(|a| a.name))
-        .flatten();
+    let logins = Logins::new(opts, PAM_SERVICE, &client.peer);
     let limits = Limits {
         spool_dir: args.spool_tmp.clone().unwrap_or_else(std::env::temp_dir),
         ..Limits::default()
     };
     let policy = session::Policy {
-        host: host_name(),
-        peer: peer.to_string(),
-        peer_is_loopback: peer.is_loopback(),
+        host: server::host_name(),
+        peer: client.peer.to_string(),
+        peer_is_loopback: client.peer.is_loopback(),
         allow_plaintext: opts.allow_plaintext,
-        tls_available: tls_config.is_some(),
-        cram_available: authenticator.cram_available(),
-        preauth_user,
+        tls_available: client.tls_available(),
+        cram_available: logins.cram_available(),
+        preauth_user: logins.preauth_user(),
         show_hidden: opts.show_dotfiles,
         failure_delay: Duration::from_secs(opts.failure_delay),
         login_timeout: Duration::from_secs(opts.login_timeout),
@@ -110,101 +72,6 @@ fn serve_one(args: &Args, program: &str) -> i32 {
         version: VERSION,
         limits,
     };
-    let backend = backend::SystemBackend {
-        authenticator,
-        store: StoreConfig {
-            spool_dir: opts.spool_dir.clone(),
-            maildir_name: opts.maildir_name.clone(),
-            mail_dir: opts.mail_dir.clone(),
-            choice: opts.store,
-            dotlock_helper: opts.dotlock_helper.clone(),
-        },
-        min_uid: opts.min_uid,
-        rhost: peer.addr.map(|a| a.to_string()),
-        as_root,
-        login: None,
-    };
-    let mut client = Client {
-        conn,
-        tls: tls_config,
-        handshake_timeout: Duration::from_secs(opts.login_timeout),
-    };
+    let backend = backend::SystemBackend { logins };
     session::Session::new(&mut client, backend, policy).run()
-}
-
-/// The certificate, if one is configured and loads; a configured but broken one is logged.
-fn load_tls(opts: &ServerOptions) -> Option<Arc<rustls::ServerConfig>> {
-    let (default_cert, default_key) = tls::default_paths(SERVICE);
-    let cert = opts.cert.clone().unwrap_or(default_cert);
-    let key = opts.key.clone().unwrap_or(default_key);
-    if opts.cert.is_none() && !cert.exists() {
-        return None;
-    }
-    match tls::load_server_config(&cert, &key) {
-        Ok(config) => Some(config),
-        Err(e) => {
-            log::err(&format!("TLS unavailable: {e}"));
-            None
-        }
-    }
-}
-
-fn host_name() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// The connection as the session sees it.
-struct Client {
-    conn: Conn,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    handshake_timeout: Duration,
-}
-
-impl Write for Client {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.conn.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.conn.flush()
-    }
-}
-
-impl Input for Client {
-    fn read_line(&mut self, max: usize, timeout: Duration) -> io::Result<InputLine> {
-        Ok(match self.conn.read_line(max, timeout)? {
-            Line::Complete(line) => InputLine::Complete(line),
-            Line::TooLong => InputLine::TooLong,
-            Line::Eof => InputLine::Eof,
-            Line::Timeout => InputLine::Timeout,
-        })
-    }
-    fn read_exact_timeout(
-        &mut self,
-        n: usize,
-        timeout: Duration,
-        out: &mut Vec<u8>,
-    ) -> io::Result<bool> {
-        self.conn.read_exact_timeout(n, timeout, out)
-    }
-}
-
-impl Transport for Client {
-    fn has_pending_input(&self) -> bool {
-        self.conn.has_pending_input()
-    }
-    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
-        self.conn.wait_readable(timeout)
-    }
-    fn start_tls(&mut self) -> Result<(), String> {
-        let config = self.tls.clone().ok_or("no certificate")?;
-        self.conn
-            .start_tls(config, self.handshake_timeout)
-            .map_err(|e| e.to_string())
-    }
-    fn is_tls(&self) -> bool {
-        self.conn.is_tls()
-    }
 }
