@@ -692,3 +692,114 @@ fn store_append_by_name() {
         .unwrap();
     assert_eq!(got, vec![1], "a missing spool is created");
 }
+
+// ---- incremental re-reading ----------------------------------------------------------
+
+fn full_parses() -> usize {
+    super::tests::FULL_PARSES.with(|n| n.get())
+}
+
+/// What a fresh read-only open sees: (uid, flags, keyword names, size, date, text).
+#[allow(clippy::type_complexity)]
+fn observed(mb: &mut dyn Mailbox) -> Vec<(u32, Flags, Vec<String>, u64, i64, Vec<u8>)> {
+    (0..mb.messages().len())
+        .map(|i| {
+            let m = mb.messages()[i].clone();
+            let names = mb
+                .keyword_names()
+                .iter()
+                .enumerate()
+                .filter(|(b, _)| m.keywords & (1 << b) != 0)
+                .map(|(_, n)| n.clone())
+                .collect();
+            (
+                m.uid,
+                m.flags,
+                names,
+                m.size,
+                m.internal_date,
+                text_of(mb, i),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn growth_after_in_place_changes_is_read_without_a_full_parse() {
+    let dir = TempDir::new("incremental");
+    let path = spool(&dir, INBOX);
+    let mut a = open(&path, Access::Shared);
+    let mut b = open(&path, Access::Shared);
+    b.set_flags(1, Flags::FLAGGED);
+    let k = b.keyword_bit("Later").unwrap();
+    b.set_keywords(2, 1 << k);
+    b.commit(false).unwrap();
+    deliver(&path, DELIVERED);
+    append_text(&mut b, APPENDED, Flags::SEEN, &[], Some((1_706_788_800, 0)));
+    let before = full_parses();
+    let changes = a.refresh().unwrap();
+    assert_eq!(full_parses(), before, "headers and tail only");
+    assert_eq!(changes.flags_changed, vec![1, 2]);
+    assert_eq!(changes.appended, 2);
+    let mut fresh = open(&path, Access::ReadOnly);
+    assert_eq!(observed(&mut a), observed(&mut fresh));
+    assert!(a.messages()[3].recent && a.messages()[4].recent);
+    // A flag change of ours is written in place and read back without a full parse too.
+    a.set_flags(0, Flags::ANSWERED);
+    let before = full_parses();
+    a.commit(false).unwrap();
+    assert_eq!(full_parses(), before);
+    let mut fresh = open(&path, Access::ReadOnly);
+    assert_eq!(observed(&mut a), observed(&mut fresh));
+}
+
+#[test]
+fn moved_messages_are_never_mistaken_for_the_old_ones() {
+    let dir = TempDir::new("incremental-moved");
+    let path = spool(&dir, INBOX);
+    let mut a = open(&path, Access::Shared);
+    let mut b = open(&path, Access::Shared);
+    b.set_flags(1, Flags::DELETED);
+    b.commit(true).unwrap();
+    let mut big = DELIVERED[..DELIVERED.len() - 1].to_vec();
+    big.extend_from_slice(&b"padding line\n".repeat(200));
+    big.push(b'\n');
+    deliver(&path, &big);
+    let before = full_parses();
+    let changes = a.refresh().unwrap();
+    assert!(
+        full_parses() > before,
+        "the moved messages force a full parse"
+    );
+    assert_eq!(changes.expunged, vec![1]);
+    assert_eq!(changes.appended, 1);
+    let mut fresh = open(&path, Access::ReadOnly);
+    assert_eq!(observed(&mut a), observed(&mut fresh));
+}
+
+#[test]
+fn append_after_a_file_without_final_blank_line_keeps_sizes() {
+    let dir = TempDir::new("append-separator");
+    for ending in [&b"last line\n"[..], b"last line", b"last line\n\n"] {
+        let mut bytes = INBOX.to_vec();
+        while bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        let cut = bytes.len() - bytes.rsplit(|&c| c == b'\n').next().unwrap().len();
+        bytes.truncate(cut);
+        bytes.extend_from_slice(ending);
+        let path = spool(&dir, &bytes);
+        let mut a = open(&path, Access::Shared);
+        let sizes: Vec<u64> = a.messages().iter().map(|m| m.size).collect();
+        append_text(&mut a, b"Subject: s\n\nx\n", Flags::NONE, &[], None);
+        a.refresh().unwrap();
+        let mut fresh = open(&path, Access::ReadOnly);
+        assert_eq!(fresh.messages().len(), 4);
+        if ending.ends_with(b"\n") {
+            let now: Vec<u64> = fresh.messages()[..3].iter().map(|m| m.size).collect();
+            assert_eq!(now, sizes, "{ending:?}");
+        }
+        assert_eq!(text_of(&mut fresh, 3), b"Subject: s\r\n\r\nx\r\n");
+        assert_eq!(observed(&mut a), observed(&mut fresh));
+    }
+}
