@@ -803,3 +803,74 @@ fn append_after_a_file_without_final_blank_line_keeps_sizes() {
         assert_eq!(observed(&mut a), observed(&mut fresh));
     }
 }
+
+// ---- expunging everything -------------------------------------------------------------
+
+const EXPUNGE_ALL_ENV: &str = "MBOX_TEST_EXPUNGE_ALL_DIR";
+
+#[test]
+#[ignore = "helper run in a child process by the expunge-all test"]
+fn expunge_all_child() {
+    if let Some(dir) = std::env::var_os(EXPUNGE_ALL_ENV) {
+        let mut mb = open(&PathBuf::from(dir).join("user"), Access::Exclusive);
+        for i in 0..mb.messages().len() {
+            mb.set_flags(i, Flags::DELETED);
+        }
+        mb.commit(true).unwrap();
+    }
+}
+
+#[test]
+fn expunging_everything_journals_only_the_first_message() {
+    let dir = TempDir::new("expunge-all-journal");
+    let mut bytes = Vec::new();
+    for i in 0..200 {
+        write!(
+            bytes,
+            "From s@example.com Mon Jan  1 10:00:00 2024\nSubject: {i}\n\n{}\n",
+            "body line\n".repeat(100)
+        )
+        .unwrap();
+    }
+    let path = spool(&dir, &bytes);
+    drop(open(&path, Access::Shared));
+    let first_len = {
+        let mb = open(&path, Access::ReadOnly);
+        mb.entries[0].next_off
+    };
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "store::mbox::imap_tests::expunge_all_child",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(EXPUNGE_ALL_ENV, dir.path())
+        .env("MAILSUITE_CRASH_AT", "journal")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGABRT)
+    );
+    let journal = std::fs::metadata(dir.path().join(".user.mbox-journal")).unwrap();
+    assert!(
+        journal.len() < first_len + 1024,
+        "journal of {} bytes for a first message of {first_len}",
+        journal.len()
+    );
+    let _ = std::fs::remove_file(dir.path().join("user.lock"));
+    let mb = open(&path, Access::Shared);
+    assert_eq!(
+        uids(&mb),
+        vec![1],
+        "only the first message may survive a kill"
+    );
+    let mut mb = mb;
+    mb.set_flags(0, Flags::DELETED);
+    assert_eq!(mb.commit(true).unwrap().expunged, vec![0]);
+    assert!(mb.messages().is_empty());
+    assert_eq!(mb.uid_next(), 201, "UID state kept");
+}

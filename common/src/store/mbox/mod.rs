@@ -1,12 +1,20 @@
 //! UW-compatible mbox mailboxes (the `/var/mail/$USER` spool and folders), read and written
 //! byte-compatibly with UW-IMAP imap-2007f's "unix" driver.
 //!
-//! Owns: parsing the file into a compact index (`parse`), presenting messages (`reader`),
-//! writing flags/UIDs back and expunging in place (`rewrite`) behind an undo journal
-//! (`journal`). Every read and write of the file happens under [`MailboxLock`]; a POP3 session
-//! additionally holds the [`SessionLock`] for its whole life. Never keeps message bodies in
-//! memory, never replaces the mailbox file by rename, and never writes in `ReadOnly` mode
-//! (except to finish the recovery of a rewrite that a killed process left half done).
+//! Owns: parsing the file into a compact index (`parse`, and `incremental` for a file that
+//! merely grew or was rewritten in place), presenting messages (`reader`), writing flags/UIDs
+//! back and expunging in place (`rewrite`) behind an undo journal (`journal`), appending
+//! (`append`), and the folder tree of a user ([`MboxStore`], `folders`). Every read and write of
+//! the file happens under [`MailboxLock`]; a POP3 session additionally holds the
+//! [`SessionLock`] for its whole life. Never keeps message bodies in memory, never replaces the
+//! mailbox file by rename, and never writes in `ReadOnly` mode (except to finish the recovery
+//! of a rewrite that a killed process left half done, and APPEND, which is not a change of the
+//! open mailbox's state).
+//!
+//! Sessions share a mailbox by merging: [`Mailbox::refresh`] and every commit re-read what
+//! others wrote and re-apply only this session's own pending flag and keyword changes on top,
+//! matching messages by UID. A read-write session writes `O` into messages no session had seen
+//! (at open and at refresh), so that exactly one session reports them `\Recent`.
 //!
 //! Rewrites need room for a journal: `.<name>.mbox-journal` beside the mailbox, or, when that
 //! directory is not writable (a setgid-mail spool), `$HOME/.mbox-journal.<dev>.<ino>` — so
@@ -148,6 +156,10 @@ impl MboxMailbox {
         helper: &Path,
         style: Style,
     ) -> Result<MboxMailbox, StoreError> {
+        // Only POP3 (Exclusive) takes the session lock. An IMAP session (Shared or ReadOnly)
+        // opens even while a POP3 session holds the maildrop: both work under the mailbox lock
+        // for every read and write and merge each other's changes by UID, so nothing is lost;
+        // whether to tell the IMAP client about the POP3 session is protocol policy.
         let session = match access {
             Access::Exclusive => Some(SessionLock::try_acquire(path).map_err(StoreError::InUse)?),
             _ => None,
