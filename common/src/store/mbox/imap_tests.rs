@@ -874,3 +874,111 @@ fn expunging_everything_journals_only_the_first_message() {
     assert!(mb.messages().is_empty());
     assert_eq!(mb.uid_next(), 201, "UID state kept");
 }
+
+// ---- several sessions at random -------------------------------------------------------
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn random_message(rng: &mut Rng, n: usize) -> Vec<u8> {
+    let mut text = format!("Subject: random {n}\r\nMessage-ID: <r{n}@x>\r\n\r\n");
+    for i in 0..rng.below(40) {
+        match rng.below(6) {
+            0 => text.push_str("From the body, not a separator\r\n"),
+            1 => text.push_str("\r\n"),
+            _ => text.push_str(&format!("line {i} {}\r\n", "x".repeat(rng.below(90)))),
+        }
+    }
+    text.into_bytes()
+}
+
+/// Apply a refresh's report to the UIDs seen before it: must give the UIDs seen after it.
+fn check_changes(before: &[u32], changes: &Changes, after: &[u32]) {
+    let mut kept: Vec<u32> = before
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !changes.expunged.contains(i))
+        .map(|(_, u)| *u)
+        .collect();
+    assert_eq!(kept.len() + changes.appended, after.len(), "{changes:?}");
+    assert_eq!(&after[..kept.len()], &kept[..], "{changes:?}");
+    kept.extend_from_slice(&after[before.len() - changes.expunged.len()..]);
+    assert_eq!(kept, after);
+}
+
+#[test]
+fn sessions_mta_and_appends_stay_consistent() {
+    let dir = TempDir::new("random-sessions");
+    let path = spool(&dir, INBOX);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut sessions = [open(&path, Access::Shared), open(&path, Access::Shared)];
+    let mut highest = 3u32;
+    let mut gone: Vec<u32> = Vec::new();
+    for step in 0..150 {
+        let who = rng.below(2);
+        let s = &mut sessions[who];
+        let n = s.messages().len();
+        match rng.below(6) {
+            0 => {
+                let text = random_message(&mut rng, step);
+                let mut mbox = b"From mta@example.com Mon Jan  1 10:00:00 2024\n".to_vec();
+                mbox.extend(text.iter().filter(|&&c| c != b'\r'));
+                mbox.extend_from_slice(b"\n");
+                deliver(&path, &mbox);
+            }
+            1 => {
+                let text = random_message(&mut rng, step);
+                let kw = vec![format!("k{}", rng.below(3))];
+                let got = append_text(s, &text, Flags::FLAGGED, &kw, None);
+                assert!(got[0] > highest, "step {step}: UID {got:?} not new");
+                highest = got[0];
+            }
+            2 | 3 if n > 0 => {
+                let i = rng.below(n);
+                let bits = rng.below(31) as u8;
+                s.set_flags(i, Flags::from_bits(bits & !Flags::DELETED.bits()));
+                if rng.below(2) == 0 {
+                    let k = s.keyword_bit(&format!("k{}", rng.below(3))).unwrap();
+                    s.set_keywords(i, 1 << k);
+                }
+                s.commit_with(Expunge::Nothing).unwrap();
+            }
+            4 if n > 0 => {
+                let i = rng.below(n);
+                let uid = s.messages()[i].uid;
+                s.set_flags(i, Flags::DELETED);
+                let report = if rng.below(2) == 0 {
+                    s.commit_with(Expunge::Uids(&[uid])).unwrap()
+                } else {
+                    s.commit_with(Expunge::AllDeleted).unwrap()
+                };
+                assert!(!report.expunged.is_empty());
+                gone.push(uid);
+            }
+            _ => {}
+        }
+        let mut fresh = open(&path, Access::ReadOnly);
+        let truth = observed(&mut fresh);
+        for s in sessions.iter_mut() {
+            let before = uids(s);
+            let changes = s.refresh().unwrap();
+            check_changes(&before, &changes, &uids(s));
+            assert_eq!(observed(s), truth, "step {step}");
+        }
+        for uid in uids(&fresh) {
+            assert!(!gone.contains(&uid), "step {step}: UID {uid} reused");
+            highest = highest.max(uid);
+        }
+    }
+}

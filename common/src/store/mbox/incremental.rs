@@ -35,6 +35,8 @@ struct HeaderMeta {
     uid: u32,
     /// `X-IMAPbase` / `X-IMAP`: validity, UID-last, keyword names.
     base: Option<(u32, u32, Vec<String>)>,
+    /// The base came from `X-IMAP` (a pseudo-message's header).
+    base_is_pseudo: bool,
     /// The contiguous metadata block ending with the blank line, if not scattered.
     meta: Option<Vec<u8>>,
 }
@@ -65,7 +67,10 @@ pub(super) fn reparse_known(
         }
     }
     let base_holder = pseudo_meta.as_ref().or(metas.first());
-    let Some((validity, uid_last, keywords)) = base_holder.and_then(|m| m.base.clone()) else {
+    let Some(holder) = base_holder.filter(|m| m.base_is_pseudo == known.pseudo.is_some()) else {
+        return Ok(None);
+    };
+    let Some((validity, uid_last, keywords)) = holder.base.clone() else {
         return Ok(None);
     };
     if validity != known.uid_validity {
@@ -193,6 +198,7 @@ fn header_meta(raw: &[u8], whole: bool) -> Option<HeaderMeta> {
         keywords: None,
         uid: 0,
         base: None,
+        base_is_pseudo: false,
         meta: Some(Vec::new()),
     };
     let mut filter = HeaderFilter::new();
@@ -234,10 +240,12 @@ fn interpret(line: &[u8], m: &mut HeaderMeta) {
         status_flags(v, &mut m.flags, &mut m.old);
     } else if let Some(v) = value_after(line, b"X-Keywords:") {
         m.keywords = Some(v.to_vec());
-    } else if let Some(v) =
-        value_after(line, b"X-IMAPbase:").or_else(|| value_after(line, b"X-IMAP:"))
-    {
+    } else if let Some(v) = value_after(line, b"X-IMAPbase:") {
         m.base = base_value(v);
+        m.base_is_pseudo = false;
+    } else if let Some(v) = value_after(line, b"X-IMAP:") {
+        m.base = base_value(v);
+        m.base_is_pseudo = true;
     } else if let Some(v) = value_after(line, b"X-UID:") {
         m.uid = leading_number(v)
             .and_then(|(n, _)| u32::try_from(n).ok())
