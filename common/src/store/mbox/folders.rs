@@ -150,7 +150,7 @@ impl MboxMailbox {
         let _lock = self.lock_recovered(&file)?;
         let stamp = super::FileStamp::of(&file).map_err(|e| self.io_error(e))?;
         if Some(stamp) != self.stamp {
-            self.merge_fresh(&file, stamp, self.entries.len())?;
+            self.merge_fresh(&file, stamp)?;
         }
         self.file = Some(file);
         self.stamp = Some(stamp);
