@@ -344,11 +344,7 @@ impl MboxMailbox {
         {
             return Some(i);
         }
-        let valid = keyword_words(name.as_bytes()).next() == Some(name.as_bytes())
-            && !name
-                .bytes()
-                .any(|c| c <= b' ' || c == 0x7f || b"(){%*\"\\]".contains(&c));
-        if !valid || self.keywords.len() >= MAX_KEYWORDS {
+        if !valid_keyword(name) || self.keywords.len() >= MAX_KEYWORDS {
             return None;
         }
         self.keywords.push(name.to_string());
@@ -460,6 +456,14 @@ impl MboxMailbox {
         self.stamp = Some(stamp);
         Ok(removed)
     }
+}
+
+/// A keyword name UW can store: an IMAP atom without `]`, at most 50 bytes.
+fn valid_keyword(name: &str) -> bool {
+    keyword_words(name.as_bytes()).next() == Some(name.as_bytes())
+        && !name
+            .bytes()
+            .any(|c| c <= b' ' || c >= 0x7f || b"(){%*\"\\]".contains(&c))
 }
 
 struct MergeResult {
