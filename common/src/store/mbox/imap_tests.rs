@@ -196,7 +196,7 @@ fn append_assigns_consecutive_uids_and_normalises_text() {
     let path = spool(&dir, INBOX);
     let mut a = open(&path, Access::Shared);
     assert_eq!(a.uid_next(), 4);
-    let keywords = vec!["Project".to_string()];
+    let keywords = vec!["Project".to_string(), "bad name".to_string()];
     let mut first: &[u8] = b"Subject: one\r\n\r\nline\r\nFrom the start\r\n";
     let mut second: &[u8] = b"Subject: two\nStatus: RO\n\nbody without newline";
     let mut batch = [
@@ -232,6 +232,7 @@ fn append_assigns_consecutive_uids_and_normalises_text() {
         .position(|n| n == "Project")
         .unwrap();
     assert_eq!(one.keywords, 1 << bit);
+    assert!(!a.keyword_names().iter().any(|n| n.contains(' ')));
     assert_eq!(
         text_of(&mut a, 3),
         b"Subject: one\r\n\r\nline\r\n>From the start\r\n"
