@@ -133,21 +133,34 @@ impl MboxMailbox {
     /// Fails if the file exists.
     pub fn create_folder(path: &Path) -> Result<(), StoreError> {
         let io_err = |e| StoreError::Io(path.to_path_buf(), e);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_err)?;
-        let validity = u32::try_from(now()).unwrap_or(1).max(1);
-        let base = BaseInfo {
-            uid_validity: validity,
-            uid_last: 0,
-            keywords: &[],
-        };
-        let bytes = meta::pseudo_message(&base, now(), &host_name());
-        io::Write::write_all(&mut file, &bytes).map_err(io_err)?;
-        file.sync_all().map_err(io_err)
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(io_err(io::ErrorKind::AlreadyExists.into()));
+        }
+        // Written aside and linked into place: a kill never leaves a half-written folder, and
+        // the link never replaces a mailbox created meanwhile.
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(".{name}.create-{}", std::process::id()));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let validity = u32::try_from(now()).unwrap_or(1).max(1);
+            let base = BaseInfo {
+                uid_validity: validity,
+                uid_last: 0,
+                keywords: &[],
+            };
+            let bytes = meta::pseudo_message(&base, now(), &host_name());
+            io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
+            std::fs::hard_link(&tmp, path)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        written.map_err(io_err)
     }
 
     fn open_with_style(
