@@ -1028,3 +1028,22 @@ fn opening_after_a_delivery_parses_the_file_once() {
     );
     assert_eq!(observed(&mut a), observed(&mut fresh));
 }
+
+#[test]
+fn a_deleted_folder_reads_as_all_expunged_in_open_sessions() {
+    let fx = store_fixture("delete-open", "");
+    let s = &fx.store;
+    s.create("box").unwrap();
+    let mut src: &[u8] = b"Subject: x\n\nx\n";
+    s.append("box", &mut one_message(&mut src, Flags::NONE))
+        .unwrap();
+    let mut open_box = s.open("box", Access::Shared).unwrap();
+    assert_eq!(open_box.messages().len(), 1);
+    let token = open_box.change_token().unwrap();
+    s.delete("box").unwrap();
+    assert_ne!(open_box.change_token().unwrap(), token);
+    let changes = open_box.refresh().unwrap();
+    assert_eq!(changes.expunged, vec![0]);
+    assert!(open_box.messages().is_empty());
+    assert!(open_box.refresh().unwrap().is_empty());
+}
