@@ -1,12 +1,20 @@
 //! UW-compatible mbox mailboxes (the `/var/mail/$USER` spool and folders), read and written
 //! byte-compatibly with UW-IMAP imap-2007f's "unix" driver.
 //!
-//! Owns: parsing the file into a compact index (`parse`), presenting messages (`reader`),
-//! writing flags/UIDs back and expunging in place (`rewrite`) behind an undo journal
-//! (`journal`). Every read and write of the file happens under [`MailboxLock`]; a POP3 session
-//! additionally holds the [`SessionLock`] for its whole life. Never keeps message bodies in
-//! memory, never replaces the mailbox file by rename, and never writes in `ReadOnly` mode
-//! (except to finish the recovery of a rewrite that a killed process left half done).
+//! Owns: parsing the file into a compact index (`parse`, and `incremental` for a file that
+//! merely grew or was rewritten in place), presenting messages (`reader`), writing flags/UIDs
+//! back and expunging in place (`rewrite`) behind an undo journal (`journal`), appending
+//! (`append`), and the folder tree of a user ([`MboxStore`], `folders`). Every read and write of
+//! the file happens under [`MailboxLock`]; a POP3 session additionally holds the
+//! [`SessionLock`] for its whole life. Never keeps message bodies in memory, never replaces the
+//! mailbox file by rename, and never writes in `ReadOnly` mode (except to finish the recovery
+//! of a rewrite that a killed process left half done, and APPEND, which is not a change of the
+//! open mailbox's state).
+//!
+//! Sessions share a mailbox by merging: [`Mailbox::refresh`] and every commit re-read what
+//! others wrote and re-apply only this session's own pending flag and keyword changes on top,
+//! matching messages by UID. A read-write session writes `O` into messages no session had seen
+//! (at open and at refresh), so that exactly one session reports them `\Recent`.
 //!
 //! Rewrites need room for a journal: `.<name>.mbox-journal` beside the mailbox, or, when that
 //! directory is not writable (a setgid-mail spool), `$HOME/.mbox-journal.<dev>.<ino>` — so
@@ -19,6 +27,7 @@
 mod append;
 mod folders;
 mod fromline;
+mod incremental;
 mod journal;
 mod lines;
 mod meta;
@@ -124,21 +133,34 @@ impl MboxMailbox {
     /// Fails if the file exists.
     pub fn create_folder(path: &Path) -> Result<(), StoreError> {
         let io_err = |e| StoreError::Io(path.to_path_buf(), e);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_err)?;
-        let validity = u32::try_from(now()).unwrap_or(1).max(1);
-        let base = BaseInfo {
-            uid_validity: validity,
-            uid_last: 0,
-            keywords: &[],
-        };
-        let bytes = meta::pseudo_message(&base, now(), &host_name());
-        io::Write::write_all(&mut file, &bytes).map_err(io_err)?;
-        file.sync_all().map_err(io_err)
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(io_err(io::ErrorKind::AlreadyExists.into()));
+        }
+        // Written aside and linked into place: a kill never leaves a half-written folder, and
+        // the link never replaces a mailbox created meanwhile.
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(".{name}.create-{}", std::process::id()));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let validity = u32::try_from(now()).unwrap_or(1).max(1);
+            let base = BaseInfo {
+                uid_validity: validity,
+                uid_last: 0,
+                keywords: &[],
+            };
+            let bytes = meta::pseudo_message(&base, now(), &host_name());
+            io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
+            std::fs::hard_link(&tmp, path)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        written.map_err(io_err)
     }
 
     fn open_with_style(
@@ -147,6 +169,10 @@ impl MboxMailbox {
         helper: &Path,
         style: Style,
     ) -> Result<MboxMailbox, StoreError> {
+        // Only POP3 (Exclusive) takes the session lock. An IMAP session (Shared or ReadOnly)
+        // opens even while a POP3 session holds the maildrop: both work under the mailbox lock
+        // for every read and write and merge each other's changes by UID, so nothing is lost;
+        // whether to tell the IMAP client about the POP3 session is protocol policy.
         let session = match access {
             Access::Exclusive => Some(SessionLock::try_acquire(path).map_err(StoreError::InUse)?),
             _ => None,
@@ -256,7 +282,33 @@ impl MboxMailbox {
         Ok(())
     }
 
+    /// The file as it is now (`stamp`), which has changed since `self.stamp`. When it is the
+    /// same file, what is still in place of what we knew is re-read cheaply and only the rest
+    /// parsed (see [`incremental`]); otherwise the whole file.
+    fn parse_changed(&self, file: &File, stamp: FileStamp) -> Result<Parsed, StoreError> {
+        if let Some(old) = self
+            .stamp
+            .filter(|o| o.dev == stamp.dev && o.ino == stamp.ino)
+        {
+            let known = incremental::Known {
+                old_len: old.len,
+                entries: &self.entries,
+                infos: &self.infos,
+                uid_validity: self.uid_validity,
+                pseudo: self.pseudo.as_ref(),
+            };
+            match incremental::reparse_known(file, &known, stamp.len, now()) {
+                Ok(Some(parsed)) => return Ok(parsed),
+                Ok(None) | Err(ParseError::NotMbox(..)) => {}
+                Err(ParseError::Io(e)) => return Err(self.io_error(e)),
+            }
+        }
+        self.parse_file(file, stamp.len)
+    }
+
     fn parse_file(&self, file: &File, len: u64) -> Result<Parsed, StoreError> {
+        #[cfg(test)]
+        tests::FULL_PARSES.with(|n| n.set(n.get() + 1));
         parse::parse(file, len, now()).map_err(|e| match e {
             ParseError::Io(e) => self.io_error(e),
             ParseError::NotMbox(off, text) => StoreError::Damaged(format!(
@@ -305,11 +357,7 @@ impl MboxMailbox {
         {
             return Some(i);
         }
-        let valid = keyword_words(name.as_bytes()).next() == Some(name.as_bytes())
-            && !name
-                .bytes()
-                .any(|c| c <= b' ' || c == 0x7f || b"(){%*\"\\]".contains(&c));
-        if !valid || self.keywords.len() >= MAX_KEYWORDS {
+        if !valid_keyword(name) || self.keywords.len() >= MAX_KEYWORDS {
             return None;
         }
         self.keywords.push(name.to_string());
@@ -332,7 +380,7 @@ impl MboxMailbox {
     /// Re-read the file when someone else changed it since we last looked, keeping our pending
     /// flag changes by UID. Returns the indices of our messages that are gone.
     fn merge_fresh(&mut self, file: &File, stamp: FileStamp) -> Result<MergeResult, StoreError> {
-        let fresh = self.parse_file(file, stamp.len)?;
+        let fresh = self.parse_changed(file, stamp)?;
         let ours_empty = self.infos.is_empty();
         if fresh.uid_validity != self.uid_validity && !ours_empty {
             let n = self.infos.len();
@@ -375,11 +423,19 @@ impl MboxMailbox {
         &mut self,
         remove: &dyn Fn(&MessageInfo) -> bool,
     ) -> Result<Vec<usize>, StoreError> {
+        if self.file.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut keep: Vec<bool> = self.infos.iter().map(|i| !remove(i)).collect();
+        let removed: Vec<usize> = (0..keep.len()).filter(|&i| !keep[i]).collect();
+        if keep.len() > 1 && removed.len() == keep.len() {
+            self.cut_after_first_message()?;
+            keep.truncate(1);
+        }
         let Some(file) = self.file.as_ref() else {
             return Ok(Vec::new());
         };
         let len = self.stamp.map_or(0, |s| s.len);
-        let keep: Vec<bool> = self.infos.iter().map(|i| !remove(i)).collect();
         let snapshot = Snapshot {
             file,
             len,
@@ -396,13 +452,12 @@ impl MboxMailbox {
             claim_recent: true,
         };
         let plan = rewrite::plan(&snapshot, &host_name()).map_err(|e| self.io_error(e))?;
-        let removed: Vec<usize> = (0..keep.len()).filter(|&i| !keep[i]).collect();
         if plan.is_noop() {
             return Ok(removed);
         }
         rewrite::execute(&self.path, file, &snapshot, &plan).map_err(|e| self.io_error(e))?;
         let stamp = FileStamp::of(file).map_err(|e| self.io_error(e))?;
-        let parsed = self.parse_file(file, stamp.len)?;
+        let parsed = self.parse_changed(file, stamp)?;
         let session: Vec<MessageInfo> = self
             .infos
             .iter()
@@ -414,6 +469,14 @@ impl MboxMailbox {
         self.stamp = Some(stamp);
         Ok(removed)
     }
+}
+
+/// A keyword name UW can store: an IMAP atom without `]`, at most 50 bytes.
+fn valid_keyword(name: &str) -> bool {
+    keyword_words(name.as_bytes()).next() == Some(name.as_bytes())
+        && !name
+            .bytes()
+            .any(|c| c <= b' ' || c >= 0x7f || b"(){%*\"\\]".contains(&c))
 }
 
 struct MergeResult {
@@ -498,6 +561,23 @@ impl MboxMailbox {
             expunged,
             ..Changes::default()
         }
+    }
+
+    /// Expunging every message: cut the file after the first one with a single truncate, so
+    /// that the journaled rewrite turning what is left into the metadata holder saves only that
+    /// first message instead of the whole mailbox. A kill right after the cut leaves the first
+    /// message (to be deleted anyway) in place; nothing that was to stay is ever lost.
+    fn cut_after_first_message(&mut self) -> Result<(), StoreError> {
+        let (Some(file), Some(first)) = (self.file.as_ref(), self.entries.first()) else {
+            return Ok(());
+        };
+        let cut = first.next_off;
+        file.set_len(cut).map_err(|e| self.io_error(e))?;
+        let stamp = FileStamp::of(file).map_err(|e| self.io_error(e))?;
+        self.entries.truncate(1);
+        self.infos.truncate(1);
+        self.stamp = Some(stamp);
+        Ok(())
     }
 
     /// With the lock held after a merge: write `O` into messages no session has seen yet, so
