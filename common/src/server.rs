@@ -156,26 +156,55 @@ fn load_tls(opts: &ServerOptions, service: &str) -> Option<Arc<rustls::ServerCon
     }
 }
 
-/// What the client offered as proof of identity.
-pub enum Proof<'a> {
+/// What the client offered as proof of identity (both protocols).
+pub enum Credentials {
     Password {
-        user: &'a str,
-        password: &'a [u8],
+        user: String,
+        password: zeroize::Zeroizing<Vec<u8>>,
     },
+    /// POP3 APOP (RFC 1939): `digest_hex` = md5(timestamp + secret).
     Apop {
-        user: &'a str,
-        timestamp: &'a str,
-        digest_hex: &'a str,
+        user: String,
+        timestamp: String,
+        digest_hex: String,
     },
     Cram {
-        user: &'a str,
-        challenge: &'a [u8],
-        digest_hex: &'a str,
+        user: String,
+        challenge: Vec<u8>,
+        digest_hex: String,
     },
     /// Pre-authenticated: the server already runs as this user (SASL EXTERNAL, IMAP PREAUTH).
-    External {
-        user: &'a str,
-    },
+    External { user: String },
+}
+
+impl Credentials {
+    /// The user name the client claims.
+    pub fn user(&self) -> &str {
+        match self {
+            Credentials::Password { user, .. }
+            | Credentials::Apop { user, .. }
+            | Credentials::Cram { user, .. }
+            | Credentials::External { user } => user,
+        }
+    }
+}
+
+impl From<crate::auth::sasl::Credentials> for Credentials {
+    fn from(creds: crate::auth::sasl::Credentials) -> Credentials {
+        use crate::auth::sasl::Credentials as Sasl;
+        match creds {
+            Sasl::Password { user, password, .. } => Credentials::Password { user, password },
+            Sasl::CramMd5 {
+                user,
+                challenge,
+                digest_hex,
+            } => Credentials::Cram {
+                user,
+                challenge,
+                digest_hex,
+            },
+        }
+    }
 }
 
 /// Why a login failed.
@@ -237,13 +266,13 @@ impl Logins {
         &self.store
     }
 
-    /// Check `proof`, then (as root) become the user, then say where their mail is.
-    pub fn login(&mut self, proof: Proof<'_>) -> Result<UserMail, LoginFailure> {
+    /// Check the credentials, then (as root) become the user, then say where their mail is.
+    pub fn login(&mut self, credentials: &Credentials) -> Result<UserMail, LoginFailure> {
         if self.login.is_some() {
             return Err(LoginFailure::Broken("already logged in".into()));
         }
         let login = self
-            .authenticate(proof)
+            .authenticate(credentials)
             .map_err(|e| LoginFailure::Refused(e.0))?;
         let account = privs::lookup(&login.user)
             .ok_or_else(|| LoginFailure::Refused("no such user in passwd".into()))?;
@@ -267,24 +296,24 @@ impl Logins {
         })
     }
 
-    fn authenticate(&self, proof: Proof<'_>) -> Result<Login, AuthFailure> {
+    fn authenticate(&self, credentials: &Credentials) -> Result<Login, AuthFailure> {
         let auth = &self.authenticator;
-        match proof {
-            Proof::Password { user, password } => {
+        match credentials {
+            Credentials::Password { user, password } => {
                 auth.check_password(user, password, self.rhost.as_deref())
             }
-            Proof::Apop {
+            Credentials::Apop {
                 user,
                 timestamp,
                 digest_hex,
             } => auth.check_apop(user, timestamp, digest_hex),
-            Proof::Cram {
+            Credentials::Cram {
                 user,
                 challenge,
                 digest_hex,
             } => auth.check_cram(user, challenge, digest_hex),
-            Proof::External { user } if !self.as_root => Login::external(user),
-            Proof::External { .. } => Err(AuthFailure("EXTERNAL only when not root".into())),
+            Credentials::External { user } if !self.as_root => Login::external(user),
+            Credentials::External { .. } => Err(AuthFailure("EXTERNAL only when not root".into())),
         }
     }
 

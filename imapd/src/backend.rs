@@ -3,7 +3,7 @@
 //!
 //! Never speaks IMAP; never opens mail before `Logins::login` has dropped privileges.
 
-use common::server::{LoginFailure, Logins, Proof};
+use common::server::{LoginFailure, Logins};
 use common::store::{self, InboxLocation};
 use imapd::protocol::session::{Backend, Credentials, LoggedIn, LoginError};
 
@@ -13,7 +13,7 @@ pub struct SystemBackend {
 
 impl Backend for SystemBackend {
     fn login(&mut self, credentials: &Credentials) -> Result<LoggedIn, LoginError> {
-        let mail = self.logins.login(proof(credentials)).map_err(|e| match e {
+        let mail = self.logins.login(credentials).map_err(|e| match e {
             LoginFailure::Refused(why) => LoginError::Refused(why),
             LoginFailure::Broken(why) => LoginError::Unavailable(why),
         })?;
@@ -25,21 +25,5 @@ impl Backend for SystemBackend {
             store: store::open_store(self.logins.store_config(), &mail.inbox, &mail.home),
             inbox_path,
         })
-    }
-}
-
-fn proof(credentials: &Credentials) -> Proof<'_> {
-    match credentials {
-        Credentials::Password { user, password } => Proof::Password { user, password },
-        Credentials::Cram {
-            user,
-            challenge,
-            digest_hex,
-        } => Proof::Cram {
-            user,
-            challenge,
-            digest_hex,
-        },
-        Credentials::Preauth { user } => Proof::External { user },
     }
 }

@@ -4,7 +4,7 @@
 //! Never speaks POP3; never opens mail before `Logins::login` has dropped privileges.
 
 use crate::session::{Backend, Credentials, LoginError};
-use common::server::{LoginFailure, Logins, Proof};
+use common::server::{LoginFailure, Logins};
 use common::store::{self, Access, Mailbox, StoreError};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -16,7 +16,7 @@ pub struct SystemBackend {
 
 impl Backend for SystemBackend {
     fn login(&mut self, credentials: &Credentials) -> Result<Box<dyn Mailbox>, LoginError> {
-        let mail = self.logins.login(proof(credentials)).map_err(|e| match e {
+        let mail = self.logins.login(credentials).map_err(|e| match e {
             LoginFailure::Refused(why) => LoginError::Refused(why),
             LoginFailure::Broken(why) => LoginError::Permanent(why),
         })?;
@@ -30,31 +30,6 @@ impl Backend for SystemBackend {
                 other => LoginError::Permanent(format!("Can't open mailbox: {other}")),
             }
         })
-    }
-}
-
-fn proof(credentials: &Credentials) -> Proof<'_> {
-    match credentials {
-        Credentials::Password { user, password } => Proof::Password { user, password },
-        Credentials::Apop {
-            user,
-            timestamp,
-            digest_hex,
-        } => Proof::Apop {
-            user,
-            timestamp,
-            digest_hex,
-        },
-        Credentials::Cram {
-            user,
-            challenge,
-            digest_hex,
-        } => Proof::Cram {
-            user,
-            challenge,
-            digest_hex,
-        },
-        Credentials::External { user } => Proof::External { user },
     }
 }
 

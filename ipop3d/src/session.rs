@@ -11,6 +11,7 @@ use crate::wire::{self, Command, DotStuffer, MAX_LINE};
 use common::auth::sasl;
 use common::log;
 use common::net::conn::Line;
+pub use common::server::Credentials;
 use common::store::Mailbox;
 use std::io::{self, Write};
 use std::time::Duration;
@@ -23,37 +24,6 @@ pub trait Transport: Write {
     /// Switch to TLS now (after the +OK has been flushed).
     fn start_tls(&mut self) -> Result<(), String>;
     fn is_tls(&self) -> bool;
-}
-
-/// What the client offered as proof of identity.
-pub enum Credentials {
-    Password {
-        user: String,
-        password: zeroize::Zeroizing<Vec<u8>>,
-    },
-    Apop {
-        user: String,
-        timestamp: String,
-        digest_hex: String,
-    },
-    Cram {
-        user: String,
-        challenge: Vec<u8>,
-        digest_hex: String,
-    },
-    /// Pre-authenticated (the server runs as this user already).
-    External { user: String },
-}
-
-impl Credentials {
-    fn user(&self) -> &str {
-        match self {
-            Credentials::Password { user, .. }
-            | Credentials::Apop { user, .. }
-            | Credentials::Cram { user, .. }
-            | Credentials::External { user } => user,
-        }
-    }
 }
 
 /// Why a login did not produce an open maildrop.
@@ -346,7 +316,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         let (mut exchange, mut step) = sasl::Exchange::start(mech, initial, &self.policy.host);
         loop {
             match step {
-                sasl::Step::Done(creds) => return Ok(Ok(from_sasl(creds))),
+                sasl::Step::Done(creds) => return Ok(Ok(creds.into())),
                 sasl::Step::Failed(e) => return Ok(Err(sasl_error_text(&e))),
                 sasl::Step::Challenge(bytes) => {
                     self.client.write_all(b"+ ")?;
@@ -658,23 +628,6 @@ fn valid_user_name(name: &str) -> bool {
         && name.len() <= 256
         && name.bytes().all(|b| b.is_ascii_graphic() || b >= 0x80)
         && !name.starts_with('-')
-}
-
-fn from_sasl(creds: sasl::Credentials) -> Credentials {
-    match creds {
-        sasl::Credentials::Password { user, password, .. } => {
-            Credentials::Password { user, password }
-        }
-        sasl::Credentials::CramMd5 {
-            user,
-            challenge,
-            digest_hex,
-        } => Credentials::Cram {
-            user,
-            challenge,
-            digest_hex,
-        },
-    }
 }
 
 fn sasl_error_text(e: &sasl::SaslError) -> &'static str {

@@ -34,6 +34,7 @@ use crate::protocol::command::{parse_command, Command};
 use crate::wire::parser::ParseLimits;
 use crate::wire::reader::{CommandReader, Input, InputLine, Limits, ReadError, CONTINUATION};
 use common::log;
+pub use common::server::Credentials;
 use common::store::MailStore;
 use select::Selected;
 use std::cell::RefCell;
@@ -50,31 +51,6 @@ pub trait Transport: Write + Input {
     /// Switch to TLS now (after the tagged OK has been flushed).
     fn start_tls(&mut self) -> Result<(), String>;
     fn is_tls(&self) -> bool;
-}
-
-/// What the client offered as proof of identity.
-pub enum Credentials {
-    Password {
-        user: String,
-        password: zeroize::Zeroizing<Vec<u8>>,
-    },
-    Cram {
-        user: String,
-        challenge: Vec<u8>,
-        digest_hex: String,
-    },
-    /// The server already runs as this user (PREAUTH).
-    Preauth { user: String },
-}
-
-impl Credentials {
-    fn user(&self) -> &str {
-        match self {
-            Credentials::Password { user, .. }
-            | Credentials::Cram { user, .. }
-            | Credentials::Preauth { user } => user,
-        }
-    }
 }
 
 /// Why a login did not succeed.

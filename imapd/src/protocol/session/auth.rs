@@ -61,7 +61,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         if let Some(user) = self.policy.preauth_user.clone() {
             match self
                 .backend
-                .login(&Credentials::Preauth { user: user.clone() })
+                .login(&Credentials::External { user: user.clone() })
             {
                 Ok(logged_in) => {
                     self.start_user_session(logged_in);
@@ -170,7 +170,9 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         );
         loop {
             match step {
-                sasl::Step::Done(creds) => return self.log_in(from_sasl(creds), &mechanism),
+                sasl::Step::Done(creds) => {
+                    return self.log_in(Credentials::from(creds), &mechanism)
+                }
                 sasl::Step::Failed(sasl::SaslError::Cancelled) => {
                     return Ok(Reply::bad("Authentication cancelled"))
                 }
@@ -244,22 +246,5 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                 Ok(Reply::no(format!("[UNAVAILABLE] {why}")).closing())
             }
         }
-    }
-}
-
-fn from_sasl(creds: sasl::Credentials) -> Credentials {
-    match creds {
-        sasl::Credentials::Password { user, password, .. } => {
-            Credentials::Password { user, password }
-        }
-        sasl::Credentials::CramMd5 {
-            user,
-            challenge,
-            digest_hex,
-        } => Credentials::Cram {
-            user,
-            challenge,
-            digest_hex,
-        },
     }
 }
