@@ -150,7 +150,7 @@ impl MboxMailbox {
         let _lock = self.lock_recovered(&file)?;
         let stamp = super::FileStamp::of(&file).map_err(|e| self.io_error(e))?;
         if Some(stamp) != self.stamp {
-            self.merge_fresh(&file, stamp)?;
+            self.merge_fresh(&file, stamp, self.entries.len())?;
         }
         self.file = Some(file);
         self.stamp = Some(stamp);
@@ -202,7 +202,8 @@ fn marked(meta: &fs::Metadata) -> bool {
         || (meta.mtime() == meta.atime() && meta.mtime_nsec() > meta.atime_nsec())
 }
 
-/// A directory entry name usable as a wire-form name component.
+/// A directory entry name usable as a wire-form name component. Unlike UW, dotlocks and our
+/// journals are never listed, nor names a client could not address (8-bit, control chars).
 fn listable(name: &str, show_hidden: bool) -> bool {
     (show_hidden || !name.starts_with('.'))
         && !name.ends_with(".lock")
@@ -284,7 +285,6 @@ impl Walker<'_> {
 
 impl MailStore for MboxStore {
     fn list(&self, show_hidden: bool) -> Result<Vec<FolderInfo>, StoreError> {
-        let inbox_marked = fs::metadata(&self.inbox).ok().map(|m| marked(&m));
         let mut walker = Walker {
             show_hidden,
             inbox: &self.inbox,
@@ -294,7 +294,8 @@ impl MailStore for MboxStore {
                 selectable: true,
                 inferiors_allowed: false,
                 has_children: false,
-                marked: Some(inbox_marked.unwrap_or(false)),
+                // UW lists INBOX as just `\NoInferiors`, without \Marked or \UnMarked.
+                marked: None,
                 special_use: None,
             }],
         };

@@ -692,3 +692,293 @@ fn store_append_by_name() {
         .unwrap();
     assert_eq!(got, vec![1], "a missing spool is created");
 }
+
+// ---- incremental re-reading ----------------------------------------------------------
+
+fn full_parses() -> usize {
+    super::tests::FULL_PARSES.with(|n| n.get())
+}
+
+/// What a fresh read-only open sees: (uid, flags, keyword names, size, date, text).
+#[allow(clippy::type_complexity)]
+fn observed(mb: &mut dyn Mailbox) -> Vec<(u32, Flags, Vec<String>, u64, i64, Vec<u8>)> {
+    (0..mb.messages().len())
+        .map(|i| {
+            let m = mb.messages()[i].clone();
+            let names = mb
+                .keyword_names()
+                .iter()
+                .enumerate()
+                .filter(|(b, _)| m.keywords & (1 << b) != 0)
+                .map(|(_, n)| n.clone())
+                .collect();
+            (
+                m.uid,
+                m.flags,
+                names,
+                m.size,
+                m.internal_date,
+                text_of(mb, i),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn growth_after_in_place_changes_is_read_without_a_full_parse() {
+    let dir = TempDir::new("incremental");
+    let path = spool(&dir, INBOX);
+    let mut a = open(&path, Access::Shared);
+    let mut b = open(&path, Access::Shared);
+    b.set_flags(1, Flags::FLAGGED);
+    let k = b.keyword_bit("Later").unwrap();
+    b.set_keywords(2, 1 << k);
+    b.commit(false).unwrap();
+    deliver(&path, DELIVERED);
+    append_text(&mut b, APPENDED, Flags::SEEN, &[], Some((1_706_788_800, 0)));
+    let before = full_parses();
+    let changes = a.refresh().unwrap();
+    assert_eq!(full_parses(), before, "headers and tail only");
+    assert_eq!(changes.flags_changed, vec![1, 2]);
+    assert_eq!(changes.appended, 2);
+    let mut fresh = open(&path, Access::ReadOnly);
+    assert_eq!(observed(&mut a), observed(&mut fresh));
+    assert!(a.messages()[3].recent && a.messages()[4].recent);
+    // A flag change of ours is written in place and read back without a full parse too.
+    a.set_flags(0, Flags::ANSWERED);
+    let before = full_parses();
+    a.commit(false).unwrap();
+    assert_eq!(full_parses(), before);
+    let mut fresh = open(&path, Access::ReadOnly);
+    assert_eq!(observed(&mut a), observed(&mut fresh));
+}
+
+#[test]
+fn moved_messages_are_never_mistaken_for_the_old_ones() {
+    let dir = TempDir::new("incremental-moved");
+    let path = spool(&dir, INBOX);
+    let mut a = open(&path, Access::Shared);
+    let mut b = open(&path, Access::Shared);
+    b.set_flags(1, Flags::DELETED);
+    b.commit(true).unwrap();
+    let mut big = DELIVERED[..DELIVERED.len() - 1].to_vec();
+    big.extend_from_slice(&b"padding line\n".repeat(200));
+    big.push(b'\n');
+    deliver(&path, &big);
+    let before = full_parses();
+    let changes = a.refresh().unwrap();
+    assert!(
+        full_parses() > before,
+        "the moved messages force a full parse"
+    );
+    assert_eq!(changes.expunged, vec![1]);
+    assert_eq!(changes.appended, 1);
+    let mut fresh = open(&path, Access::ReadOnly);
+    assert_eq!(observed(&mut a), observed(&mut fresh));
+}
+
+#[test]
+fn append_after_a_file_without_final_blank_line_keeps_sizes() {
+    let dir = TempDir::new("append-separator");
+    for ending in [&b"last line\n"[..], b"last line", b"last line\n\n"] {
+        let mut bytes = INBOX.to_vec();
+        while bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        let cut = bytes.len() - bytes.rsplit(|&c| c == b'\n').next().unwrap().len();
+        bytes.truncate(cut);
+        bytes.extend_from_slice(ending);
+        let path = spool(&dir, &bytes);
+        let mut a = open(&path, Access::Shared);
+        let sizes: Vec<u64> = a.messages().iter().map(|m| m.size).collect();
+        append_text(&mut a, b"Subject: s\n\nx\n", Flags::NONE, &[], None);
+        a.refresh().unwrap();
+        let mut fresh = open(&path, Access::ReadOnly);
+        assert_eq!(fresh.messages().len(), 4);
+        if ending.ends_with(b"\n") {
+            let now: Vec<u64> = fresh.messages()[..3].iter().map(|m| m.size).collect();
+            assert_eq!(now, sizes, "{ending:?}");
+        }
+        assert_eq!(text_of(&mut fresh, 3), b"Subject: s\r\n\r\nx\r\n");
+        assert_eq!(observed(&mut a), observed(&mut fresh));
+    }
+}
+
+// ---- expunging everything -------------------------------------------------------------
+
+const EXPUNGE_ALL_ENV: &str = "MBOX_TEST_EXPUNGE_ALL_DIR";
+
+#[test]
+#[ignore = "helper run in a child process by the expunge-all test"]
+fn expunge_all_child() {
+    if let Some(dir) = std::env::var_os(EXPUNGE_ALL_ENV) {
+        let mut mb = open(&PathBuf::from(dir).join("user"), Access::Exclusive);
+        for i in 0..mb.messages().len() {
+            mb.set_flags(i, Flags::DELETED);
+        }
+        mb.commit(true).unwrap();
+    }
+}
+
+#[test]
+fn expunging_everything_journals_only_the_first_message() {
+    let dir = TempDir::new("expunge-all-journal");
+    let mut bytes = Vec::new();
+    for i in 0..200 {
+        write!(
+            bytes,
+            "From s@example.com Mon Jan  1 10:00:00 2024\nSubject: {i}\n\n{}\n",
+            "body line\n".repeat(100)
+        )
+        .unwrap();
+    }
+    let path = spool(&dir, &bytes);
+    drop(open(&path, Access::Shared));
+    let first_len = {
+        let mb = open(&path, Access::ReadOnly);
+        mb.entries[0].next_off
+    };
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "store::mbox::imap_tests::expunge_all_child",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(EXPUNGE_ALL_ENV, dir.path())
+        .env("MAILSUITE_CRASH_AT", "journal")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGABRT)
+    );
+    let journal = std::fs::metadata(dir.path().join(".user.mbox-journal")).unwrap();
+    assert!(
+        journal.len() < first_len + 1024,
+        "journal of {} bytes for a first message of {first_len}",
+        journal.len()
+    );
+    let _ = std::fs::remove_file(dir.path().join("user.lock"));
+    let mb = open(&path, Access::Shared);
+    assert_eq!(
+        uids(&mb),
+        vec![1],
+        "only the first message may survive a kill"
+    );
+    let mut mb = mb;
+    mb.set_flags(0, Flags::DELETED);
+    assert_eq!(mb.commit(true).unwrap().expunged, vec![0]);
+    assert!(mb.messages().is_empty());
+    assert_eq!(mb.uid_next(), 201, "UID state kept");
+}
+
+// ---- several sessions at random -------------------------------------------------------
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn random_message(rng: &mut Rng, n: usize) -> Vec<u8> {
+    let mut text = format!("Subject: random {n}\r\nMessage-ID: <r{n}@x>\r\n\r\n");
+    for i in 0..rng.below(40) {
+        match rng.below(6) {
+            0 => text.push_str("From the body, not a separator\r\n"),
+            1 => text.push_str("\r\n"),
+            _ => text.push_str(&format!("line {i} {}\r\n", "x".repeat(rng.below(90)))),
+        }
+    }
+    text.into_bytes()
+}
+
+/// Apply a refresh's report to the UIDs seen before it: must give the UIDs seen after it.
+fn check_changes(before: &[u32], changes: &Changes, after: &[u32]) {
+    let mut kept: Vec<u32> = before
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !changes.expunged.contains(i))
+        .map(|(_, u)| *u)
+        .collect();
+    assert_eq!(kept.len() + changes.appended, after.len(), "{changes:?}");
+    assert_eq!(&after[..kept.len()], &kept[..], "{changes:?}");
+    kept.extend_from_slice(&after[before.len() - changes.expunged.len()..]);
+    assert_eq!(kept, after);
+}
+
+#[test]
+fn sessions_mta_and_appends_stay_consistent() {
+    let dir = TempDir::new("random-sessions");
+    let path = spool(&dir, INBOX);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut sessions = [open(&path, Access::Shared), open(&path, Access::Shared)];
+    let mut highest = 3u32;
+    let mut gone: Vec<u32> = Vec::new();
+    for step in 0..150 {
+        let who = rng.below(2);
+        let s = &mut sessions[who];
+        let n = s.messages().len();
+        match rng.below(6) {
+            0 => {
+                let text = random_message(&mut rng, step);
+                let mut mbox = b"From mta@example.com Mon Jan  1 10:00:00 2024\n".to_vec();
+                mbox.extend(text.iter().filter(|&&c| c != b'\r'));
+                mbox.extend_from_slice(b"\n");
+                deliver(&path, &mbox);
+            }
+            1 => {
+                let text = random_message(&mut rng, step);
+                let kw = vec![format!("k{}", rng.below(3))];
+                let got = append_text(s, &text, Flags::FLAGGED, &kw, None);
+                assert!(got[0] > highest, "step {step}: UID {got:?} not new");
+                highest = got[0];
+            }
+            2 | 3 if n > 0 => {
+                let i = rng.below(n);
+                let bits = rng.below(31) as u8;
+                s.set_flags(i, Flags::from_bits(bits & !Flags::DELETED.bits()));
+                if rng.below(2) == 0 {
+                    let k = s.keyword_bit(&format!("k{}", rng.below(3))).unwrap();
+                    s.set_keywords(i, 1 << k);
+                }
+                s.commit_with(Expunge::Nothing).unwrap();
+            }
+            4 if n > 0 => {
+                let i = rng.below(n);
+                let uid = s.messages()[i].uid;
+                s.set_flags(i, Flags::DELETED);
+                let report = if rng.below(2) == 0 {
+                    s.commit_with(Expunge::Uids(&[uid])).unwrap()
+                } else {
+                    s.commit_with(Expunge::AllDeleted).unwrap()
+                };
+                assert!(!report.expunged.is_empty());
+                gone.push(uid);
+            }
+            _ => {}
+        }
+        let mut fresh = open(&path, Access::ReadOnly);
+        let truth = observed(&mut fresh);
+        for s in sessions.iter_mut() {
+            let before = uids(s);
+            let changes = s.refresh().unwrap();
+            check_changes(&before, &changes, &uids(s));
+            assert_eq!(observed(s), truth, "step {step}");
+        }
+        for uid in uids(&fresh) {
+            assert!(!gone.contains(&uid), "step {step}: UID {uid} reused");
+            highest = highest.max(uid);
+        }
+    }
+}

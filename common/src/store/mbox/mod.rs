@@ -1,12 +1,20 @@
 //! UW-compatible mbox mailboxes (the `/var/mail/$USER` spool and folders), read and written
 //! byte-compatibly with UW-IMAP imap-2007f's "unix" driver.
 //!
-//! Owns: parsing the file into a compact index (`parse`), presenting messages (`reader`),
-//! writing flags/UIDs back and expunging in place (`rewrite`) behind an undo journal
-//! (`journal`). Every read and write of the file happens under [`MailboxLock`]; a POP3 session
-//! additionally holds the [`SessionLock`] for its whole life. Never keeps message bodies in
-//! memory, never replaces the mailbox file by rename, and never writes in `ReadOnly` mode
-//! (except to finish the recovery of a rewrite that a killed process left half done).
+//! Owns: parsing the file into a compact index (`parse`, and `incremental` for a file that
+//! merely grew or was rewritten in place), presenting messages (`reader`), writing flags/UIDs
+//! back and expunging in place (`rewrite`) behind an undo journal (`journal`), appending
+//! (`append`), and the folder tree of a user ([`MboxStore`], `folders`). Every read and write of
+//! the file happens under [`MailboxLock`]; a POP3 session additionally holds the
+//! [`SessionLock`] for its whole life. Never keeps message bodies in memory, never replaces the
+//! mailbox file by rename, and never writes in `ReadOnly` mode (except to finish the recovery
+//! of a rewrite that a killed process left half done, and APPEND, which is not a change of the
+//! open mailbox's state).
+//!
+//! Sessions share a mailbox by merging: [`Mailbox::refresh`] and every commit re-read what
+//! others wrote and re-apply only this session's own pending flag and keyword changes on top,
+//! matching messages by UID. A read-write session writes `O` into messages no session had seen
+//! (at open and at refresh), so that exactly one session reports them `\Recent`.
 //!
 //! Rewrites need room for a journal: `.<name>.mbox-journal` beside the mailbox, or, when that
 //! directory is not writable (a setgid-mail spool), `$HOME/.mbox-journal.<dev>.<ino>` — so
@@ -19,6 +27,7 @@
 mod append;
 mod folders;
 mod fromline;
+mod incremental;
 mod journal;
 mod lines;
 mod meta;
@@ -147,6 +156,10 @@ impl MboxMailbox {
         helper: &Path,
         style: Style,
     ) -> Result<MboxMailbox, StoreError> {
+        // Only POP3 (Exclusive) takes the session lock. An IMAP session (Shared or ReadOnly)
+        // opens even while a POP3 session holds the maildrop: both work under the mailbox lock
+        // for every read and write and merge each other's changes by UID, so nothing is lost;
+        // whether to tell the IMAP client about the POP3 session is protocol policy.
         let session = match access {
             Access::Exclusive => Some(SessionLock::try_acquire(path).map_err(StoreError::InUse)?),
             _ => None,
@@ -256,7 +269,39 @@ impl MboxMailbox {
         Ok(())
     }
 
+    /// The file as it is now (`stamp`), which has changed since `self.stamp`. When it did not
+    /// shrink, the headers of our first `trusted` messages are re-read where they were and
+    /// only what follows them is parsed (see [`incremental`]); otherwise the whole file.
+    fn parse_changed(
+        &self,
+        file: &File,
+        stamp: FileStamp,
+        trusted: usize,
+    ) -> Result<Parsed, StoreError> {
+        let trusted = trusted.min(self.entries.len());
+        if let (Some(old), true) = (self.stamp, trusted > 0) {
+            let old_len = self.entries.get(trusted).map_or(old.len, |e| e.from_off);
+            if old.dev == stamp.dev && old.ino == stamp.ino && stamp.len >= old_len {
+                let known = incremental::Known {
+                    old_len,
+                    entries: &self.entries[..trusted],
+                    infos: &self.infos[..trusted],
+                    uid_validity: self.uid_validity,
+                    pseudo: self.pseudo.as_ref(),
+                };
+                match incremental::reparse_known(file, &known, stamp.len, now()) {
+                    Ok(Some(parsed)) => return Ok(parsed),
+                    Ok(None) | Err(ParseError::NotMbox(..)) => {}
+                    Err(ParseError::Io(e)) => return Err(self.io_error(e)),
+                }
+            }
+        }
+        self.parse_file(file, stamp.len)
+    }
+
     fn parse_file(&self, file: &File, len: u64) -> Result<Parsed, StoreError> {
+        #[cfg(test)]
+        tests::FULL_PARSES.with(|n| n.set(n.get() + 1));
         parse::parse(file, len, now()).map_err(|e| match e {
             ParseError::Io(e) => self.io_error(e),
             ParseError::NotMbox(off, text) => StoreError::Damaged(format!(
@@ -331,8 +376,14 @@ impl MboxMailbox {
 
     /// Re-read the file when someone else changed it since we last looked, keeping our pending
     /// flag changes by UID. Returns the indices of our messages that are gone.
-    fn merge_fresh(&mut self, file: &File, stamp: FileStamp) -> Result<MergeResult, StoreError> {
-        let fresh = self.parse_file(file, stamp.len)?;
+    /// `trusted`: how many of our messages are known to still lie where they did.
+    fn merge_fresh(
+        &mut self,
+        file: &File,
+        stamp: FileStamp,
+        trusted: usize,
+    ) -> Result<MergeResult, StoreError> {
+        let fresh = self.parse_changed(file, stamp, trusted)?;
         let ours_empty = self.infos.is_empty();
         if fresh.uid_validity != self.uid_validity && !ours_empty {
             let n = self.infos.len();
@@ -375,11 +426,19 @@ impl MboxMailbox {
         &mut self,
         remove: &dyn Fn(&MessageInfo) -> bool,
     ) -> Result<Vec<usize>, StoreError> {
+        if self.file.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut keep: Vec<bool> = self.infos.iter().map(|i| !remove(i)).collect();
+        let removed: Vec<usize> = (0..keep.len()).filter(|&i| !keep[i]).collect();
+        if keep.len() > 1 && removed.len() == keep.len() {
+            self.cut_after_first_message()?;
+            keep.truncate(1);
+        }
         let Some(file) = self.file.as_ref() else {
             return Ok(Vec::new());
         };
         let len = self.stamp.map_or(0, |s| s.len);
-        let keep: Vec<bool> = self.infos.iter().map(|i| !remove(i)).collect();
         let snapshot = Snapshot {
             file,
             len,
@@ -396,13 +455,18 @@ impl MboxMailbox {
             claim_recent: true,
         };
         let plan = rewrite::plan(&snapshot, &host_name()).map_err(|e| self.io_error(e))?;
-        let removed: Vec<usize> = (0..keep.len()).filter(|&i| !keep[i]).collect();
         if plan.is_noop() {
             return Ok(removed);
         }
         rewrite::execute(&self.path, file, &snapshot, &plan).map_err(|e| self.io_error(e))?;
         let stamp = FileStamp::of(file).map_err(|e| self.io_error(e))?;
-        let parsed = self.parse_file(file, stamp.len)?;
+        // Without expunges, a rewrite in place leaves every message where it was.
+        let trusted = if removed.is_empty() {
+            self.entries.len()
+        } else {
+            0
+        };
+        let parsed = self.parse_changed(file, stamp, trusted)?;
         let session: Vec<MessageInfo> = self
             .infos
             .iter()
@@ -500,6 +564,23 @@ impl MboxMailbox {
         }
     }
 
+    /// Expunging every message: cut the file after the first one with a single truncate, so
+    /// that the journaled rewrite turning what is left into the metadata holder saves only that
+    /// first message instead of the whole mailbox. A kill right after the cut leaves the first
+    /// message (to be deleted anyway) in place; nothing that was to stay is ever lost.
+    fn cut_after_first_message(&mut self) -> Result<(), StoreError> {
+        let (Some(file), Some(first)) = (self.file.as_ref(), self.entries.first()) else {
+            return Ok(());
+        };
+        let cut = first.next_off;
+        file.set_len(cut).map_err(|e| self.io_error(e))?;
+        let stamp = FileStamp::of(file).map_err(|e| self.io_error(e))?;
+        self.entries.truncate(1);
+        self.infos.truncate(1);
+        self.stamp = Some(stamp);
+        Ok(())
+    }
+
     /// With the lock held after a merge: write `O` into messages no session has seen yet, so
     /// that this session alone reports them `\Recent`. Writes nothing else: every message's
     /// flags and keywords are written as the file has them; our pending changes stay pending.
@@ -548,7 +629,14 @@ impl MboxMailbox {
         }
         rewrite::execute(&self.path, &reader, &snapshot, &plan).map_err(|e| self.io_error(e))?;
         let stamp = FileStamp::of(&reader).map_err(|e| self.io_error(e))?;
-        self.merge_fresh(&reader, stamp)?;
+        // Our rewrite left the messages before the first claimed one where they were.
+        let trusted = self
+            .entries
+            .iter()
+            .zip(&self.infos)
+            .position(|(e, i)| !e.disk_old && i.recent)
+            .unwrap_or(0);
+        self.merge_fresh(&reader, stamp, trusted)?;
         self.stamp = Some(stamp);
         Ok(())
     }
@@ -625,7 +713,7 @@ impl Mailbox for MboxMailbox {
         let merge = if Some(stamp) == self.stamp {
             None
         } else {
-            Some(self.merge_fresh(&file, stamp)?)
+            Some(self.merge_fresh(&file, stamp, self.entries.len())?)
         };
         self.file = Some(file);
         self.stamp = Some(stamp);
@@ -683,7 +771,7 @@ impl Mailbox for MboxMailbox {
         let before_names = self.keywords.clone();
         let reader = file.try_clone().map_err(|e| self.io_error(e))?;
         self.file = Some(file);
-        let merged = self.merge_fresh(&reader, stamp);
+        let merged = self.merge_fresh(&reader, stamp, self.entries.len());
         self.stamp = Some(stamp);
         let merge = merged?;
         self.claim_unseen_locked()?;

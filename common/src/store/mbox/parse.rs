@@ -104,8 +104,7 @@ struct Parser {
 
 /// Parse the first `len` bytes of `file`. `now` becomes the UIDVALIDITY if one must be made up.
 pub(super) fn parse(file: &File, len: u64, now: i64) -> Result<Parsed, ParseError> {
-    let mut reader = LineReader::new(file, 0, len);
-    let mut parser = Parser {
+    let parser = Parser {
         out: Parsed::default(),
         prev_uid: 0,
         pseudo_seen: false,
@@ -113,11 +112,66 @@ pub(super) fn parse(file: &File, len: u64, now: i64) -> Result<Parsed, ParseErro
         now,
         scratch: Vec::new(),
     };
-    let Some((mut from_off, mut from_len, mut date)) = first_from_line(&mut reader)? else {
-        parser.finish();
-        return Ok(parser.out);
+    let mut parser = run(parser, file, 0, len, 0)?;
+    parser.finish();
+    Ok(parser.out)
+}
+
+/// Where the messages already known end, for [`parse_tail`].
+pub(super) struct TailStart<'a> {
+    /// Start of the first new message (just after the known ones).
+    pub offset: u64,
+    /// How many messages (the pseudo-message included) precede it.
+    pub count: usize,
+    pub uid_validity: u32,
+    pub uid_last: u32,
+    /// UID of the last known message.
+    pub prev_uid: u32,
+    pub keywords: &'a [String],
+}
+
+/// Parse only the messages from `start.offset` to `len`, continuing the state of the known
+/// ones. `None` when the new part changes what the known part means (UIDs that force a
+/// reassignment), so that the caller must parse the whole file.
+pub(super) fn parse_tail(
+    file: &File,
+    start: &TailStart<'_>,
+    len: u64,
+    now: i64,
+) -> Result<Option<Parsed>, ParseError> {
+    let parser = Parser {
+        out: Parsed {
+            uid_validity: start.uid_validity,
+            uid_last: start.uid_last,
+            keywords: start.keywords.to_vec(),
+            ..Parsed::default()
+        },
+        prev_uid: start.prev_uid,
+        pseudo_seen: false,
+        renumber: false,
+        now,
+        scratch: Vec::new(),
     };
-    let mut number = 0;
+    let parser = run(parser, file, start.offset, len, start.count)?;
+    if parser.renumber || parser.out.uid_validity != start.uid_validity {
+        return Ok(None);
+    }
+    Ok(Some(parser.out))
+}
+
+/// Read messages from `offset` to `len`; `before` messages precede `offset`.
+fn run(
+    mut parser: Parser,
+    file: &File,
+    offset: u64,
+    len: u64,
+    before: usize,
+) -> Result<Parser, ParseError> {
+    let mut reader = LineReader::new(file, offset, len);
+    let Some((mut from_off, mut from_len, mut date)) = first_from_line(&mut reader)? else {
+        return Ok(parser);
+    };
+    let mut number = before;
     loop {
         number += 1;
         let mut msg = MessageState {
@@ -146,8 +200,7 @@ pub(super) fn parse(file: &File, len: u64, now: i64) -> Result<Parsed, ParseErro
             None => break,
         }
     }
-    parser.finish();
-    Ok(parser.out)
+    Ok(parser)
 }
 
 /// Skip leading blank space (as UW does for broken MTAs); the first line must be a `From ` line.

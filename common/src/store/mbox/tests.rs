@@ -6,6 +6,11 @@ use super::*;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+thread_local! {
+    /// Whole-file parses done by this test thread (to tell them from incremental ones).
+    pub(crate) static FULL_PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 pub(crate) struct TempDir {
     path: PathBuf,
 }
