@@ -317,17 +317,41 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         write!(self.client, " ({})\r\n", status_text(&status, items))
     }
 
-    pub(super) fn lsub(&mut self, reference: &str, pattern: &str) -> io::Result<Reply> {
+    /// LSUB. A `%` that stops above a subscribed name lists the unsubscribed parent level with
+    /// `\Noselect` (RFC 3501 section 6.3.9: `foo/bar` subscribed, `foo` not, `LSUB "" %`).
+    pub(super) fn lsub(&mut self, reference: &str, pattern: Option<&str>) -> io::Result<Reply> {
         let subscriptions = match self.store_ref().map(|s| s.subscriptions()) {
             Err(reply) => return Ok(reply),
             Ok(Err(e)) => return Ok(store_error(&e)),
             Ok(Ok(s)) => s,
         };
+        let Some(pattern) = pattern else {
+            return Ok(Reply::ok("LSUB completed"));
+        };
         let pattern = canonical_pattern(reference, pattern);
-        for name in subscriptions {
+        let subscribed: BTreeSet<&str> = subscriptions.iter().map(String::as_str).collect();
+        // In subscription order (as UW lists them); a made-up parent where its first child is.
+        let mut listed: BTreeSet<&str> = BTreeSet::new();
+        let mut lines: Vec<(&str, &str)> = Vec::new();
+        for name in &subscriptions {
             if pattern_matches(&pattern, name.as_bytes()) {
-                self.list_line("LSUB", "", &name)?;
+                if listed.insert(name) {
+                    lines.push(("", name));
+                }
+                continue;
             }
+            for (cut, _) in name.match_indices('/') {
+                let parent = &name[..cut];
+                if !subscribed.contains(parent)
+                    && pattern_matches(&pattern, parent.as_bytes())
+                    && listed.insert(parent)
+                {
+                    lines.push(("\\Noselect", parent));
+                }
+            }
+        }
+        for (attrs, name) in lines {
+            self.list_line("LSUB", attrs, name)?;
         }
         Ok(Reply::ok("LSUB completed"))
     }

@@ -1,0 +1,71 @@
+//! Regressions found by Dovecot's imaptest (scripted tests `atoms` and `subscribe`), replayed
+//! against the real binary on a Maildir store.
+
+mod common;
+
+use common::{maildir_home, Server, TempDir};
+
+fn start(dir: &TempDir) -> Server {
+    let home = maildir_home(dir, 1);
+    let mut s = Server::start(&home, None, &[]);
+    assert!(s.response().starts_with("* PREAUTH "));
+    s
+}
+
+#[test]
+fn names_that_are_not_modified_utf7_are_refused_not_syntax_errors() {
+    let dir = TempDir::new("imaptest-atoms");
+    let mut s = start(&dir);
+    let got = s.command("a1", "SELECT !#$&'+,-.0123456789:;<=>?@^_`|[}");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("a1 NO [CANNOT] Invalid mailbox name"),
+        "{got:?}"
+    );
+    let got = s.command("a2", "CREATE &Jjo");
+    assert!(got[0].starts_with("a2 NO "), "{got:?}");
+    // A pattern that is not modified UTF-7 matches nothing; the session goes on.
+    assert_eq!(
+        s.command("a3", "LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*"),
+        ["a3 OK LIST completed\r\n"]
+    );
+    assert_eq!(
+        s.command("a4", "LSUB \"\" &Jjo*"),
+        ["a4 OK LSUB completed\r\n"]
+    );
+    let got = s.command("a5", "LIST \"\" ()");
+    assert!(got[0].starts_with("a5 BAD "), "{got:?}");
+    assert_eq!(s.command("a6", "NOOP"), ["a6 OK NOOP completed\r\n"]);
+}
+
+#[test]
+fn lsub_percent_lists_unsubscribed_parents_as_noselect() {
+    let dir = TempDir::new("imaptest-lsub");
+    let mut s = start(&dir);
+    for (tag, cmd) in [
+        ("c1", "CREATE box/test"),
+        ("c2", "CREATE box/test2/test"),
+        ("c3", "SUBSCRIBE box/test"),
+        ("c4", "SUBSCRIBE box/test2/test"),
+    ] {
+        let got = s.command(tag, cmd);
+        assert!(got[0].starts_with(&format!("{tag} OK")), "{got:?}");
+    }
+    assert_eq!(
+        s.command("l1", "LSUB \"\" box/%"),
+        [
+            "* LSUB () \"/\" box/test\r\n",
+            "* LSUB (\\Noselect) \"/\" box/test2\r\n",
+            "l1 OK LSUB completed\r\n",
+        ]
+    );
+    // With `*` the subscribed names match themselves: no made-up parents.
+    assert_eq!(
+        s.command("l2", "LSUB \"\" box/*"),
+        [
+            "* LSUB () \"/\" box/test\r\n",
+            "* LSUB () \"/\" box/test2/test\r\n",
+            "l2 OK LSUB completed\r\n",
+        ]
+    );
+}
