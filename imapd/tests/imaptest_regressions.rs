@@ -69,3 +69,34 @@ fn lsub_percent_lists_unsubscribed_parents_as_noselect() {
         ]
     );
 }
+
+#[test]
+fn store_on_a_message_expunged_by_another_session_is_ok_with_expungeissued() {
+    // imaptest stress: "DELETE failed: NO Some of the requested messages no longer exist".
+    let dir = TempDir::new("imaptest-store-expunged");
+    let home = maildir_home(&dir, 3);
+    let mut a = Server::start(&home, None, &[]);
+    let mut b = Server::start(&home, None, &[]);
+    a.response();
+    b.response();
+    a.command("a1", "SELECT INBOX");
+    b.command("b1", "SELECT INBOX");
+    b.command("b2", "STORE 2 +FLAGS.SILENT (\\Deleted)");
+    b.command("b3", "EXPUNGE");
+    // A FETCH notices the expunge but may not report it: message 2 keeps its number.
+    a.command("a2", "FETCH 3 (UID)");
+    let got = a.command("a3", "STORE 1:2 +FLAGS (\\Seen)");
+    assert_eq!(
+        got,
+        [
+            "* 1 FETCH (FLAGS (\\Recent \\Seen))\r\n",
+            "a3 OK [EXPUNGEISSUED] Some of the requested messages no longer exist\r\n"
+        ]
+    );
+    // The surviving message's flag reached the disk: the other session sees it.
+    let got = b.command("b4", "NOOP");
+    assert_eq!(
+        got,
+        ["* 1 FETCH (FLAGS (\\Seen))\r\n", "b4 OK NOOP completed\r\n"]
+    );
+}
