@@ -91,7 +91,7 @@ pub(super) fn append(
     let first_uid = parsed.uid_last + 1;
     let mut keywords = parsed.keywords.clone();
     for m in &spool.messages {
-        for k in &m.keywords {
+        for k in m.keywords.iter().filter(|k| super::valid_keyword(k)) {
             if keywords.len() < MAX_KEYWORDS && !keywords.iter().any(|n| n.eq_ignore_ascii_case(k))
             {
                 keywords.push(k.clone());

@@ -150,7 +150,7 @@ impl MboxMailbox {
         let _lock = self.lock_recovered(&file)?;
         let stamp = super::FileStamp::of(&file).map_err(|e| self.io_error(e))?;
         if Some(stamp) != self.stamp {
-            self.merge_fresh(&file, stamp, self.entries.len())?;
+            self.merge_fresh(&file, stamp)?;
         }
         self.file = Some(file);
         self.stamp = Some(stamp);
@@ -202,12 +202,14 @@ fn marked(meta: &fs::Metadata) -> bool {
         || (meta.mtime() == meta.atime() && meta.mtime_nsec() > meta.atime_nsec())
 }
 
-/// A directory entry name usable as a wire-form name component. Unlike UW, dotlocks and our
-/// journals are never listed, nor names a client could not address (8-bit, control chars).
+/// A directory entry name usable as a wire-form name component. Unlike UW, dotlocks, our
+/// journals and half-made CREATE/RENAME files are never listed, nor names a client could not
+/// address (8-bit, control chars).
 fn listable(name: &str, show_hidden: bool) -> bool {
     (show_hidden || !name.starts_with('.'))
         && !name.ends_with(".lock")
         && !name.contains(".mbox-journal")
+        && !(name.starts_with('.') && (name.contains(".create-") || name.contains(".rename-")))
         && names::validate(name).is_ok()
 }
 

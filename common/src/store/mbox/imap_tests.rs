@@ -196,7 +196,7 @@ fn append_assigns_consecutive_uids_and_normalises_text() {
     let path = spool(&dir, INBOX);
     let mut a = open(&path, Access::Shared);
     assert_eq!(a.uid_next(), 4);
-    let keywords = vec!["Project".to_string()];
+    let keywords = vec!["Project".to_string(), "bad name".to_string()];
     let mut first: &[u8] = b"Subject: one\r\n\r\nline\r\nFrom the start\r\n";
     let mut second: &[u8] = b"Subject: two\nStatus: RO\n\nbody without newline";
     let mut batch = [
@@ -232,6 +232,7 @@ fn append_assigns_consecutive_uids_and_normalises_text() {
         .position(|n| n == "Project")
         .unwrap();
     assert_eq!(one.keywords, 1 << bit);
+    assert!(!a.keyword_names().iter().any(|n| n.contains(' ')));
     assert_eq!(
         text_of(&mut a, 3),
         b"Subject: one\r\n\r\nline\r\n>From the start\r\n"
@@ -767,9 +768,10 @@ fn moved_messages_are_never_mistaken_for_the_old_ones() {
     deliver(&path, &big);
     let before = full_parses();
     let changes = a.refresh().unwrap();
-    assert!(
-        full_parses() > before,
-        "the moved messages force a full parse"
+    assert_eq!(
+        full_parses(),
+        before,
+        "parsed again from the first moved message on"
     );
     assert_eq!(changes.expunged, vec![1]);
     assert_eq!(changes.appended, 1);
@@ -919,9 +921,21 @@ fn check_changes(before: &[u32], changes: &Changes, after: &[u32]) {
 
 #[test]
 fn sessions_mta_and_appends_stay_consistent() {
+    let seeds: u64 = std::env::var("MBOX_STRESS_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    for seed in 0..seeds {
+        random_sessions(seed);
+    }
+}
+
+/// Two sessions, an MTA and appends acting at random; after every step each session's view
+/// (after a refresh whose report must be right) equals a fresh open's.
+fn random_sessions(seed: u64) {
     let dir = TempDir::new("random-sessions");
     let path = spool(&dir, INBOX);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let mut sessions = [open(&path, Access::Shared), open(&path, Access::Shared)];
     let mut highest = 3u32;
     let mut gone: Vec<u32> = Vec::new();
@@ -941,7 +955,10 @@ fn sessions_mta_and_appends_stay_consistent() {
                 let text = random_message(&mut rng, step);
                 let kw = vec![format!("k{}", rng.below(3))];
                 let got = append_text(s, &text, Flags::FLAGGED, &kw, None);
-                assert!(got[0] > highest, "step {step}: UID {got:?} not new");
+                assert!(
+                    got[0] > highest,
+                    "seed {seed} step {step}: UID {got:?} not new"
+                );
                 highest = got[0];
             }
             2 | 3 if n > 0 => {
@@ -974,11 +991,59 @@ fn sessions_mta_and_appends_stay_consistent() {
             let before = uids(s);
             let changes = s.refresh().unwrap();
             check_changes(&before, &changes, &uids(s));
-            assert_eq!(observed(s), truth, "step {step}");
+            assert_eq!(observed(s), truth, "seed {seed} step {step}");
         }
         for uid in uids(&fresh) {
-            assert!(!gone.contains(&uid), "step {step}: UID {uid} reused");
+            assert!(
+                !gone.contains(&uid),
+                "seed {seed} step {step}: UID {uid} reused"
+            );
             highest = highest.max(uid);
         }
     }
+}
+
+#[test]
+fn opening_after_a_delivery_parses_the_file_once() {
+    let dir = TempDir::new("open-once");
+    let path = spool(&dir, INBOX);
+    drop(open(&path, Access::Shared));
+    deliver(&path, DELIVERED);
+    let before = full_parses();
+    let a = open(&path, Access::Shared);
+    assert_eq!(
+        full_parses(),
+        before + 1,
+        "claiming the new message re-reads only it"
+    );
+    assert_eq!(uids(&a), vec![1, 2, 3, 4]);
+    assert!(a.messages()[3].recent);
+    let mut fresh = open(&path, Access::ReadOnly);
+    assert!(!fresh.messages()[3].recent, "claimed");
+    let mut a = a;
+    assert_eq!(
+        observed(&mut a)[..3],
+        observed(&mut fresh)[..3],
+        "same messages"
+    );
+    assert_eq!(observed(&mut a), observed(&mut fresh));
+}
+
+#[test]
+fn a_deleted_folder_reads_as_all_expunged_in_open_sessions() {
+    let fx = store_fixture("delete-open", "");
+    let s = &fx.store;
+    s.create("box").unwrap();
+    let mut src: &[u8] = b"Subject: x\n\nx\n";
+    s.append("box", &mut one_message(&mut src, Flags::NONE))
+        .unwrap();
+    let mut open_box = s.open("box", Access::Shared).unwrap();
+    assert_eq!(open_box.messages().len(), 1);
+    let token = open_box.change_token().unwrap();
+    s.delete("box").unwrap();
+    assert_ne!(open_box.change_token().unwrap(), token);
+    let changes = open_box.refresh().unwrap();
+    assert_eq!(changes.expunged, vec![0]);
+    assert!(open_box.messages().is_empty());
+    assert!(open_box.refresh().unwrap().is_empty());
 }

@@ -42,28 +42,31 @@ struct HeaderMeta {
 }
 
 /// The whole file as [`parse::parse`] would see it, or `None` when only a full parse can say.
+/// The leading known messages whose headers (with their UIDs) are still where they were are
+/// kept; parsing resumes where the first one that is not would have started (or at the old
+/// end of the file).
 pub(super) fn reparse_known(
     file: &File,
     known: &Known<'_>,
     len: u64,
     now: i64,
 ) -> Result<Option<Parsed>, ParseError> {
-    if len < known.old_len || known.entries.is_empty() || !ends_a_line(file, known.old_len)? {
+    if known.entries.is_empty() {
         return Ok(None);
     }
     let mut buf = Vec::new();
-    let mut metas = Vec::with_capacity(known.entries.len());
     let pseudo_meta = match known.pseudo {
-        Some(p) => match read_meta(file, p.from_off, p.next_off, None, &mut buf)? {
-            Some(m) => Some(m),
-            None => return Ok(None),
+        Some(p) => match read_meta(file, len, p.from_off, p.next_off, None, &mut buf)? {
+            Some(m) if buf.ends_with(PSEUDO_END) => Some(m),
+            _ => return Ok(None),
         },
         None => None,
     };
-    for e in known.entries {
-        match read_meta(file, e.from_off, e.hdr_off, Some(e.body_off), &mut buf)? {
-            Some(m) => metas.push(m),
-            None => return Ok(None),
+    let mut metas = Vec::with_capacity(known.entries.len());
+    for (i, (e, info)) in known.entries.iter().zip(known.infos).enumerate() {
+        match read_meta(file, len, e.from_off, e.hdr_off, Some(e.body_off), &mut buf)? {
+            Some(m) if m.uid == info.uid && (i == 0 || m.base.is_none()) => metas.push(m),
+            _ => break,
         }
     }
     let base_holder = pseudo_meta.as_ref().or(metas.first());
@@ -73,7 +76,13 @@ pub(super) fn reparse_known(
     let Some((validity, uid_last, keywords)) = holder.base.clone() else {
         return Ok(None);
     };
-    if validity != known.uid_validity {
+    let verified = metas.len();
+    let disk_uid_last = uid_last;
+    let tail_offset = known
+        .entries
+        .get(verified)
+        .map_or(known.old_len, |e| e.from_off);
+    if validity != known.uid_validity || len < tail_offset || !ends_a_line(file, tail_offset)? {
         return Ok(None);
     }
     let mut out = Parsed {
@@ -84,9 +93,6 @@ pub(super) fn reparse_known(
         ..Parsed::default()
     };
     for (i, ((e, info), m)) in known.entries.iter().zip(known.infos).zip(metas).enumerate() {
-        if m.uid != info.uid || (i > 0 && m.base.is_some()) {
-            return Ok(None);
-        }
         out.uid_last = out.uid_last.max(m.uid);
         let bits = m
             .keywords
@@ -120,35 +126,43 @@ pub(super) fn reparse_known(
             ..info.clone()
         });
     }
-    out.pseudo = known.pseudo.map(|p| PseudoInfo {
-        uid_validity: validity,
-        uid_last: out.uid_last,
-        keywords: out.keywords.clone(),
-        ..p.clone()
-    });
     let start = TailStart {
-        offset: known.old_len,
-        count: known.entries.len() + usize::from(known.pseudo.is_some()),
+        offset: tail_offset,
+        count: verified + usize::from(known.pseudo.is_some()),
         uid_validity: validity,
         uid_last: out.uid_last,
-        prev_uid: known.infos.last().map_or(0, |i| i.uid),
+        prev_uid: out.infos.last().map_or(0, |i| i.uid),
         keywords: &out.keywords,
     };
     let Some(tail) = parse::parse_tail(file, &start, len, now)? else {
         return Ok(None);
     };
-    if let (Some(last), Some(first_new)) = (out.entries.last_mut(), tail.entries.first()) {
-        last.next_off = first_new.from_off;
+    match tail.entries.first() {
+        // Whatever follows the verified messages must start exactly where they end.
+        Some(first) if first.from_off != tail_offset => return Ok(None),
+        None if tail_offset != len => return Ok(None),
+        _ => {}
+    }
+    if verified == 0 && tail.entries.is_empty() {
+        return Ok(None);
     }
     out.uid_last = tail.uid_last;
     out.needs_persist = tail.needs_persist;
     out.entries.extend(tail.entries);
     out.infos.extend(tail.infos);
-    if let Some(p) = out.pseudo.as_mut() {
-        p.uid_last = out.uid_last;
-    }
+    // As on disk (the parser's view), not as raised by the messages' UIDs: a rewrite
+    // compares it with what must be written.
+    out.pseudo = known.pseudo.map(|p| PseudoInfo {
+        uid_validity: validity,
+        uid_last: disk_uid_last,
+        keywords: out.keywords.clone(),
+        ..p.clone()
+    });
     Ok(Some(out))
 }
+
+/// How the pseudo-message's text ends (see `meta::pseudo_message`).
+const PSEUDO_END: &[u8] = b"initial values.\n\n";
 
 /// The byte before `at` is a newline (new messages start at a line start).
 fn ends_a_line(file: &File, at: u64) -> io::Result<bool> {
@@ -160,19 +174,20 @@ fn ends_a_line(file: &File, at: u64) -> io::Result<bool> {
     Ok(last[0] == b'\n')
 }
 
-/// Read the From line at `from_off` (ending at `hdr_or_end`) and the header up to `body_off`;
+/// Read (within the file's `len` bytes) the From line at `from_off` (ending at `hdr_or_end`) and the header up to `body_off`;
 /// for the pseudo-message (`body_off` unknown) read up to `hdr_or_end`, its end, and take the
 /// header up to its first blank line. `None` when the bytes are no longer a message header of
 /// that shape.
 fn read_meta(
     file: &File,
+    len: u64,
     from_off: u64,
     hdr_or_end: u64,
     body_off: Option<u64>,
     buf: &mut Vec<u8>,
 ) -> io::Result<Option<HeaderMeta>> {
     let end = body_off.unwrap_or(hdr_or_end);
-    if end <= from_off || end - from_off > 16 << 20 {
+    if end <= from_off || end > len || end - from_off > 16 << 20 {
         return Ok(None);
     }
     buf.resize((end - from_off) as usize, 0);

@@ -13,7 +13,9 @@
 //! (dev/ino) is replayed under the mailbox lock before anything else reads the mailbox: the
 //! regions are written back and the length restored, so the mailbox is exactly as before the
 //! interrupted rewrite (plus any mail an MTA appended meanwhile, which is kept). An incomplete
-//! journal means the rewrite never started; it is removed.
+//! journal means the rewrite never started; it is removed. A journal with no regions that
+//! grows the file guards an APPEND: recovery cuts the appended bytes off whole (keeping only
+//! mail delivered behind the length the append was to reach).
 //!
 //! Owns the journal files only; never decides what a rewrite writes.
 

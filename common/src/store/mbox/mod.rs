@@ -133,21 +133,34 @@ impl MboxMailbox {
     /// Fails if the file exists.
     pub fn create_folder(path: &Path) -> Result<(), StoreError> {
         let io_err = |e| StoreError::Io(path.to_path_buf(), e);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_err)?;
-        let validity = u32::try_from(now()).unwrap_or(1).max(1);
-        let base = BaseInfo {
-            uid_validity: validity,
-            uid_last: 0,
-            keywords: &[],
-        };
-        let bytes = meta::pseudo_message(&base, now(), &host_name());
-        io::Write::write_all(&mut file, &bytes).map_err(io_err)?;
-        file.sync_all().map_err(io_err)
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(io_err(io::ErrorKind::AlreadyExists.into()));
+        }
+        // Written aside and linked into place: a kill never leaves a half-written folder, and
+        // the link never replaces a mailbox created meanwhile.
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(".{name}.create-{}", std::process::id()));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let validity = u32::try_from(now()).unwrap_or(1).max(1);
+            let base = BaseInfo {
+                uid_validity: validity,
+                uid_last: 0,
+                keywords: &[],
+            };
+            let bytes = meta::pseudo_message(&base, now(), &host_name());
+            io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
+            std::fs::hard_link(&tmp, path)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        written.map_err(io_err)
     }
 
     fn open_with_style(
@@ -269,31 +282,25 @@ impl MboxMailbox {
         Ok(())
     }
 
-    /// The file as it is now (`stamp`), which has changed since `self.stamp`. When it did not
-    /// shrink, the headers of our first `trusted` messages are re-read where they were and
-    /// only what follows them is parsed (see [`incremental`]); otherwise the whole file.
-    fn parse_changed(
-        &self,
-        file: &File,
-        stamp: FileStamp,
-        trusted: usize,
-    ) -> Result<Parsed, StoreError> {
-        let trusted = trusted.min(self.entries.len());
-        if let (Some(old), true) = (self.stamp, trusted > 0) {
-            let old_len = self.entries.get(trusted).map_or(old.len, |e| e.from_off);
-            if old.dev == stamp.dev && old.ino == stamp.ino && stamp.len >= old_len {
-                let known = incremental::Known {
-                    old_len,
-                    entries: &self.entries[..trusted],
-                    infos: &self.infos[..trusted],
-                    uid_validity: self.uid_validity,
-                    pseudo: self.pseudo.as_ref(),
-                };
-                match incremental::reparse_known(file, &known, stamp.len, now()) {
-                    Ok(Some(parsed)) => return Ok(parsed),
-                    Ok(None) | Err(ParseError::NotMbox(..)) => {}
-                    Err(ParseError::Io(e)) => return Err(self.io_error(e)),
-                }
+    /// The file as it is now (`stamp`), which has changed since `self.stamp`. When it is the
+    /// same file, what is still in place of what we knew is re-read cheaply and only the rest
+    /// parsed (see [`incremental`]); otherwise the whole file.
+    fn parse_changed(&self, file: &File, stamp: FileStamp) -> Result<Parsed, StoreError> {
+        if let Some(old) = self
+            .stamp
+            .filter(|o| o.dev == stamp.dev && o.ino == stamp.ino)
+        {
+            let known = incremental::Known {
+                old_len: old.len,
+                entries: &self.entries,
+                infos: &self.infos,
+                uid_validity: self.uid_validity,
+                pseudo: self.pseudo.as_ref(),
+            };
+            match incremental::reparse_known(file, &known, stamp.len, now()) {
+                Ok(Some(parsed)) => return Ok(parsed),
+                Ok(None) | Err(ParseError::NotMbox(..)) => {}
+                Err(ParseError::Io(e)) => return Err(self.io_error(e)),
             }
         }
         self.parse_file(file, stamp.len)
@@ -350,11 +357,7 @@ impl MboxMailbox {
         {
             return Some(i);
         }
-        let valid = keyword_words(name.as_bytes()).next() == Some(name.as_bytes())
-            && !name
-                .bytes()
-                .any(|c| c <= b' ' || c == 0x7f || b"(){%*\"\\]".contains(&c));
-        if !valid || self.keywords.len() >= MAX_KEYWORDS {
+        if !valid_keyword(name) || self.keywords.len() >= MAX_KEYWORDS {
             return None;
         }
         self.keywords.push(name.to_string());
@@ -376,14 +379,8 @@ impl MboxMailbox {
 
     /// Re-read the file when someone else changed it since we last looked, keeping our pending
     /// flag changes by UID. Returns the indices of our messages that are gone.
-    /// `trusted`: how many of our messages are known to still lie where they did.
-    fn merge_fresh(
-        &mut self,
-        file: &File,
-        stamp: FileStamp,
-        trusted: usize,
-    ) -> Result<MergeResult, StoreError> {
-        let fresh = self.parse_changed(file, stamp, trusted)?;
+    fn merge_fresh(&mut self, file: &File, stamp: FileStamp) -> Result<MergeResult, StoreError> {
+        let fresh = self.parse_changed(file, stamp)?;
         let ours_empty = self.infos.is_empty();
         if fresh.uid_validity != self.uid_validity && !ours_empty {
             let n = self.infos.len();
@@ -460,13 +457,7 @@ impl MboxMailbox {
         }
         rewrite::execute(&self.path, file, &snapshot, &plan).map_err(|e| self.io_error(e))?;
         let stamp = FileStamp::of(file).map_err(|e| self.io_error(e))?;
-        // Without expunges, a rewrite in place leaves every message where it was.
-        let trusted = if removed.is_empty() {
-            self.entries.len()
-        } else {
-            0
-        };
-        let parsed = self.parse_changed(file, stamp, trusted)?;
+        let parsed = self.parse_changed(file, stamp)?;
         let session: Vec<MessageInfo> = self
             .infos
             .iter()
@@ -478,6 +469,14 @@ impl MboxMailbox {
         self.stamp = Some(stamp);
         Ok(removed)
     }
+}
+
+/// A keyword name UW can store: an IMAP atom without `]`, at most 50 bytes.
+fn valid_keyword(name: &str) -> bool {
+    keyword_words(name.as_bytes()).next() == Some(name.as_bytes())
+        && !name
+            .bytes()
+            .any(|c| c <= b' ' || c >= 0x7f || b"(){%*\"\\]".contains(&c))
 }
 
 struct MergeResult {
@@ -629,14 +628,7 @@ impl MboxMailbox {
         }
         rewrite::execute(&self.path, &reader, &snapshot, &plan).map_err(|e| self.io_error(e))?;
         let stamp = FileStamp::of(&reader).map_err(|e| self.io_error(e))?;
-        // Our rewrite left the messages before the first claimed one where they were.
-        let trusted = self
-            .entries
-            .iter()
-            .zip(&self.infos)
-            .position(|(e, i)| !e.disk_old && i.recent)
-            .unwrap_or(0);
-        self.merge_fresh(&reader, stamp, trusted)?;
+        self.merge_fresh(&reader, stamp)?;
         self.stamp = Some(stamp);
         Ok(())
     }
@@ -713,7 +705,7 @@ impl Mailbox for MboxMailbox {
         let merge = if Some(stamp) == self.stamp {
             None
         } else {
-            Some(self.merge_fresh(&file, stamp, self.entries.len())?)
+            Some(self.merge_fresh(&file, stamp)?)
         };
         self.file = Some(file);
         self.stamp = Some(stamp);
@@ -771,7 +763,7 @@ impl Mailbox for MboxMailbox {
         let before_names = self.keywords.clone();
         let reader = file.try_clone().map_err(|e| self.io_error(e))?;
         self.file = Some(file);
-        let merged = self.merge_fresh(&reader, stamp, self.entries.len());
+        let merged = self.merge_fresh(&reader, stamp);
         self.stamp = Some(stamp);
         let merge = merged?;
         self.claim_unseen_locked()?;
