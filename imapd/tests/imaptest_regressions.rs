@@ -100,3 +100,38 @@ fn store_on_a_message_expunged_by_another_session_is_ok_with_expungeissued() {
         ["* 1 FETCH (FLAGS (\\Seen))\r\n", "b4 OK NOOP completed\r\n"]
     );
 }
+
+#[test]
+fn two_mbox_sessions_storing_flags_keep_each_others_changes() {
+    // imaptest store: session 1 adds \Answered, session 2 removes \Seen, both CHECK.
+    let dir = TempDir::new("imaptest-mbox-store");
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::copy(common::fixture("inbox.mbox"), &inbox).unwrap();
+    dir.hand_over();
+    let mut one = Server::start(&home, Some(&inbox), &[]);
+    let mut two = Server::start(&home, Some(&inbox), &[]);
+    one.response();
+    two.response();
+    one.command("a1", "SELECT INBOX");
+    two.command("b1", "SELECT INBOX");
+    one.command("a2", "STORE 1 FLAGS (\\Seen)");
+    two.command("b2", "CHECK");
+    one.command("a3", "STORE 1 +FLAGS.SILENT (\\Answered)");
+    two.command("b3", "STORE 1 -FLAGS.SILENT (\\Seen)");
+    one.command("a4", "CHECK");
+    two.command("b4", "CHECK");
+    for (server, tag) in [(&mut one, "a5"), (&mut two, "b5")] {
+        let got = server.command(tag, "FETCH 1 (FLAGS)");
+        let flags = got
+            .iter()
+            .find(|l| l.starts_with("* 1 FETCH"))
+            .map(|l| l.replace("\\Recent ", "").replace(" \\Recent", ""));
+        assert_eq!(
+            flags.as_deref(),
+            Some("* 1 FETCH (FLAGS (\\Answered))\r\n"),
+            "{tag}: {got:?}"
+        );
+    }
+}

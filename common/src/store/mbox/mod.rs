@@ -405,12 +405,23 @@ impl MboxMailbox {
             origin[j] = Some(i);
             let theirs = &mut fresh.infos[j];
             theirs.recent = ours.recent;
-            if ours.flags != self.entries[i].disk_flags {
-                theirs.flags = ours.flags;
-            }
-            if ours.keywords != self.entries[i].disk_keywords {
-                theirs.keywords =
-                    translate_keywords(ours.keywords, &self.keywords, &mut fresh.keywords);
+            // Three-way merge: only the flags and keywords this session added or removed
+            // since it last read them are applied over the file's, so another session's
+            // change to other flags of the same message survives.
+            let base = self.entries[i].disk_flags.bits();
+            let (added, removed) = (ours.flags.bits() & !base, base & !ours.flags.bits());
+            theirs.flags = Flags::from_bits((theirs.flags.bits() & !removed) | added);
+            let base = self.entries[i].disk_keywords;
+            if ours.keywords != base {
+                let added =
+                    translate_keywords(ours.keywords & !base, &self.keywords, &mut fresh.keywords);
+                // Names the file lacks cannot be set there: look them up without adding.
+                let removed = translate_keywords(
+                    base & !ours.keywords,
+                    &self.keywords,
+                    &mut fresh.keywords.clone(),
+                );
+                theirs.keywords = (theirs.keywords & !removed) | added;
             }
         }
         self.adopt(fresh, None);
