@@ -135,3 +135,31 @@ fn two_mbox_sessions_storing_flags_keep_each_others_changes() {
         );
     }
 }
+
+#[test]
+fn binary_append_is_stored_base64_so_body_never_carries_nul() {
+    // imaptest append-binary: BODY[1] must not send NUL; BINARY[1] gives the octets back.
+    let dir = TempDir::new("imaptest-append-binary");
+    let mut s = start(&dir);
+    let msg: &[u8] = b"From: a@b\r\nMime-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00-\xe4\r\n\r\n";
+    let mut command = format!("a1 APPEND INBOX ~{{{}+}}\r\n", msg.len()).into_bytes();
+    command.extend_from_slice(msg);
+    command.extend_from_slice(b"\r\n");
+    s.send(&command);
+    let got = s.until_tagged("a1");
+    assert!(got[0].starts_with("a1 OK [APPENDUID "), "{got:?}");
+    let uid = got[0].split(' ').nth(4).unwrap().trim_end_matches(']');
+    s.command("a2", "SELECT INBOX");
+    let got = s.command(
+        "a3",
+        &format!("UID FETCH {uid} (BODY.PEEK[1] BINARY.SIZE[1])"),
+    );
+    assert_eq!(
+        got,
+        [
+            format!("* 1 FETCH (UID {uid} BODY[1] {{12}}\r\nAC3kDQoNCg== BINARY.SIZE[1] 7)\r\n")
+                .as_str(),
+            "a3 OK FETCH completed\r\n"
+        ]
+    );
+}
