@@ -163,3 +163,22 @@ fn binary_append_is_stored_base64_so_body_never_carries_nul() {
         ]
     );
 }
+
+#[test]
+fn a_maildir_folder_created_again_at_once_gets_a_new_uidvalidity() {
+    // imaptest uidvalidity: DELETE and CREATE within one second.
+    let dir = TempDir::new("imaptest-uidvalidity");
+    let mut s = start(&dir);
+    let mut validities = Vec::new();
+    for round in 0..3 {
+        let tag = |n: u32| format!("r{round}{n}");
+        s.command(&tag(1), "CREATE box");
+        s.send(format!("{} APPEND box {{3+}}\r\nx\r\n\r\n", tag(2)).as_bytes());
+        s.until_tagged(&tag(2));
+        let got = s.command(&tag(3), "STATUS box (UIDVALIDITY)");
+        validities.push(got[0].clone());
+        s.command(&tag(4), "DELETE box");
+    }
+    assert_ne!(validities[0], validities[1]);
+    assert_ne!(validities[1], validities[2]);
+}
