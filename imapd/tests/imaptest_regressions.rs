@@ -164,11 +164,8 @@ fn binary_append_is_stored_base64_so_body_never_carries_nul() {
     );
 }
 
-#[test]
-fn a_maildir_folder_created_again_at_once_gets_a_new_uidvalidity() {
-    // imaptest uidvalidity: DELETE and CREATE within one second.
-    let dir = TempDir::new("imaptest-uidvalidity");
-    let mut s = start(&dir);
+/// CREATE, APPEND, STATUS, DELETE three times at once: every UIDVALIDITY differs.
+fn uidvalidity_of_recreated_folders(s: &mut Server) {
     let mut validities = Vec::new();
     for round in 0..3 {
         let tag = |n: u32| format!("r{round}{n}");
@@ -176,9 +173,34 @@ fn a_maildir_folder_created_again_at_once_gets_a_new_uidvalidity() {
         s.send(format!("{} APPEND box {{3+}}\r\nx\r\n\r\n", tag(2)).as_bytes());
         s.until_tagged(&tag(2));
         let got = s.command(&tag(3), "STATUS box (UIDVALIDITY)");
+        assert!(got[0].starts_with("* STATUS box (UIDVALIDITY "), "{got:?}");
         validities.push(got[0].clone());
         s.command(&tag(4), "DELETE box");
     }
     assert_ne!(validities[0], validities[1]);
     assert_ne!(validities[1], validities[2]);
+}
+
+#[test]
+fn a_maildir_folder_created_again_at_once_gets_a_new_uidvalidity() {
+    // imaptest uidvalidity: DELETE and CREATE within one second.
+    let dir = TempDir::new("imaptest-uidvalidity");
+    let mut s = start(&dir);
+    uidvalidity_of_recreated_folders(&mut s);
+}
+
+#[test]
+fn an_mbox_folder_created_again_at_once_gets_a_new_uidvalidity() {
+    let dir = TempDir::new("imaptest-uidvalidity-mbox");
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::copy(common::fixture("inbox.mbox"), &inbox).unwrap();
+    dir.hand_over();
+    let mut s = Server::start(&home, Some(&inbox), &[]);
+    s.response();
+    uidvalidity_of_recreated_folders(&mut s);
+    // No state is kept beside the folders.
+    let got = s.command("l1", "LIST \"\" *");
+    assert!(!got.iter().any(|l| l.contains("uidvalidity")), "{got:?}");
 }
