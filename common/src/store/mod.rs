@@ -15,6 +15,7 @@ pub mod lock;
 pub mod maildir;
 pub mod mbox;
 pub mod names;
+pub mod uidvalidity;
 
 pub use folders::{open_store, FolderInfo, MailStore, MailboxStatus, SpecialUse};
 

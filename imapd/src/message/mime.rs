@@ -61,7 +61,7 @@ pub enum PartKind {
 /// Parse the MIME structure of `msg`. Linear in the message size per nesting level.
 pub fn parse(msg: &[u8]) -> MimeTree {
     MimeTree {
-        root: parse_entity(msg, 0..msg.len(), Default::Text, 0, false),
+        root: parse_entity(msg, 0..msg.len(), Default::Text, 0, Entity::TopLevel),
     }
 }
 
@@ -71,16 +71,29 @@ enum Default {
     Message,
 }
 
-/// Parse one entity. `is_part` is true for a body part of a multipart, whose Content-* fields
-/// always count; for a message (top level or message/rfc822) they count only with a
-/// MIME-Version field, as in c-client.
+/// Where an entity sits, which decides whether its Content-* fields count.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Entity {
+    /// The message itself: Content-* fields count only with a MIME-Version field, as in
+    /// c-client.
+    TopLevel,
+    /// A body part of a multipart: its Content-* fields always count.
+    BodyPart,
+    /// The message inside a message/rfc822 part. The enclosing entity is MIME already, so its
+    /// Content-* fields count even without MIME-Version (as Dovecot and Cyrus read them;
+    /// forwarded messages often lack the field).
+    Encapsulated,
+}
+
+/// Parse one entity at `range`.
 fn parse_entity(
     msg: &[u8],
     range: Range<usize>,
     default: Default,
     depth: usize,
-    is_part: bool,
+    entity: Entity,
 ) -> Part {
+    let is_part = entity == Entity::BodyPart;
     let bytes = &msg[range.clone()];
     // A message header always runs to the first empty line; a body part that starts with
     // neither a field nor an empty line has no MIME header at all (its text is body).
@@ -109,7 +122,7 @@ fn parse_entity(
         lines: count_lines(&msg[body.clone()]),
         kind: PartKind::Leaf,
     };
-    if is_part || has_mime_version(&msg[header.clone()]) {
+    if entity != Entity::TopLevel || has_mime_version(&msg[header.clone()]) {
         read_mime_fields(&mut part, &msg[header]);
     }
     if part.media_type.is_empty() {
@@ -144,11 +157,11 @@ fn parse_entity(
         let boundary = param(&part.params, b"BOUNDARY").unwrap_or(b"").to_vec();
         let children = split_multipart(msg, body, &boundary)
             .into_iter()
-            .map(|r| parse_entity(msg, r, child_default, depth + 1, true))
+            .map(|r| parse_entity(msg, r, child_default, depth + 1, Entity::BodyPart))
             .collect();
         part.kind = PartKind::Multipart(children);
     } else if part.media_type == b"MESSAGE" && part.subtype == b"RFC822" {
-        let inner = parse_entity(msg, body, Default::Text, depth + 1, false);
+        let inner = parse_entity(msg, body, Default::Text, depth + 1, Entity::Encapsulated);
         part.kind = PartKind::Message(Box::new(inner));
     }
     part
@@ -614,6 +627,22 @@ mod tests {
             structure(msg, false),
             r#"("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 35 (NIL "inner" ((NIL NIL "a" "b.c")) ((NIL NIL "a" "b.c")) ((NIL NIL "a" "b.c")) NIL NIL NIL NIL NIL) ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 4 1) 4)"#
         );
+    }
+
+    #[test]
+    fn encapsulated_message_content_fields_count_without_mime_version() {
+        // imaptest fetch-body-mime: a forwarded multipart message with no MIME-Version.
+        let msg = b"MIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\nSubject: s\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n--b--\r\n";
+        let tree = parse(msg);
+        let PartKind::Message(inner) = &tree.root.kind else {
+            panic!("message/rfc822 not parsed as a message");
+        };
+        assert_eq!(inner.media_type, b"MULTIPART");
+        assert_eq!(inner.subtype, b"ALTERNATIVE");
+        let PartKind::Multipart(children) = &inner.kind else {
+            panic!("inner multipart not split");
+        };
+        assert_eq!(children[0].subtype, b"HTML");
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! - SORT / THREAD: `MessageKeys::new(header, &meta)` once per message, then [`sort()`],
 //!   [`ordered_subject`] or [`references`], and [`write_threads`].
 
+pub mod binary;
 pub mod date;
 pub mod decode;
 pub mod envelope;

@@ -12,6 +12,7 @@ use common::store::Flags;
 
 use super::date::{day_in_zone, parse_rfc822_date};
 use super::decode::{charset_to_utf8, rfc2047};
+use super::envelope::parse_address_list;
 use super::header::{fields, first_value, split_header, unfold};
 use super::mime::{param, parse, MimeTree, Part, PartKind};
 use super::section::decode_transfer;
@@ -182,10 +183,10 @@ impl<'a> SearchContext<'a> {
             Key::Younger(secs) => m.internal_date >= self.now.saturating_sub(clamp(*secs)),
             Key::Header(name, needle) => self.header_matches(name, needle),
             Key::Subject(n) => self.header_matches(b"Subject", n),
-            Key::From(n) => self.header_matches(b"From", n),
-            Key::To(n) => self.header_matches(b"To", n),
-            Key::Cc(n) => self.header_matches(b"Cc", n),
-            Key::Bcc(n) => self.header_matches(b"Bcc", n),
+            Key::From(n) => self.address_matches(b"From", n),
+            Key::To(n) => self.address_matches(b"To", n),
+            Key::Cc(n) => self.address_matches(b"Cc", n),
+            Key::Bcc(n) => self.address_matches(b"Bcc", n),
             Key::Body(n) => n.found_in(self.body_text()),
             Key::Text(n) => n.found_in(self.header_text()) || n.found_in(self.body_text()),
             Key::Not(k) => !self.matches(k),
@@ -216,6 +217,16 @@ impl<'a> SearchContext<'a> {
             .any(|f| needle.found_in(&fold(&rfc2047(&unfold(f.value)))))
     }
 
+    /// An address field matches on its decoded text or on its addresses written out plainly
+    /// (`Name <mailbox@host>`), so comments and odd spacing inside an address do not hide it
+    /// (c-client searches the written-out address list too).
+    fn address_matches(&self, name: &[u8], needle: &Needle) -> bool {
+        self.header_matches(name, needle)
+            || fields(self.header())
+                .filter(|f| f.name.eq_ignore_ascii_case(name))
+                .any(|f| needle.found_in(&fold(&written_addresses(f.value))))
+    }
+
     fn tree(&self) -> &MimeTree {
         self.tree.get_or_init(|| parse(self.msg))
     }
@@ -233,6 +244,25 @@ impl<'a> SearchContext<'a> {
             fold(&text)
         })
     }
+}
+
+/// The addresses of a header value written out as `Name <mailbox@host>`, comma-separated.
+fn written_addresses(value: &[u8]) -> String {
+    let text = |b: &Option<Vec<u8>>| {
+        String::from_utf8_lossy(b.as_deref().unwrap_or_default()).into_owned()
+    };
+    parse_address_list(value)
+        .iter()
+        .filter(|a| a.host.is_some())
+        .map(|a| {
+            let spec = format!("{}@{}", text(&a.mailbox), text(&a.host));
+            match &a.name {
+                Some(name) if !name.is_empty() => format!("{} <{spec}>", rfc2047(name)),
+                _ => spec,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn clamp(secs: u64) -> i64 {
@@ -369,6 +399,16 @@ mod tests {
         assert_eq!(hits(Key::SentOn(day("2-Jan-2024"))), [2]);
         assert_eq!(hits(Key::SentBefore(day("2-Jan-2024"))), [1]);
         assert_eq!(hits(Key::SentSince(day("2-Jan-2024"))), [2, 3]);
+    }
+
+    #[test]
+    fn address_keys_see_through_comments_inside_addresses() {
+        // imaptest search-addresses: c-client matches the written-out address too.
+        let msg = b"From: <user-from (comment)@ (comment) domain.org>\r\nTo: Real <a@b.c>\r\n\r\n";
+        assert!(search(msg, &Key::From(Needle::new("user-from@domain.org"))));
+        assert!(search(msg, &Key::From(Needle::new("(comment)"))));
+        assert!(search(msg, &Key::To(Needle::new("real <a@b.c>"))));
+        assert!(!search(msg, &Key::From(Needle::new("user-from@other.org"))));
     }
 
     #[test]

@@ -200,6 +200,19 @@ mod tests {
     }
 
     #[test]
+    fn parts_of_a_multipart_inside_message_rfc822() {
+        // imaptest fetch-body-mime: 2.1 is the first part of the forwarded multipart.
+        let msg = b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n\r\nhello\r\n--o\r\nContent-Type: message/rfc822\r\n\r\nSubject: sub\r\nContent-Type: multipart/alternative; boundary=i\r\n\r\npre\r\n--i\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n--i\r\nContent-Type: text/plain\r\n\r\nplain\r\n--i--\r\n\r\n--o--\r\n";
+        assert_eq!(get(msg, &[2, 1], None).unwrap(), "<p>x</p>");
+        assert_eq!(
+            get(msg, &[2, 1], Some(SectionText::Mime)).unwrap(),
+            "Content-Type: text/html\r\n\r\n"
+        );
+        assert_eq!(get(msg, &[2, 2], None).unwrap(), "plain");
+        assert_eq!(get(msg, &[2, 3], None), None);
+    }
+
+    #[test]
     fn reference_mailbox_sections() {
         let msgs = fixture_messages();
         let m1 = &msgs[0];

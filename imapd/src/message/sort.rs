@@ -2,8 +2,9 @@
 //! and thread keys, including base-subject extraction (RFC 5256 section 2.1).
 //!
 //! Keys are computed once per message from its header ([`MessageKeys::new`]); sorting never
-//! touches message bytes again. Strings are compared after case folding (a close
-//! approximation of i;unicode-casemap); ties are broken by mailbox order, as RFC 5256 requires.
+//! touches message bytes again. Strings are compared after mapping to upper case, as
+//! i;ascii-casemap does (so `_` and `[` sort after letters, as in Dovecot); ties are broken by
+//! mailbox order, as RFC 5256 requires.
 
 use std::cmp::Ordering;
 
@@ -11,7 +12,7 @@ use super::date::parse_rfc822_date;
 use super::decode::rfc2047;
 use super::envelope::{parse_address_list, Address};
 use super::header::{fields, unfold};
-use super::search::{fold, MessageMeta};
+use super::search::MessageMeta;
 
 /// The SORT keys of one message, and what THREAD needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,10 +24,10 @@ pub struct MessageKeys {
     /// Sent date in UTC, falling back to INTERNALDATE when the Date header is unusable.
     pub date: i64,
     pub size: u64,
-    /// Folded base subject, and whether extracting it removed a reply/forward marker.
+    /// Case-mapped base subject, and whether extracting it removed a reply/forward marker.
     pub subject: String,
     pub subject_is_reply: bool,
-    /// Folded first mailbox of From, To, Cc; folded display names for DISPLAYFROM/TO.
+    /// Case-mapped first mailbox of From, To, Cc; display names for DISPLAYFROM/TO.
     pub from: String,
     pub to: String,
     pub cc: String,
@@ -87,7 +88,16 @@ impl MessageKeys {
     }
 }
 
-/// (folded addr-mailbox, folded display name or addr-spec) of the first address.
+/// Upper case for comparison: i;ascii-casemap for ASCII, simple upper case beyond.
+fn casemap(text: &str) -> String {
+    if text.is_ascii() {
+        return text.to_ascii_uppercase();
+    }
+    text.chars().flat_map(char::to_uppercase).collect()
+}
+
+/// (case-mapped addr-mailbox of the first address, case-mapped display name or addr-spec of
+/// the first mailbox).
 fn address_keys(value: &[u8]) -> (String, String) {
     let list = parse_address_list(value);
     let Some(first) = list.iter().find(|a| a.host.is_some()) else {
@@ -96,10 +106,14 @@ fn address_keys(value: &[u8]) -> (String, String) {
     let text = |b: &Option<Vec<u8>>| {
         String::from_utf8_lossy(b.as_deref().unwrap_or_default()).into_owned()
     };
-    let mailbox = fold(&text(&first.mailbox));
+    // A group's start counts as the first address: its addr-mailbox is the group name.
+    let mailbox = list
+        .first()
+        .map(|a| casemap(&text(&a.mailbox)))
+        .unwrap_or_default();
     let display = match &first.name {
-        Some(name) if !name.is_empty() => fold(&rfc2047(name)),
-        _ => fold(&addr_spec(first)),
+        Some(name) if !name.is_empty() => casemap(&rfc2047(name)),
+        _ => casemap(&addr_spec(first)),
     };
     (mailbox, display)
 }
@@ -132,13 +146,13 @@ pub fn msg_ids(value: &[u8]) -> Vec<String> {
     ids
 }
 
-/// RFC 5256 section 2.1 base subject of an already RFC 2047-decoded subject, case-folded;
+/// RFC 5256 section 2.1 base subject of an already RFC 2047-decoded subject, upper-cased;
 /// the flag says whether a reply/forward marker (`Re:`, `Fwd:`, `(fwd)`, `[fwd: ...]`) was
 /// removed.
 pub fn base_subject(decoded: &str) -> (String, bool) {
     // Step 1: whitespace runs become one space.
     let mut s = String::with_capacity(decoded.len());
-    for word in fold(decoded).split([' ', '\t', '\r', '\n']) {
+    for word in casemap(decoded).split([' ', '\t', '\r', '\n']) {
         if word.is_empty() {
             continue;
         }
@@ -154,7 +168,7 @@ pub fn base_subject(decoded: &str) -> (String, bool) {
         // Step 2: trailers.
         loop {
             let t = subject.trim_end_matches(' ');
-            match t.strip_suffix("(fwd)") {
+            match t.strip_suffix("(FWD)") {
                 Some(rest) => {
                     subject = rest;
                     reply = true;
@@ -183,7 +197,7 @@ pub fn base_subject(decoded: &str) -> (String, bool) {
         }
         // Step 6: [fwd: ...] wrapper.
         match subject
-            .strip_prefix("[fwd:")
+            .strip_prefix("[FWD:")
             .and_then(|r| r.strip_suffix(']'))
         {
             Some(inner) => {
@@ -218,9 +232,9 @@ fn strip_leader(s: &str) -> Option<(&str, bool)> {
         rest = r;
     }
     let after_word = rest
-        .strip_prefix("re")
-        .or_else(|| rest.strip_prefix("fwd"))
-        .or_else(|| rest.strip_prefix("fw"))?;
+        .strip_prefix("RE")
+        .or_else(|| rest.strip_prefix("FWD"))
+        .or_else(|| rest.strip_prefix("FW"))?;
     let mut r = after_word.trim_start_matches(' ');
     if let Some(after_blob) = strip_blob(r) {
         r = after_blob;
@@ -294,23 +308,42 @@ mod tests {
 
     #[test]
     fn base_subject_rules() {
-        assert_eq!(base("Re: hello"), ("hello".into(), true));
+        assert_eq!(base("Re: hello"), ("HELLO".into(), true));
         assert_eq!(
             base("RE: Re: re[2]: FWD: Fw: hello"),
-            ("hello".into(), true)
+            ("HELLO".into(), true)
         );
         assert_eq!(
             base("[list] Re: [other] hello  world (fwd)"),
-            ("hello world".into(), true)
+            ("HELLO WORLD".into(), true)
         );
-        assert_eq!(base("  hello\t\tworld  "), ("hello world".into(), false));
-        assert_eq!(base("[fwd: Re: inner]"), ("inner".into(), true));
-        assert_eq!(base("[only blob]"), ("[only blob]".into(), false));
-        assert_eq!(base("[a][b] real"), ("real".into(), false));
+        assert_eq!(base("  hello\t\tworld  "), ("HELLO WORLD".into(), false));
+        assert_eq!(base("[fwd: Re: inner]"), ("INNER".into(), true));
+        assert_eq!(base("[only blob]"), ("[ONLY BLOB]".into(), false));
+        assert_eq!(base("[a][b] real"), ("REAL".into(), false));
         assert_eq!(base("Re:"), ("".into(), true));
-        assert_eq!(base("Rebecca"), ("rebecca".into(), false));
-        assert_eq!(base("re : spaced"), ("spaced".into(), true));
+        assert_eq!(base("Rebecca"), ("REBECCA".into(), false));
+        assert_eq!(base("re : spaced"), ("SPACED".into(), true));
         assert_eq!(base(""), ("".into(), false));
+    }
+
+    #[test]
+    fn subjects_compare_upper_cased_and_groups_count_as_first_address() {
+        // imaptest sort-subject: "_" and "[xyz]" sort after letters (i;ascii-casemap).
+        let msgs = [
+            keys(1, "Subject: _\r\n", 0, 1),
+            keys(2, "Subject: b\r\n", 0, 1),
+            keys(3, "Subject: [xyz]\r\n", 0, 1),
+            keys(4, "Subject: A\r\n", 0, 1),
+        ];
+        let by_subject = [SortCriterion {
+            key: SortKey::Subject,
+            reverse: false,
+        }];
+        assert_eq!(sort(&msgs, &by_subject), [3, 1, 2, 0]);
+        // imaptest sort-addresses: the group name is the first addr-mailbox.
+        let group = keys(1, "Cc: user2: blah@x.org;\r\n", 0, 1);
+        assert_eq!(group.cc, "USER2");
     }
 
     fn keys(seq: u32, header: &str, internal: i64, size: u64) -> MessageKeys {
@@ -360,7 +393,7 @@ mod tests {
         let k = keys(1, "Message-ID: <a@b>\r\nIn-Reply-To: <p@b> (comment)\r\nSubject: =?utf-8?q?Re=3A_caf=C3=A9?=\r\n", 0, 0);
         assert_eq!(k.message_id.as_deref(), Some("<a@b>"));
         assert_eq!(k.references, ["<p@b>"]);
-        assert_eq!((k.subject.as_str(), k.subject_is_reply), ("café", true));
+        assert_eq!((k.subject.as_str(), k.subject_is_reply), ("CAFÉ", true));
         let k = keys(
             1,
             "References: <1@x> <2@x>\r\n\t<3@x>\r\nIn-Reply-To: <9@x>\r\n",

@@ -208,10 +208,11 @@ pub fn references(messages: &[MessageKeys], by_uid: bool) -> Vec<ThreadNode> {
             }
             prev = Some(c);
         }
-        match prev {
-            Some(p) if !arena.is_ancestor(own, p) => arena.link(p, own),
-            Some(_) => {}
-            None => arena.unlink(own),
+        // Step 1B: the last reference is the parent. An existing parent is dropped even when
+        // the new link would make a loop (the message then becomes a root).
+        arena.unlink(own);
+        if let Some(p) = prev.filter(|&p| !arena.is_ancestor(own, p)) {
+            arena.link(p, own);
         }
     }
 
@@ -489,6 +490,17 @@ mod tests {
             msg(5, "y", "", "Re: topic", 50),
         ];
         assert_eq!(text(&references(&msgs, false)), "(2 1)(3)(4 5)");
+    }
+
+    #[test]
+    fn a_parent_that_would_make_a_loop_is_dropped() {
+        // imaptest thread: c's old parent a (from b's References) is dropped, b stays under c.
+        let msgs = [
+            msg(1, "a", "", "", 30),
+            msg(2, "b", "a c", "", 10),
+            msg(3, "c", "b", "", 20),
+        ];
+        assert_eq!(text(&references(&msgs, false)), "(3 2)(1)");
     }
 
     #[test]

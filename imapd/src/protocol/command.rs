@@ -24,17 +24,20 @@ pub struct TaggedCommand {
     pub command: Command,
 }
 
-/// A command that did not parse: answer `tag BAD msg`.
+/// A command that did not parse (`tag BAD msg`), or that names an unusable mailbox
+/// (`tag NO msg`, when `refused`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandError {
     pub tag: String,
     pub msg: String,
+    pub refused: bool,
 }
 
 impl CommandError {
-    /// `tag BAD msg\r\n`.
+    /// `tag BAD msg\r\n` or `tag NO msg\r\n`.
     pub fn response_line(&self) -> Vec<u8> {
-        format!("{} BAD {}\r\n", self.tag, self.msg).into_bytes()
+        let status = if self.refused { "NO" } else { "BAD" };
+        format!("{} {status} {}\r\n", self.tag, self.msg).into_bytes()
     }
 }
 
@@ -71,9 +74,10 @@ pub enum Command {
     Subscribe(String),
     Unsubscribe(String),
     List(ListCommand),
+    /// `pattern` is `None` when it is not valid modified UTF-7 (it matches nothing).
     Lsub {
         reference: String,
-        pattern: String,
+        pattern: Option<String>,
     },
     Status {
         mailbox: String,
@@ -140,6 +144,8 @@ pub enum Command {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ListCommand {
     pub reference: String,
+    /// The patterns; those that are not valid modified UTF-7 are left out (they match
+    /// nothing), so the list may be empty.
     pub patterns: Vec<String>,
     /// Selection options.
     pub select_subscribed: bool,
@@ -318,12 +324,19 @@ pub fn parse_command(raw: RawCommand, limits: ParseLimits) -> Result<TaggedComma
     let name = c.keyword().map_err(|_| CommandError {
         tag: tag.clone(),
         msg: "Missing or invalid command name".into(),
+        refused: false,
     })?;
     match parse_named(&name, &mut c) {
         Ok(command) => Ok(TaggedCommand { tag, command }),
+        Err(e) if e.refused => Err(CommandError {
+            tag,
+            msg: e.msg,
+            refused: true,
+        }),
         Err(e) => Err(CommandError {
             tag,
-            msg: format!("{}: {}", echo(&name), e.0),
+            msg: format!("{}: {}", echo(&name), e.msg),
+            refused: false,
         }),
     }
 }
@@ -381,7 +394,7 @@ fn parse_named(name: &str, c: &mut Cursor) -> PResult<Command> {
             c.sp()?;
             let reference = reference(c)?;
             c.sp()?;
-            let pattern = c.list_mailbox()?;
+            let pattern = pattern_or_none(c.list_mailbox())?;
             Command::Lsub { reference, pattern }
         }
         "STATUS" => {
@@ -407,6 +420,15 @@ fn parse_named(name: &str, c: &mut Cursor) -> PResult<Command> {
     };
     c.end()?;
     Ok(cmd)
+}
+
+/// A LIST/LSUB pattern; `None` when it is not valid modified UTF-7 and so matches no name.
+fn pattern_or_none(pattern: PResult<String>) -> PResult<Option<String>> {
+    match pattern {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if e.refused => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn one_mailbox(c: &mut Cursor) -> PResult<String> {
@@ -492,17 +514,17 @@ fn list(c: &mut Cursor) -> PResult<ListCommand> {
     cmd.reference = reference(c)?;
     c.sp()?;
     if c.peek() == Some(b'(') {
-        let mut patterns = Vec::new();
+        let mut given = 0;
         paren_list(c, |c| {
-            patterns.push(c.list_mailbox()?);
+            given += 1;
+            cmd.patterns.extend(pattern_or_none(c.list_mailbox())?);
             Ok(())
         })?;
-        if patterns.is_empty() {
+        if given == 0 {
             return Err(ParseError::new("Empty pattern list"));
         }
-        cmd.patterns = patterns;
     } else {
-        cmd.patterns = vec![c.list_mailbox()?];
+        cmd.patterns.extend(pattern_or_none(c.list_mailbox())?);
     }
     if c.eat(b' ') {
         if !c.eat_keyword("RETURN") {
@@ -1456,15 +1478,20 @@ mod tests {
                 if mailbox == "~peter/mail/\u{53f0}\u{5317}/\u{65e5}\u{672c}\u{8a9e}"));
         assert!(matches!(parse("t EXAMINE InBoX (CONDSTORE)"),
             Command::Examine { mailbox, condstore: true } if mailbox == "INBOX"));
-        for b in [
+        // Well-formed astrings that are not modified UTF-7: NO, not BAD (imaptest `atoms`).
+        for refused in [
             "t SELECT &Jjo",
             "t CREATE &AGE-",
             "t RENAME a &-&",
             "t SELECT \"caf\u{e9}\"",
-            "t SELECT INBOX (QRESYNC)",
-            "t DELETE",
-            "t SUBSCRIBE a b",
         ] {
+            let e = parse_wire(format!("{refused}\r\n").as_bytes()).unwrap_err();
+            assert!(
+                e.response_line().starts_with(b"t NO [CANNOT] "),
+                "{refused}"
+            );
+        }
+        for b in ["t SELECT INBOX (QRESYNC)", "t DELETE", "t SUBSCRIBE a b"] {
             assert!(bad(b).len() > 3, "{b}");
         }
     }
@@ -1480,7 +1507,9 @@ mod tests {
         assert_eq!(l.patterns, vec!["INBOX", "Sent", "%"]);
         assert!(l.return_children && l.return_special_use && !l.return_subscribed);
         assert_eq!(l.return_status, Some(vec![StatusItem::Messages]));
-        assert!(matches!(parse("t LSUB \"\" *"), Command::Lsub { pattern, .. } if pattern == "*"));
+        assert!(
+            matches!(parse("t LSUB \"\" *"), Command::Lsub { pattern, .. } if pattern.as_deref() == Some("*"))
+        );
         bad("t LIST (RECURSIVEMATCH) \"\" *");
         bad("t LIST \"\" ()");
         bad("t LIST \"\" * RETURN (BOGUS)");

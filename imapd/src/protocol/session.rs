@@ -375,7 +375,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
             Subscribe(name) => self.subscribe(&name, true),
             Unsubscribe(name) => self.subscribe(&name, false),
             List(list) => self.list(&list),
-            Lsub { reference, pattern } => self.lsub(&reference, &pattern),
+            Lsub { reference, pattern } => self.lsub(&reference, pattern.as_deref()),
             Status { mailbox, items } => self.status(&mailbox, &items),
             Append { mailbox, messages } => self.append(&mailbox, &messages),
             Idle => self.idle(),

@@ -11,19 +11,34 @@
 use super::mutf7;
 use super::reader::{Literal, LiteralData, Part, RawCommand};
 
-/// A syntax error; the message is for `tag BAD <msg>`.
+/// Why a command cannot be carried out as written: a syntax error (`tag BAD <msg>`), or, when
+/// `refused`, well-formed syntax naming something unusable (`tag NO <msg>`), such as a mailbox
+/// name that is not valid modified UTF-7.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseError(pub String);
+pub struct ParseError {
+    pub msg: String,
+    pub refused: bool,
+}
 
 impl ParseError {
     pub fn new(msg: impl Into<String>) -> Self {
-        ParseError(msg.into())
+        ParseError {
+            msg: msg.into(),
+            refused: false,
+        }
+    }
+    /// Syntactically valid but unusable: answered `NO`.
+    pub fn refused(msg: impl Into<String>) -> Self {
+        ParseError {
+            msg: msg.into(),
+            refused: true,
+        }
     }
 }
 
 impl std::fmt::Display for ParseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.msg)
     }
 }
 
@@ -707,8 +722,11 @@ fn parse_u32(digits: &[u8]) -> PResult<u32> {
         .ok_or_else(|| ParseError::new("Number out of range"))
 }
 
+/// Decode modified UTF-7; a name that is not valid is refused (`NO`), not a syntax error: the
+/// astring itself was well-formed (RFC 3501 section 5.1.3).
 fn decode_name(raw: &[u8]) -> PResult<String> {
-    mutf7::decode(raw).map_err(|e| ParseError::new(format!("Invalid mailbox name: {}", e.0)))
+    mutf7::decode(raw)
+        .map_err(|e| ParseError::refused(format!("[CANNOT] Invalid mailbox name: {}", e.0)))
 }
 
 /// Decode a wire mailbox name; any case of `INBOX` becomes `INBOX`.
@@ -930,7 +948,7 @@ mod tests {
     fn mailboxes() {
         assert_eq!(cur(b"inbox").mailbox().unwrap(), "INBOX");
         assert_eq!(cur(b"\"&U,BTFw-\"").mailbox().unwrap(), "\u{53f0}\u{5317}");
-        assert!(cur(b"&Jjo").mailbox().is_err());
+        assert!(cur(b"&Jjo").mailbox().is_err_and(|e| e.refused));
         assert!(cur(b"&AGE-").mailbox().is_err());
         assert_eq!(cur(b"mail/%").list_mailbox().unwrap(), "mail/%");
         assert_eq!(cur(b"*").list_mailbox().unwrap(), "*");
@@ -952,7 +970,7 @@ mod tests {
             c.atom().unwrap();
             c.sp().unwrap();
         }
-        assert_eq!(c.atom().unwrap_err().0, "Too many arguments");
+        assert_eq!(c.atom().unwrap_err().msg, "Too many arguments");
         assert!(c.enter().is_ok() && c.enter().is_ok());
         assert!(c.enter().is_err());
     }

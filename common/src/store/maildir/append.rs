@@ -13,7 +13,7 @@
 
 use super::keywords::{self, Keywords};
 use super::uidlist::{self, Record, Uidlist, UidlistLock};
-use super::{io_at, name, now_uid_validity, Subdir, UIDLIST_LOCK_WAIT};
+use super::{io_at, name, validity, Subdir, UIDLIST_LOCK_WAIT};
 use crate::store::{Flags, NewMessage, StoreError};
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -135,7 +135,7 @@ fn place_and_number(root: &Path, staged: &[Staged]) -> Result<(u32, Vec<u32>), S
         .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
     let mut list = match uidlist::read(root) {
         Ok(Some(list)) => list,
-        Ok(None) => Uidlist::new(now_uid_validity()),
+        Ok(None) => Uidlist::new(validity::next(root)),
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
             return Err(StoreError::Damaged(format!("{}: {e}", list_path.display())))
         }

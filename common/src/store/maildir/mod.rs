@@ -28,6 +28,7 @@ mod keywords;
 mod name;
 mod refresh;
 mod uidlist;
+mod validity;
 
 pub use folders::MaildirStore;
 
@@ -529,8 +530,12 @@ fn load_index(root: &Path, access: Access, known: &KnownFiles) -> Result<Index, 
         .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
     let mut known_now = index.known_files();
     known_now.extend(known.iter().map(|(k, v)| (*k, *v)));
-    let index = Index::build(root, &known_now)?;
+    let mut index = Index::build(root, &known_now)?;
     if index.needs_write {
+        // The first uidlist fixes the UIDVALIDITY: one never handed out before here.
+        if !root.join(uidlist::UIDLIST_NAME).exists() {
+            index.list.uid_validity = validity::next(root);
+        }
         lock.replace(&index.list)
             .map_err(io_at(root.join(uidlist::UIDLIST_NAME)))?;
     }
@@ -570,7 +575,7 @@ impl Index {
             Some(list) => list.outdated,
             None => true,
         };
-        let mut list = existing.unwrap_or_else(|| Uidlist::new(now_uid_validity()));
+        let mut list = existing.unwrap_or_else(|| Uidlist::new(validity::peek(root)));
         let scanned = scan(root, known)?;
 
         // Pair each record with its file; a base seen twice (new/ and cur/ mid-rename) counts once.

@@ -97,6 +97,17 @@ pub struct MboxMailbox {
     _session: Option<SessionLock>,
 }
 
+/// Sleep until the clock reads a later second than `second` (at most one second).
+fn wait_past_second(second: u32) {
+    let Ok(since_epoch) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
+        return;
+    };
+    let target = Duration::from_secs(u64::from(second) + 1);
+    if let Some(left) = target.checked_sub(since_epoch) {
+        std::thread::sleep(left.min(Duration::from_secs(1)));
+    }
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -142,13 +153,13 @@ impl MboxMailbox {
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let tmp = path.with_file_name(format!(".{name}.create-{}", std::process::id()));
+        let validity = u32::try_from(now()).unwrap_or(1).max(1);
         let written = (|| {
             let mut file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            let validity = u32::try_from(now()).unwrap_or(1).max(1);
             let base = BaseInfo {
                 uid_validity: validity,
                 uid_last: 0,
@@ -160,7 +171,12 @@ impl MboxMailbox {
             std::fs::hard_link(&tmp, path)
         })();
         let _ = std::fs::remove_file(&tmp);
-        written.map_err(io_err)
+        written.map_err(io_err)?;
+        // The UIDVALIDITY is the creation second, as UW's. Let that second pass before anyone
+        // can delete this folder and create it again, so that the new one gets a greater value
+        // (RFC 3501 section 2.3.1.1) with no state kept beside the folders.
+        wait_past_second(validity);
+        Ok(())
     }
 
     fn open_with_style(
@@ -405,12 +421,23 @@ impl MboxMailbox {
             origin[j] = Some(i);
             let theirs = &mut fresh.infos[j];
             theirs.recent = ours.recent;
-            if ours.flags != self.entries[i].disk_flags {
-                theirs.flags = ours.flags;
-            }
-            if ours.keywords != self.entries[i].disk_keywords {
-                theirs.keywords =
-                    translate_keywords(ours.keywords, &self.keywords, &mut fresh.keywords);
+            // Three-way merge: only the flags and keywords this session added or removed
+            // since it last read them are applied over the file's, so another session's
+            // change to other flags of the same message survives.
+            let base = self.entries[i].disk_flags.bits();
+            let (added, removed) = (ours.flags.bits() & !base, base & !ours.flags.bits());
+            theirs.flags = Flags::from_bits((theirs.flags.bits() & !removed) | added);
+            let base = self.entries[i].disk_keywords;
+            if ours.keywords != base {
+                let added =
+                    translate_keywords(ours.keywords & !base, &self.keywords, &mut fresh.keywords);
+                // Names the file lacks cannot be set there: look them up without adding.
+                let removed = translate_keywords(
+                    base & !ours.keywords,
+                    &self.keywords,
+                    &mut fresh.keywords.clone(),
+                );
+                theirs.keywords = (theirs.keywords & !removed) | added;
             }
         }
         self.adopt(fresh, None);

@@ -8,6 +8,7 @@
 
 use super::format::uid_set;
 use super::{Backend, Reply, Session, Transport};
+use crate::message::binary::encode_nul_parts;
 use crate::protocol::command::{AppendMessage, ListCommand, StatusItem};
 use crate::wire::mutf7;
 use crate::wire::response::ResponseWriter;
@@ -317,17 +318,41 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         write!(self.client, " ({})\r\n", status_text(&status, items))
     }
 
-    pub(super) fn lsub(&mut self, reference: &str, pattern: &str) -> io::Result<Reply> {
+    /// LSUB. A `%` that stops above a subscribed name lists the unsubscribed parent level with
+    /// `\Noselect` (RFC 3501 section 6.3.9: `foo/bar` subscribed, `foo` not, `LSUB "" %`).
+    pub(super) fn lsub(&mut self, reference: &str, pattern: Option<&str>) -> io::Result<Reply> {
         let subscriptions = match self.store_ref().map(|s| s.subscriptions()) {
             Err(reply) => return Ok(reply),
             Ok(Err(e)) => return Ok(store_error(&e)),
             Ok(Ok(s)) => s,
         };
+        let Some(pattern) = pattern else {
+            return Ok(Reply::ok("LSUB completed"));
+        };
         let pattern = canonical_pattern(reference, pattern);
-        for name in subscriptions {
+        let subscribed: BTreeSet<&str> = subscriptions.iter().map(String::as_str).collect();
+        // In subscription order (as UW lists them); a made-up parent where its first child is.
+        let mut listed: BTreeSet<&str> = BTreeSet::new();
+        let mut lines: Vec<(&str, &str)> = Vec::new();
+        for name in &subscriptions {
             if pattern_matches(&pattern, name.as_bytes()) {
-                self.list_line("LSUB", "", &name)?;
+                if listed.insert(name) {
+                    lines.push(("", name));
+                }
+                continue;
             }
+            for (cut, _) in name.match_indices('/') {
+                let parent = &name[..cut];
+                if !subscribed.contains(parent)
+                    && pattern_matches(&pattern, parent.as_bytes())
+                    && listed.insert(parent)
+                {
+                    lines.push(("\\Noselect", parent));
+                }
+            }
+        }
+        for (attrs, name) in lines {
+            self.list_line("LSUB", attrs, name)?;
         }
         Ok(Reply::ok("LSUB completed"))
     }
@@ -370,14 +395,24 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                 Err(reply) => return Ok(reply),
             }
         }
-        let mut readers: Vec<Box<dyn Read + '_>> =
-            messages.iter().map(|m| m.message.reader()).collect();
+        let mut readers: Vec<Box<dyn Read + '_>> = messages
+            .iter()
+            .zip(&prepared)
+            .map(|(m, p)| match &p.converted {
+                Some(bytes) => Box::new(&bytes[..]) as Box<dyn Read>,
+                None => m.message.reader(),
+            })
+            .collect();
         let mut batch: Vec<NewMessage<'_>> = readers
             .iter_mut()
             .zip(messages.iter().zip(prepared.iter()))
             .map(|(reader, (m, p))| NewMessage {
                 source: reader.as_mut(),
-                len: Some(m.message.len()),
+                len: Some(
+                    p.converted
+                        .as_ref()
+                        .map_or(m.message.len(), |c| c.len() as u64),
+                ),
                 flags: p.flags,
                 keywords: &p.keywords,
                 internal_date: m
@@ -417,23 +452,42 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
     }
 }
 
-/// Flags and keywords of one APPEND message, checked.
+/// Flags and keywords of one APPEND message, checked; the message itself when it had to be
+/// re-encoded.
 struct PreparedFlags {
     flags: common::store::Flags,
     keywords: Vec<String>,
+    /// A literal8 message with NUL octets, its NUL-holding parts in base64 (RFC 3516 section
+    /// 4.3 lets the server convert binary content; `BODY[]` can then be sent at all).
+    converted: Option<Vec<u8>>,
 }
 
 fn check_append(m: &AppendMessage) -> Result<PreparedFlags, Reply> {
     if m.message.is_empty() {
         return Err(Reply::no("APPEND of an empty message refused"));
     }
-    if !m.message.binary && contains_nul(&m.message) {
+    let has_nul = contains_nul(&m.message);
+    if !m.message.binary && has_nul {
         return Err(Reply::no(
             "APPEND refused: message contains NUL octets (use a literal8, RFC 3516)",
         ));
     }
     let (flags, keywords) = super::store::split_flags(&m.flags)?;
-    Ok(PreparedFlags { flags, keywords })
+    let converted = if has_nul {
+        let mut bytes = Vec::new();
+        m.message
+            .reader()
+            .read_to_end(&mut bytes)
+            .map_err(|_| Reply::no("APPEND failed: cannot read the spooled message"))?;
+        encode_nul_parts(&bytes)
+    } else {
+        None
+    };
+    Ok(PreparedFlags {
+        flags,
+        keywords,
+        converted,
+    })
 }
 
 fn contains_nul(literal: &crate::wire::reader::Literal) -> bool {

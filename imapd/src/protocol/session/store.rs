@@ -118,7 +118,11 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
             return Ok(store_error(&e));
         }
         if missing {
-            return Ok(Reply::no("Some of the requested messages no longer exist"));
+            // RFC 2180 section 4.2.1 allows OK; the code (RFC 5530) tells the client why some
+            // messages were skipped. The other messages' flags are stored either way.
+            return Ok(Reply::ok(
+                "[EXPUNGEISSUED] Some of the requested messages no longer exist",
+            ));
         }
         Ok(Reply::ok("STORE completed"))
     }
