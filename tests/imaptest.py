@@ -21,10 +21,14 @@ from mailtest import REPO, read_file, write_file
 
 __all__ = ["imapd_built", "imapd", "pam_imap", "imap_users", "imap_args", "imap_pipe",
            "maildir_of", "ImapError", "RawImap", "PipeImap", "SocketImap", "parse_fetch",
-           "vm_hwm_kb", "imap_store_messages"]
+           "vm_hwm_kb", "imap_store_messages", "mbox_message_count", "FROM_LINE_UW"]
 
 NO_CRAM_FILE = "/nonexistent/cram-md5.pwd"
 LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}$")
+# A From_ line as UW writes and reads it, including the trailing zone UW's APPEND adds
+# ("From user@host Thu Feb  1 12:00:00 2024 +0000"); mailtest.FROM_LINE lacks that form.
+FROM_LINE_UW = re.compile(
+    rb"^From \S+ +\w{3} \w{3} [ \d]?\d \d\d:\d\d(:\d\d)? (\S+ )?\d{4}( [+-]\d{4})?\s*$")
 
 
 class ImapError(AssertionError):
@@ -322,6 +326,16 @@ def imap_store_messages(client):
         assert m, data[:200]
         out.append(data[m.end():m.end() + int(m.group(1))])
     return out
+
+
+def mbox_message_count(data):
+    """Messages in an mbox file: From_ lines (UW's forms) at the start or after a blank line,
+    UW's pseudo message (FOLDER INTERNAL DATA) not counted."""
+    lines = data.split(b"\n")
+    starts = [i for i, line in enumerate(lines)
+              if FROM_LINE_UW.match(line) and (i == 0 or lines[i - 1] == b"")]
+    pseudo = 1 if starts and b"FOLDER INTERNAL DATA" in b"\n".join(lines[:12]) else 0
+    return len(starts) - pseudo
 
 
 def vm_hwm_kb(pid):
