@@ -2,8 +2,8 @@
 /etc/pam.d/imap, imapd command lines, a user's ~/Maildir, and a raw IMAP client (over a pipe
 to an imapd child, or over a socket to a launcher) that reads literals exactly.
 
-Test modules import the fixtures with `from imaptest import *`. The POP3 fixtures (users,
-spool, cert, ...) come from conftest.py. Owns nothing outside the temp dirs, the users'
+conftest.py imports the fixtures (so session-scoped ones exist once per run); the POP3
+fixtures they build on (users, spool, cert, ...) are conftest.py's own. Owns nothing outside the temp dirs, the users'
 ~/Maildir and /etc/pam.d/imap (restored afterwards).
 """
 
@@ -18,10 +18,6 @@ import time
 import pytest
 
 from mailtest import REPO, read_file, write_file
-
-__all__ = ["imapd_built", "imapd", "pam_imap", "imap_users", "imap_args", "imap_pipe",
-           "maildir_of", "ImapError", "RawImap", "PipeImap", "SocketImap", "parse_fetch",
-           "vm_hwm_kb", "imap_store_messages", "mbox_message_count", "FROM_LINE_UW"]
 
 NO_CRAM_FILE = "/nonexistent/cram-md5.pwd"
 LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}$")
@@ -54,8 +50,10 @@ def imapd(imapd_built, base_tmp):
     bindir = os.path.join(base_tmp, "bin")
     os.makedirs(bindir, mode=0o755, exist_ok=True)
     dest = os.path.join(bindir, "imapd")
-    shutil.copy2(imapd_built, dest)
-    os.chmod(dest, 0o755)
+    staged = dest + ".new"
+    shutil.copy2(imapd_built, staged)
+    os.chmod(staged, 0o755)
+    os.rename(staged, dest)  # a copy over a running binary would fail with ETXTBSY
     return dest
 
 

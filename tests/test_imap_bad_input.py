@@ -15,7 +15,6 @@ import re
 
 import pytest
 
-from imaptest import *  # noqa: F401,F403 (fixtures)
 from imaptest import imap_store_messages, mbox_message_count, vm_hwm_kb
 from mailtest import make_message, mbox_of, read_file
 

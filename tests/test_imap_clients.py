@@ -19,7 +19,6 @@ import subprocess
 import pytest
 
 import launchers
-from imaptest import *  # noqa: F401,F403 (fixtures)
 from imaptest import maildir_of, mbox_message_count
 from mailtest import make_message, mbox_of, message_ids, presented, read_file, varied_messages
 

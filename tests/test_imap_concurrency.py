@@ -17,7 +17,6 @@ import time
 
 import pytest
 
-from imaptest import *  # noqa: F401,F403 (fixtures)
 from imaptest import PipeImap, maildir_of, mbox_message_count, parse_fetch
 from mailtest import make_message, mbox_of, message_ids, read_file
 

@@ -16,7 +16,6 @@ import subprocess
 import pytest
 
 import launchers
-from imaptest import *  # noqa: F401,F403 (fixtures)
 from mailtest import REPO, free_port, make_message, mbox_of, stop, wait_listening_probe_free
 
 INSTALLED = "/usr/local/sbin/imapd"

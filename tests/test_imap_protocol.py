@@ -17,7 +17,6 @@ import time
 import pytest
 
 import launchers
-from imaptest import *  # noqa: F401,F403 (fixtures)
 from imaptest import maildir_of
 from mailtest import make_message, mbox_of, read_file
 

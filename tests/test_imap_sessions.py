@@ -12,14 +12,12 @@ import fcntl
 import imaplib
 import os
 import re
-import socket
 import ssl
 import subprocess
 import time
 
 import launchers
-from imaptest import *  # noqa: F401,F403 (fixtures)
-from imaptest import SocketImap, maildir_of, parse_fetch
+from imaptest import PipeImap, maildir_of, parse_fetch
 from mailtest import PipeSession, make_message, mbox_of, proc_status
 
 
@@ -72,7 +70,6 @@ def test_preauth_when_run_as_the_user(imap_users, mbox_for, imapd, spool):
     LOGIN is then refused (already authenticated)."""
     alice = imap_users["alice"]
     mbox_for(alice, mbox_of([make_message(1), make_message(2)]))
-    from imaptest import PipeImap
     s = PipeImap(["runuser", "-u", alice.name, "--", imapd, "--spool-dir", spool])
     try:
         greeting = s.greeting()

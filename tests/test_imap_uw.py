@@ -14,7 +14,6 @@ import os
 import re
 
 import launchers
-from imaptest import *  # noqa: F401,F403 (fixtures)
 from mailtest import FIXTURES, read_file
 
 
