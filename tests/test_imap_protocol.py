@@ -104,6 +104,9 @@ def test_every_command_and_fetch_item(mail_user, launcher):
     ok(M.namespace())
     typ, data = M.xatom("ID", "NIL")
     assert typ == "OK" and M.untagged_responses.pop("ID", None), "ID gave no untagged ID response"
+    typ, data = M._simple_command("ENABLE", "CONDSTORE")
+    assert typ == "OK" and M.untagged_responses.pop("ENABLED", None) == [b""], \
+        "ENABLE of an extension not announced must answer an empty * ENABLED"
     typ, listing = M.list('""', "*")
     assert typ == "OK" and any(re.search(rb' "?INBOX"?$', l) for l in listing), listing
     delim = re.search(rb'\) "(.)"', [l for l in listing if b"INBOX" in l][0] + b') "/"').group(1).decode()
