@@ -13,10 +13,12 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo pyth
 SBINDIR = $(DESTDIR)$(PREFIX)/sbin
 HELPERDIR = $(DESTDIR)$(PREFIX)/libexec/mailsuite
 DOCDIR = $(DESTDIR)$(PREFIX)/share/doc/mailsuite
-EXAMPLES = xinetd.d/pop3 xinetd.d/pop3s inetd.conf.sample \
+EXAMPLES = xinetd.d/pop3 xinetd.d/pop3s xinetd.d/imap xinetd.d/imaps inetd.conf.sample \
 	systemd/ipop3d.socket systemd/ipop3d@.service \
 	systemd/ipop3ds.socket systemd/ipop3ds@.service \
-	pam.d/pop pam.d/imap stunnel/ipop3d.conf
+	systemd/imapd.socket systemd/imapd@.service \
+	systemd/imapds.socket systemd/imapds@.service \
+	pam.d/pop pam.d/imap stunnel/ipop3d.conf stunnel/imapd.conf
 
 .PHONY: build test install demo
 
@@ -27,12 +29,13 @@ build:
 test: build
 	@status=0; \
 	$(CARGO) test --workspace --release || status=1; \
-	IPOP3D=$(CURDIR)/target/release/ipop3d $(PYTHON) -m pytest -v tests/ || status=1; \
+	IPOP3D=$(CURDIR)/target/release/ipop3d IMAPD=$(CURDIR)/target/release/imapd $(PYTHON) -m pytest -v tests/ || status=1; \
 	exit $$status
 
 install: build
 	install -d -m 0755 $(SBINDIR) $(HELPERDIR) $(DOCDIR)
 	install -m 0755 target/release/ipop3d $(SBINDIR)/ipop3d
+	install -m 0755 target/release/imapd $(SBINDIR)/imapd
 	install -m 2755 -o root -g mail target/release/mlock $(HELPERDIR)/mlock
 	for f in $(EXAMPLES); do \
 		install -D -m 0644 $$f $(DOCDIR)/examples/$$f || exit 1; \

@@ -20,6 +20,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mailtest import REPO, FIXTURES, PipeSession, read_file, write_file  # noqa: E402
+# imapd's fixtures (imapd, pam_imap, imap_users, imap_args, imap_pipe), defined in imaptest.py
+from imaptest import imapd_built, imapd, pam_imap, imap_users, imap_args, imap_pipe  # noqa: E402,F401
 
 NO_CRAM_FILE = "/nonexistent/cram-md5.pwd"
 

@@ -1,0 +1,213 @@
+"""Crash safety of imapd's mbox rewrites (EXPUNGE) and Maildir expunges.
+
+Faults tried: the rewrite aborted after N bytes for ~24 values of N spread over the file
+(MAILSUITE_CRASH_AFTER_BYTES, the mbox store's hook, which imapd's EXPUNGE goes through),
+death right after the journal is synced (MAILSUITE_CRASH_AT=journal), SIGKILL at seeded
+random instants while EXPUNGE rewrites a ~12 MB mbox, and SIGKILL while EXPUNGE removes
+files from a Maildir. After each crash a fresh session (replaying any journal) must see
+every non-deleted message exactly once with its UID unchanged, deleted ones at most once,
+and the spool must still parse as mbox.
+"""
+
+import os
+import random
+import re
+import shutil
+import signal
+import time
+
+from imaptest import PipeImap, maildir_of, mbox_message_count, parse_fetch
+from mailtest import make_message, mbox_of, message_ids, read_file
+
+
+def settle(argv, user):
+    """A session that only SELECTs, so UIDs are written before the fault."""
+    s = PipeImap(argv, timeout=60)
+    s.greeting()
+    s.login(user.name, user.password)
+    s.ok("SELECT INBOX", timeout=60)
+    s.ok("LOGOUT", timeout=60)
+    s.close()
+
+
+def uid_map(s):
+    """{Message-ID: UID} of the selected mailbox (and the list of IDs in order)."""
+    ids = []
+    out = {}
+    for data in parse_fetch(s.ok("FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])", timeout=60)).values():
+        uid = int(re.search(rb"UID (\d+)", data).group(1))
+        mid = message_ids(data)
+        assert len(mid) == 1, data[:300]
+        ids.append(mid[0])
+        out[mid[0]] = uid
+    return out, ids
+
+
+def start_expunge(argv, user, to_delete, env=None):
+    """Log in, select, mark `to_delete` \\Deleted; returns the session before EXPUNGE."""
+    s = PipeImap(argv, env=env, timeout=60)
+    s.greeting()
+    s.login(user.name, user.password)
+    s.ok("SELECT INBOX", timeout=60)
+    s.ok("STORE %s +FLAGS.SILENT (\\Deleted)" % ",".join(map(str, to_delete)), timeout=60)
+    return s
+
+
+def age_stale_dotlock(path):
+    lock = path + ".lock"
+    if os.path.exists(lock):
+        old = time.time() - 600
+        os.utime(lock, (old, old))
+
+
+def age_stale_uidlist_lock(user):
+    """A process killed while rewriting dovecot-uidlist leaves its lock, which (as in Dovecot)
+    is taken over once 2 minutes old: age it instead of waiting."""
+    lock = os.path.join(user.home, "Maildir", "dovecot-uidlist.lock")
+    if os.path.exists(lock):
+        old = time.time() - 600
+        os.utime(lock, (old, old))
+
+
+def check_recovered(argv, user, path, uids, deleted, context):
+    if path is not None:
+        age_stale_dotlock(path)
+    else:
+        age_stale_uidlist_lock(user)
+    s = PipeImap(argv, timeout=60)
+    s.greeting()
+    s.login(user.name, user.password)
+    lines = s.ok("SELECT INBOX", timeout=60)
+    exists = [int(m.group(1)) for m in (re.match(rb"\* (\d+) EXISTS", l) for l in lines) if m][-1]
+    now, ids = uid_map(s) if exists else ({}, [])
+    s.ok("LOGOUT", timeout=60)
+    s.close()
+    assert len(ids) == exists, context
+    for mid, uid in uids.items():
+        got = ids.count(mid)
+        if mid in deleted:
+            assert got <= 1, (context, "deleted message duplicated", mid)
+        else:
+            assert got == 1, (context, "message %r seen %d times" % (mid, got))
+            assert now[mid] == uid, (context, "UID of %r changed %d -> %d" % (mid, uid, now[mid]))
+    assert set(ids) <= set(uids), (context, "unknown content appeared")
+    if path is not None:
+        data = read_file(path)
+        assert mbox_message_count(data) == exists, (context, "spool does not parse as mbox")
+        assert not os.path.exists(path + ".lock"), (context, "dotlock left by a clean session")
+    return ids
+
+
+def run_expunge(s):
+    """EXPUNGE; returns the tagged reply, or None if the server died."""
+    try:
+        lines, tagged = s.cmd("EXPUNGE", timeout=60)
+    except EOFError:
+        tagged = None
+    s.proc.wait(timeout=30) if tagged is None else None
+    s.kill()
+    return tagged
+
+
+def test_crash_hooks_during_expunge(imap_users, mbox_for, imap_args):
+    alice = imap_users["alice"]
+    msgs = [make_message(i, tag=b"x", body_lines=30) for i in range(40)]
+    original = mbox_of(msgs)
+    argv = imap_args("--allow-plaintext")
+    to_delete = (1, 2, 17, 40)
+    path = mbox_for(alice, original)
+    settle(argv, alice)
+    settled = read_file(path)
+    s = PipeImap(argv)
+    s.greeting()
+    s.login(alice.name, alice.password)
+    s.ok("EXAMINE INBOX")
+    uids, order = uid_map(s)
+    s.kill()
+    deleted = {order[n - 1] for n in to_delete}
+    size = len(settled)
+    faults = [{"MAILSUITE_CRASH_AFTER_BYTES": str(size * k // 22)} for k in range(22)]
+    faults += [{"MAILSUITE_CRASH_AFTER_BYTES": "1"}, {"MAILSUITE_CRASH_AT": "journal"}]
+    crashed = 0
+    for fault in faults:
+        path = mbox_for(alice, settled)
+        try:
+            s = start_expunge(argv, alice, to_delete, env=dict(os.environ, **fault))
+            tagged = run_expunge(s)
+        except EOFError:  # the hook fired in SELECT or STORE, which may write too
+            tagged = None
+        if tagged is None:
+            crashed += 1
+        else:
+            assert tagged.startswith((b"OK", b"NO")), (fault, tagged)
+        left = check_recovered(argv, alice, path, uids, deleted, fault)
+        if tagged is not None and tagged.startswith(b"OK"):
+            assert not set(left) & deleted, (fault, "EXPUNGE said OK but messages came back")
+        journals = [f for d in (os.path.dirname(path), alice.home) for f in os.listdir(d) if "journal" in f]
+        assert not journals, (fault, "journal left after recovery", journals)
+    assert crashed >= 16, "the crash hooks did not fire (%d of %d runs)" % (crashed, len(faults))
+
+
+def test_sigkill_during_large_expunge(imap_users, mbox_for, imap_args):
+    """SIGKILL at seeded random instants within the time an EXPUNGE of a ~12 MB mbox takes."""
+    alice = imap_users["alice"]
+    msgs = [make_message(i, tag=b"big", body_lines=60) for i in range(3000)]
+    argv = imap_args("--allow-plaintext")
+    path = mbox_for(alice, mbox_of(msgs))
+    settle(argv, alice)
+    settled = read_file(path)
+    s = PipeImap(argv, timeout=60)
+    s.greeting()
+    s.login(alice.name, alice.password)
+    s.ok("EXAMINE INBOX", timeout=60)
+    uids, order = uid_map(s)
+    s.kill()
+    s = start_expunge(argv, alice, [1])
+    began = time.monotonic()
+    assert run_expunge(s).startswith(b"OK")
+    took = time.monotonic() - began
+    rng = random.Random(20261123)
+    killed = 0
+    for attempt in range(6):
+        path = mbox_for(alice, settled)
+        to_delete = sorted({1, rng.randint(2, 3000)})
+        s = start_expunge(argv, alice, to_delete)
+        delay = rng.uniform(0, took)
+        s.send("x EXPUNGE")
+        time.sleep(delay)
+        if s.proc.poll() is None:
+            os.kill(s.pid, signal.SIGKILL)
+        if s.proc.wait(timeout=30) == -signal.SIGKILL:
+            killed += 1
+        s.kill()
+        deleted = {order[n - 1] for n in to_delete}
+        check_recovered(argv, alice, path, uids, deleted, "attempt %d, kill after %.3fs" % (attempt, delay))
+    assert killed >= 2, "only %d of 6 kills landed during EXPUNGE" % killed
+
+
+def test_sigkill_during_maildir_expunge(imap_users, imap_args):
+    """maddy's Maildir: SIGKILL while EXPUNGE unlinks 300 of 600 files; nothing kept is lost,
+    UIDs stay (dovecot-uidlist)."""
+    maddy = imap_users["maddy"]
+    msgs = [make_message(i, tag=b"md") for i in range(600)]
+    argv = imap_args("--allow-plaintext")
+    rng = random.Random(7)
+    for attempt in range(3):
+        maildir_of(maddy, msgs)
+        settle(argv, maddy)
+        s = PipeImap(argv)
+        s.greeting()
+        s.login(maddy.name, maddy.password)
+        s.ok("EXAMINE INBOX")
+        uids, order = uid_map(s)
+        s.kill()
+        s = start_expunge(argv, maddy, ["1:300"])
+        deleted = set(order[:300])
+        s.send("x EXPUNGE")
+        time.sleep(rng.uniform(0, 0.05))
+        if s.proc.poll() is None:
+            os.kill(s.pid, signal.SIGKILL)
+        s.proc.wait(timeout=30)
+        s.kill()
+        check_recovered(argv, maddy, None, uids, deleted, "maildir attempt %d" % attempt)
+        shutil.rmtree(os.path.join(maddy.home, "Maildir"))
