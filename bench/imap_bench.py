@@ -145,18 +145,18 @@ class ImapClient:
 
 
 class Counter:
-    """Counts untagged responses of one kind (`* n FETCH`, `* n EXPUNGE`, ...)."""
+    """Counts untagged responses of one kind (`* n FETCH`, `* n EXISTS`, `* SEARCH ...`) and
+    keeps the last one."""
 
     def __init__(self, kind: bytes) -> None:
         self.kind = b" " + kind
         self.count = 0
-        self.lines: list[bytes] = []
+        self.last = b""
 
     def __call__(self, text: bytes) -> None:
         if text.startswith(b"* ") and self.kind in text[:40]:
             self.count += 1
-            if len(self.lines) < 2:
-                self.lines.append(text)
+            self.last = text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,11 +291,11 @@ def measure_session(server: pb.Server, fmt: str, corpus: Path, count: int,
     try:
         client.greeting()
         mark("greeting")
-        exists = []
-        client.command("SELECT INBOX", lambda t: exists.append(t) if t.endswith(b" EXISTS") else 0)
+        exists = Counter(b"EXISTS")
+        client.command("SELECT INBOX", exists)
         mark("select")
-        if not exists or int(exists[-1].split()[1]) != count:
-            raise BenchError(f"SELECT: {exists[-1:]!r}, expected {count} EXISTS")
+        if exists.last != f"* {count} EXISTS".encode():
+            raise BenchError(f"SELECT: {exists.last!r}, expected {count} EXISTS")
 
         for key, items in (("fetch_flags", "FLAGS"), ("fetch_envelope", "(ENVELOPE BODYSTRUCTURE)"),
                            ("fetch_body", "BODY.PEEK[]")):
@@ -307,11 +307,10 @@ def measure_session(server: pb.Server, fmt: str, corpus: Path, count: int,
             if key == "fetch_body":
                 result["body_octets"] = octets
 
-        hits = []
-        client.command(f'SEARCH TEXT "{SEARCH_WORD}"',
-                       lambda t: hits.append(len(t.split()) - 2) if t.startswith(b"* SEARCH") else 0)
+        search = Counter(b"SEARCH")
+        client.command(f'SEARCH TEXT "{SEARCH_WORD}"', search)
         mark("search")
-        result["search_hits"] = sum(hits)
+        result["search_hits"] = len(search.last.split()) - 2
 
         flagged = Counter(b"FETCH")
         client.command("STORE 1:* +FLAGS (\\Flagged)", flagged)
