@@ -204,3 +204,38 @@ fn an_mbox_folder_created_again_at_once_gets_a_new_uidvalidity() {
     let got = s.command("l1", "LIST \"\" *");
     assert!(!got.iter().any(|l| l.contains("uidvalidity")), "{got:?}");
 }
+
+#[test]
+fn messages_copied_with_flags_are_recent_in_the_session_that_has_the_target_selected() {
+    // imaptest copy: COPY keeps \Seen, and the target's session still sees \Recent.
+    let dir = TempDir::new("imaptest-copy-recent");
+    let home = maildir_home(&dir, 2);
+    let mut one = Server::start(&home, None, &[]);
+    let mut two = Server::start(&home, None, &[]);
+    one.response();
+    two.response();
+    one.command("a1", "CREATE box");
+    two.command("b1", "SELECT box");
+    one.command("a2", "SELECT INBOX");
+    one.command("a3", "STORE 1 FLAGS.SILENT (\\Seen)");
+    one.command("a4", "COPY 1:2 box");
+    assert_eq!(
+        two.command("b2", "NOOP"),
+        [
+            "* 2 EXISTS\r\n",
+            "* 2 RECENT\r\n",
+            "b2 OK NOOP completed\r\n"
+        ]
+    );
+    assert_eq!(
+        two.command("b3", "FETCH 1:2 (FLAGS)"),
+        [
+            "* 1 FETCH (FLAGS (\\Recent \\Seen))\r\n",
+            "* 2 FETCH (FLAGS (\\Recent))\r\n",
+            "b3 OK FETCH completed\r\n"
+        ]
+    );
+    // Claimed by that session: another one does not see them recent.
+    let got = one.command("a5", "STATUS box (RECENT)");
+    assert_eq!(got[0], "* STATUS box (RECENT 0)\r\n");
+}

@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -35,7 +36,12 @@ fn write_state(state: &Path, value: u32) -> std::io::Result<()> {
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let tmp = state.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-    let result = fs::File::create(&tmp)
+    let result = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
         .and_then(|mut f| f.write_all(format!("{value:08x}").as_bytes()))
         .and_then(|()| fs::rename(&tmp, state));
     if result.is_err() {
@@ -77,6 +83,9 @@ mod tests {
         assert_eq!(peek(&state), b + 1);
         assert_eq!(next(&state), b + 1);
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&state).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "private, like the uidlist");
         fs::remove_dir_all(&dir).unwrap();
     }
 

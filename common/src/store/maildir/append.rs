@@ -1,7 +1,10 @@
 //! Delivering new messages into a Maildir (IMAP APPEND, COPY, MOVE), as Dovecot does: each is
 //! written into `tmp/` under a unique name `<secs>.M<usecs>P<pid>.<host>,S=<size>,W=<vsize>`,
-//! flushed to disk, given its INTERNALDATE as mtime, then renamed into `new/` (no flags: recent)
-//! or `cur/` (`:2,<flags>`), and listed in `dovecot-uidlist`.
+//! flushed to disk, given its INTERNALDATE as mtime, then renamed into `new/` and listed in
+//! `dovecot-uidlist`. Flags and keywords go in the name (`:2,<letters>`) even in `new/`, which
+//! Dovecot and mutt read: a message placed in `new/` is `\Recent` for the first session to
+//! claim it (rename it into `cur/`), so a COPY or a flagged APPEND is `\Recent` in the session
+//! that has the mailbox selected, as RFC 3501 wants (Dovecot keeps that in its index instead).
 //!
 //! Owns the unique names, the line-end conversion (bodies are stored with LF, as Dovecot's
 //! default `mail_save_crlf = no`; `W=` is the CRLF size we present) and the group commit.
@@ -115,11 +118,12 @@ fn stage(root: &Path, message: &mut NewMessage<'_>, letters: &str) -> Result<Sta
     };
     let base = format!("{stem},S={size},W={vsize}");
     let has_info = message.flags != Flags::NONE || !letters.is_empty();
-    let (subdir, name) = if has_info {
-        (Subdir::Cur, name::build(&base, message.flags, letters))
+    let name = if has_info {
+        name::build(&base, message.flags, letters)
     } else {
-        (Subdir::New, base.clone())
+        base.clone()
     };
+    let subdir = Subdir::New;
     Ok(Staged {
         tmp,
         base,
@@ -344,8 +348,8 @@ mod tests {
             mailbox.messages()[1].flags,
             Flags::SEEN.union(Flags::FLAGGED)
         );
-        // Appended without flags: recent, and ours (claimed at refresh).
-        assert!(mailbox.messages()[0].recent && !mailbox.messages()[1].recent);
+        // Appended with or without flags: recent, and ours (claimed at refresh).
+        assert!(mailbox.messages().iter().all(|m| m.recent));
         // Stored with LF, named the Dovecot way with both sizes.
         let names = names_in(&root, "cur");
         let first = names.iter().find(|n| n.contains(",S=22,W=25")).unwrap();
@@ -376,11 +380,19 @@ mod tests {
             fs::read_to_string(root.join(keywords::KEYWORDS_NAME)).unwrap(),
             "0 $Forwarded\n1 Work\n"
         );
-        let cur = names_in(&root, "cur");
-        assert!(cur[0].ends_with(":2,ab"), "{cur:?}");
+        let new = names_in(&root, "new");
+        assert!(new[0].ends_with(":2,ab"), "{new:?}");
         let mailbox = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
         assert_eq!(mailbox.keyword_names(), ["$Forwarded", "Work"]);
         assert_eq!(mailbox.messages()[0].keywords, 0b11);
+        assert!(mailbox.messages()[0].recent);
+        // The first writer claims it: into cur/ with its letters kept, recent for it alone.
+        let claimer = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert!(claimer.messages()[0].recent);
+        assert_eq!(claimer.messages()[0].keywords, 0b11);
+        assert!(names_in(&root, "cur")[0].ends_with(":2,ab"));
+        let later = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert!(!later.messages()[0].recent);
     }
 
     /// A source that fails after a few bytes, as a dropped connection mid-literal.
