@@ -3,8 +3,8 @@
 to an imapd child, or over a socket to a launcher) that reads literals exactly.
 
 conftest.py imports the fixtures (so session-scoped ones exist once per run); the POP3
-fixtures they build on (users, spool, cert, ...) are conftest.py's own. Owns nothing outside the temp dirs, the users'
-~/Maildir and /etc/pam.d/imap (restored afterwards).
+fixtures they build on (users, spool, cert, ...) are conftest.py's own. Owns nothing outside
+the temp dirs, the users' ~/Maildir and /etc/pam.d/imap (restored afterwards).
 """
 
 import os

@@ -10,6 +10,7 @@ names (must not create anything), APPEND of a message with NUL bytes (needs lite
 a message without a header (an mbox `From ` body line must not split the mailbox).
 """
 
+import hashlib
 import os
 import re
 
@@ -193,3 +194,57 @@ def test_mailbox_unchanged_after_garbage_lines(session):
         line = s.readline()
         assert re.match(rb"(\* BAD|a1 BAD|a1 NO|\* OK)", line), (junk, line)
     check_after(s, path, before)
+
+
+BIG_LINE = b"x" * 998 + b"\r\n"
+BIG_MESSAGE = (b"From: big@example.com\r\nSubject: big\r\nMessage-ID: <big@test>\r\n\r\n"
+               + BIG_LINE * 40000)
+
+
+def append_big(s):
+    """APPEND the 40 MB message with LITERAL+ (the server cannot refuse before the bytes come);
+    returns the VmHWM bound: the session's peak before it plus 16 MB."""
+    bound = vm_hwm_kb(s.pid) + 16 * 1024
+    lines, tagged = s.literal_cmd("APPEND INBOX", BIG_MESSAGE, sync=False, timeout=120)
+    assert tagged.startswith(b"OK [APPENDUID"), tagged
+    return bound
+
+
+def test_large_append_has_bounded_memory(session):
+    """A 40 MB APPEND is spooled, not held in memory: VmHWM grows by less than 16 MB; the
+    message is stored whole (RFC822.SIZE, BODY[] checksum from a fresh session)."""
+    s, path, before = session
+    bound = append_big(s)
+    assert vm_hwm_kb(s.pid) < bound, "VmHWM %d kB after a 40 MB APPEND" % vm_hwm_kb(s.pid)
+    s.ok("LOGOUT")
+    s.close()
+    assert mbox_message_count(read_file(path)) == 4
+    body = BIG_MESSAGE.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
+    assert b"\n\n" + body in read_file(path), "the appended body is not in the spool whole"
+
+
+@pytest.mark.parametrize("items", [
+    "BODY.PEEK[]", "RFC822.SIZE",
+    pytest.param("BODY.PEEK[TEXT]<0.100>", marks=pytest.mark.xfail(
+        strict=True, reason="server limitation: a TEXT partial loads the whole message")),
+    pytest.param("BINARY.PEEK[1]<0.100>", marks=pytest.mark.xfail(
+        strict=True, reason="server limitation: BINARY loads the message and its decoding (2x)")),
+    pytest.param("BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]", marks=pytest.mark.xfail(
+        strict=True, reason="server limitation: HEADER.FIELDS parses the whole message in memory")),
+    pytest.param("BODYSTRUCTURE", marks=pytest.mark.xfail(
+        strict=True, reason="server limitation: BODYSTRUCTURE parses the whole message in memory")),
+    pytest.param("ENVELOPE", marks=pytest.mark.xfail(
+        strict=True, reason="server limitation: ENVELOPE parses the whole message in memory")),
+])
+def test_fetch_of_large_message_has_bounded_memory(session, items):
+    """The session notices a new 40 MB message and FETCHes `items` of it without holding it in
+    memory: VmHWM grows by less than 16 MB over the whole exchange."""
+    s, path, before = session
+    bound = append_big(s)
+    lines = s.ok("NOOP")
+    assert vm_hwm_kb(s.pid) < bound, "VmHWM %d kB after NOOP (%r)" % (vm_hwm_kb(s.pid), lines)
+    got = b"".join(s.ok("FETCH 4 (%s)" % items, timeout=60))
+    if items == "BODY.PEEK[]":
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(
+            b"* 4 FETCH (BODY[] {%d}\r\n" % len(BIG_MESSAGE) + BIG_MESSAGE + b")").hexdigest()
+    assert vm_hwm_kb(s.pid) < bound, "VmHWM %d kB after FETCH %s" % (vm_hwm_kb(s.pid), items)

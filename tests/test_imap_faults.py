@@ -211,3 +211,45 @@ def test_sigkill_during_maildir_expunge(imap_users, imap_args):
         s.kill()
         check_recovered(argv, maddy, None, uids, deleted, "maildir attempt %d" % attempt)
         shutil.rmtree(os.path.join(maddy.home, "Maildir"))
+
+
+def test_crash_during_append(imap_users, mbox_for, imap_args):
+    """imapd dies (abort) after raising X-IMAPbase's UID-last (MAILSUITE_CRASH_AT=append-base)
+    or halfway through writing the new message (append-half): the next session sees every old
+    message with its UID, the new one whole or not at all, and a UID never reused."""
+    alice = imap_users["alice"]
+    msgs = [make_message(i, tag=b"ap") for i in range(5)]
+    argv = imap_args("--allow-plaintext")
+    new = b"From: n@example.com\r\nSubject: new\r\nMessage-ID: <new@test>\r\n\r\n" + b"line\r\n" * 500
+    for point in ("append-base", "append-half"):
+        path = mbox_for(alice, mbox_of(msgs))
+        settle(argv, alice)
+        s = PipeImap(argv)
+        s.greeting()
+        s.login(alice.name, alice.password)
+        s.ok("EXAMINE INBOX")
+        uids, order = uid_map(s)
+        s.kill()
+        s = PipeImap(argv, env=dict(os.environ, MAILSUITE_CRASH_AT=point))
+        s.greeting()
+        s.login(alice.name, alice.password)
+        try:
+            lines, tagged = s.literal_cmd("APPEND INBOX", new)
+        except EOFError:
+            tagged = None
+        assert tagged is None, (point, "the crash hook did not fire", tagged)
+        s.kill()
+        ids = check_recovered(argv, alice, path, uids, set(), point)
+        assert ids[:5] == order and set(ids[5:]) <= {b"<new@test>"}, (point, ids)
+        s = PipeImap(argv)
+        s.greeting()
+        s.login(alice.name, alice.password)
+        s.ok("SELECT INBOX")
+        if len(ids) == 6:
+            got = parse_fetch(s.ok("FETCH 6 (UID BODY.PEEK[])"))[6]
+            assert got.endswith(b"{%d}\r\n" % len(new) + new), (point, "partial message", got[-200:])
+        lines, tagged = s.literal_cmd("APPEND INBOX", b"Subject: after\r\n\r\nx\r\n")
+        uid = int(re.search(rb"APPENDUID \d+ (\d+)", tagged).group(1))
+        assert uid > max(uids.values()) + (1 if point == "append-base" else 0), (point, tagged)
+        s.ok("LOGOUT")
+        s.close()

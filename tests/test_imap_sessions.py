@@ -12,6 +12,7 @@ import fcntl
 import imaplib
 import os
 import re
+import socket
 import ssl
 import subprocess
 import time
@@ -229,3 +230,28 @@ def test_pop3_session_makes_select_read_only(imap_users, mbox_for, imap_pipe, se
     finally:
         if pop.proc.poll() is None:
             pop.kill()
+
+
+def test_starttls_rejects_pipelined_plaintext(imap_users, mbox_for, imapd, imap_args, cert):
+    """Commands sent in the clear right behind STARTTLS (in the same packet) must not be run
+    as if they came over TLS (CVE-2011-0411 class): BAD and close, or ignored."""
+    alice = imap_users["alice"]
+    mbox_for(alice, mbox_of([make_message(1)]))
+    argv = [imapd if a == "/usr/local/sbin/imapd" else a
+            for a in launchers.unit_exec_start("systemd/imapd@.service")]
+    with launchers.socket_activate(argv + imap_args("--cert", cert[0], "--key", cert[1])[1:]) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert sock.recv(4096).startswith(b"* OK")
+        sock.sendall(b"a STARTTLS\r\nb LOGIN %s \"%s\"\r\n" % (alice.name.encode(), alice.password.encode()))
+        data = b""
+        try:
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except socket.timeout:
+            pass
+        sock.close()
+        assert b"b OK" not in data, data
+        assert data.startswith(b"a BAD") or data.startswith(b"a OK"), data
