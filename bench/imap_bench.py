@@ -403,7 +403,7 @@ def ratio(ours: float | None, other: float | None, kind: str | None) -> str:
 def print_table(results: dict, servers: list[str], title: str) -> None:
     print()
     print(title)
-    head = f"{'mailbox':<14}{'metric':<36}" + "".join(f"{s:>12}" for s in servers)
+    head = f"{'mailbox':<16}{'metric':<36}" + "".join(f"{s:>12}" for s in servers)
     head += f"{'ours/dovecot':>14}{'ours/mailutils':>16}"
     print()
     print(head)
@@ -413,12 +413,12 @@ def print_table(results: dict, servers: list[str], title: str) -> None:
             meds = {s: per_server.get(s, {}).get("median", {}).get(key) for s in servers}
             cells = "".join(f"{meds[s] * scale:>12.1f}" if meds[s] is not None else f"{'-':>12}"
                             for s in servers)
-            print(f"{config:<14}{label + ' [' + unit + ']':<36}{cells}"
+            print(f"{config:<16}{label + ' [' + unit + ']':<36}{cells}"
                   f"{ratio(meds.get('ours'), meds.get('dovecot'), kind):>14}"
                   f"{ratio(meds.get('ours'), meds.get('mailutils'), kind):>16}")
         for s in servers:
             if per_server.get(s, {}).get("note"):
-                print(f"{'':<14}! {s}: {per_server[s]['note']}")
+                print(f"{'':<16}! {s}: {per_server[s]['note']}")
         print()
     print("ratios: ours/other for times and RSS, other/ours for MB/s; <= 1.00 means ours is at "
           "least as good. Medians of interleaved rounds on fresh copies.")
