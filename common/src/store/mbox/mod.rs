@@ -37,9 +37,10 @@ mod rewrite;
 
 pub use folders::MboxStore;
 
-use super::lock::{MailboxLock, SessionLock};
+use super::lock::{MailboxLock, ReadLock, SessionLock};
 use super::{
-    Access, Changes, CommitReport, Expunge, Flags, Mailbox, MessageInfo, NewMessage, StoreError,
+    Access, Changes, CommitReport, Expunge, Flags, Mailbox, MailboxChanged, MessageInfo,
+    NewMessage, StoreError,
 };
 use meta::{keyword_words, BaseInfo, MAX_KEYWORDS};
 use parse::{Entry, ParseError, Parsed, PseudoInfo};
@@ -498,6 +499,18 @@ impl MboxMailbox {
     }
 }
 
+/// Whether the bytes at `entry`'s offset still begin a message: a last check against a rewrite
+/// that kept the file's length and timestamps (within one tick of the clock).
+fn starts_with_from_line(file: &File, entry: &Entry) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut start = [0u8; 5];
+    match file.read_exact_at(&mut start, entry.from_off) {
+        Ok(()) => Ok(&start == b"From "),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A keyword name UW can store: an IMAP atom without `]`, at most 50 bytes.
 fn valid_keyword(name: &str) -> bool {
     keyword_words(name.as_bytes()).next() == Some(name.as_bytes())
@@ -703,8 +716,14 @@ impl Mailbox for MboxMailbox {
                 format!("no message {}", index + 1),
             ));
         };
+        // Writers rewrite in place under the write lock: with the read lock held, the file
+        // stays as it is now for the reader's life. It must still be the file we indexed.
+        let lock = ReadLock::acquire(&self.path, file, LOCK_TIMEOUT)?;
+        if Some(FileStamp::of(file)?) != self.stamp || !starts_with_from_line(file, entry)? {
+            return Err(MailboxChanged::io_error());
+        }
         Ok(Box::new(reader::MessageReader::new(
-            file, entry, info.size,
+            file, entry, info.size, lock,
         )?))
     }
 
