@@ -141,7 +141,9 @@ pub enum Access {
     Exclusive,
     /// IMAP read-write, shared with other sessions and the MTA.
     Shared,
-    /// IMAP EXAMINE, STATUS: never writes anything, not even new UIDs.
+    /// IMAP EXAMINE: changes no message or flag, claims no `\Recent`. An mbox is never
+    /// written; a Maildir without `dovecot-uidlist` gets its first one (see [`maildir`]).
+    /// STATUS uses [`MailStore::status`], which stores missing UIDs.
     ReadOnly,
 }
 

@@ -95,6 +95,11 @@ pub struct MboxMailbox {
     keywords: Vec<String>,
     pseudo: Option<PseudoInfo>,
     first_meta: Option<Vec<u8>>,
+    /// The file holds a UID for every message (else they are made up in memory).
+    uids_stored: bool,
+    /// Whether writes mark unseen messages `O` (this session reports them `\Recent`); false
+    /// only for STATUS, which persists UIDs alone.
+    claim_recent: bool,
     _session: Option<SessionLock>,
 }
 
@@ -139,6 +144,33 @@ impl MboxMailbox {
         helper: &Path,
     ) -> Result<MboxMailbox, StoreError> {
         MboxMailbox::open_with_style(path, access, helper, Style::Pseudo)
+    }
+
+    /// Open for STATUS: read-only, except that a file whose messages do not all have stored UIDs
+    /// gets them stored (UIDVALIDITY in `X-IMAPbase`, or the pseudo-message of a `folder`, and
+    /// `X-UID`s), as UW's STATUS does ("Assigning new unique identifiers to all messages"), so
+    /// the UIDVALIDITY it reports is the one a later SELECT sees. Claims no `\Recent` and
+    /// changes nothing else. When it cannot write (permissions, a busy lock), the answer is the
+    /// read-only one.
+    pub fn open_for_status(
+        path: &Path,
+        helper: &Path,
+        folder: bool,
+    ) -> Result<MboxMailbox, StoreError> {
+        let style = if folder { Style::Pseudo } else { Style::Base };
+        let reader = MboxMailbox::open_with_style(path, Access::ReadOnly, helper, style)?;
+        if reader.uids_stored {
+            return Ok(reader);
+        }
+        let mut writer = MboxMailbox::blank(path, Access::Shared, helper, style, None);
+        writer.claim_recent = false;
+        match writer.open_file() {
+            Ok(file) => match writer.load(file) {
+                Ok(()) => Ok(writer),
+                Err(_) => Ok(reader),
+            },
+            Err(_) => Ok(reader),
+        }
     }
 
     /// Create an empty folder at `path` holding only the pseudo-message (as UW's CREATE does).
@@ -194,7 +226,24 @@ impl MboxMailbox {
             Access::Exclusive => Some(SessionLock::try_acquire(path).map_err(StoreError::InUse)?),
             _ => None,
         };
-        let mut mailbox = MboxMailbox {
+        let mut mailbox = MboxMailbox::blank(path, access, helper, style, session);
+        match mailbox.open_file() {
+            Ok(file) => mailbox.load(file)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(mailbox.io_error(e)),
+        }
+        Ok(mailbox)
+    }
+
+    /// An empty mailbox at `path`, before its file is read.
+    fn blank(
+        path: &Path,
+        access: Access,
+        helper: &Path,
+        style: Style,
+        session: Option<SessionLock>,
+    ) -> MboxMailbox {
+        MboxMailbox {
             path: path.to_path_buf(),
             access,
             helper: helper.to_path_buf(),
@@ -208,14 +257,10 @@ impl MboxMailbox {
             keywords: Vec::new(),
             pseudo: None,
             first_meta: None,
+            uids_stored: true,
+            claim_recent: true,
             _session: session,
-        };
-        match mailbox.open_file() {
-            Ok(file) => mailbox.load(file)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(mailbox.io_error(e)),
         }
-        Ok(mailbox)
     }
 
     fn io_error(&self, e: io::Error) -> StoreError {
@@ -289,7 +334,9 @@ impl MboxMailbox {
         let _lock = self.lock_recovered(&file)?;
         let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
         let parsed = self.parse_file(&file, stamp.len)?;
-        let must_write = parsed.needs_persist || parsed.infos.iter().any(|i| i.recent);
+        self.uids_stored = !parsed.needs_persist;
+        let must_write =
+            parsed.needs_persist || (self.claim_recent && parsed.infos.iter().any(|i| i.recent));
         self.adopt(parsed, None);
         self.file = Some(file);
         self.stamp = Some(stamp);
@@ -477,7 +524,7 @@ impl MboxMailbox {
             pseudo: self.pseudo.as_ref(),
             first_meta: self.first_meta.as_deref(),
             now: now(),
-            claim_recent: true,
+            claim_recent: self.claim_recent,
         };
         let plan = rewrite::plan(&snapshot, &host_name()).map_err(|e| self.io_error(e))?;
         if plan.is_noop() {
