@@ -278,8 +278,6 @@ def test_authenticate_plain_with_sasl_ir(imap_users, mbox_for, launcher):
     M.logout()
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: STATUS on a mailbox without stored UIDs "
-                   "reports a time-based UIDVALIDITY that SELECT replaces (common/src/store)")
 def test_status_uidvalidity_is_the_one_select_reports(mail_user, imap_pipe):
     """UIDVALIDITY from STATUS on a never-opened mailbox must be the one SELECT reports a
     second later (a client caches UIDs under it, RFC 3501 2.3.1.1)."""

@@ -83,7 +83,10 @@ pub trait MailStore {
     /// Open a mailbox by name; `NoSuchMailbox` if it does not exist, `Refused` for a
     /// `\NoSelect` level.
     fn open(&self, name: &str, access: Access) -> Result<Box<dyn Mailbox>, StoreError>;
-    /// STATUS without selecting; never writes anything (not even new UIDs).
+    /// STATUS without selecting. Writes nothing, except that messages without a stored UID get
+    /// one (and a mailbox without UIDVALIDITY its first), as UW's and Dovecot's STATUS do, so
+    /// that the UIDVALIDITY and UIDNEXT reported are those a later SELECT sees (RFC 3501
+    /// 2.3.1.1). Never claims `\Recent`.
     fn status(&self, name: &str) -> Result<MailboxStatus, StoreError>;
     /// CREATE: a mailbox, with any missing parent levels; a trailing `/` creates only a level
     /// that can hold folders (mbox: a directory). `AlreadyExists` when taken.

@@ -31,6 +31,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 /// Where UW-IMAP (and we) keep session locks.
 const SESSION_LOCK_DIR: &str = "/tmp";
 
+/// Longest a reader waits for a dotlocked writer before reading anyway under its fcntl lock.
+pub const READER_COURTESY: Duration = Duration::from_secs(5);
+
 /// Longest pause between two attempts at a busy fcntl lock.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -97,6 +100,44 @@ impl Drop for MailboxLock {
     fn drop(&mut self) {
         let _ = set_ofd_lock(&self.locked_file, libc::F_UNLCK);
         // The fields drop next: the descriptor closes, then the dotlock is removed.
+    }
+}
+
+/// A shared fcntl (OFD) read lock on a whole mailbox file, without the dotlock: held while message
+/// bytes are read by offset, so that no writer (writers take the write lock) rewrites the file
+/// underneath. Appending MTAs that use fcntl wait too, as they wait for UW's readers. Released on
+/// drop; hold it no longer than the read it protects.
+///
+/// Readers share the lock, so back-to-back reads could starve a writer that polls for it. Writers
+/// take the dotlock first, so a reader that sees `<mailbox>.lock` lets them go first (for at most
+/// [`READER_COURTESY`], in case the dotlock is a stale one).
+pub struct ReadLock {
+    /// A duplicate of the caller's descriptor, sharing the open file description that owns the
+    /// lock.
+    locked_file: File,
+}
+
+impl ReadLock {
+    /// Take the read lock on `file` (the mailbox at `path`), waiting up to `timeout` for a
+    /// writer to finish. `TimedOut` when a writer holds the file that long.
+    pub fn acquire(path: &Path, file: &File, timeout: Duration) -> io::Result<ReadLock> {
+        let deadline = Instant::now() + timeout;
+        let locked_file = file.try_clone()?;
+        let dotlock = lock_path_for(path);
+        let courtesy_end = Instant::now() + READER_COURTESY.min(timeout);
+        let mut backoff = Duration::from_millis(2);
+        while fs::symlink_metadata(&dotlock).is_ok() && Instant::now() < courtesy_end {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+        fcntl_lock_kind_until(&locked_file, libc::F_RDLCK, deadline)?;
+        Ok(ReadLock { locked_file })
+    }
+}
+
+impl Drop for ReadLock {
+    fn drop(&mut self) {
+        let _ = set_ofd_lock(&self.locked_file, libc::F_UNLCK);
     }
 }
 
@@ -219,7 +260,11 @@ fn wait_readable(out: &ChildStdout, deadline: Instant) -> io::Result<()> {
 
 /// Retry a non-blocking fcntl lock until `deadline`.
 fn fcntl_lock_until(file: &File, deadline: Instant) -> io::Result<()> {
-    let kind = lock_kind_for(file)?;
+    fcntl_lock_kind_until(file, lock_kind_for(file)?, deadline)
+}
+
+/// Retry a non-blocking fcntl lock of `kind` (F_RDLCK or F_WRLCK) until `deadline`.
+fn fcntl_lock_kind_until(file: &File, kind: libc::c_int, deadline: Instant) -> io::Result<()> {
     let mut backoff = Duration::from_millis(20);
     loop {
         match set_ofd_lock(file, kind) {
@@ -654,6 +699,66 @@ mod tests {
             assert!(!others_can_fcntl_lock(&path), "read lock not held");
         }
         drop(lock);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn read_lock_shuts_out_writers_only_while_held() {
+        let dir = temp_dir("readlock");
+        let (path, file) = mailbox_in(&dir);
+        let lock = ReadLock::acquire(&path, &file, ms(400)).unwrap();
+        // Another reader is welcome; a writer is not.
+        let reader = File::open(&path).unwrap();
+        drop(ReadLock::acquire(&path, &reader, ms(100)).unwrap());
+        let writer = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let err = MailboxLock::acquire(&path, &writer, Path::new(NO_HELPER), ms(150))
+            .err()
+            .expect("a writer got in under a read lock");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        if have_python() {
+            assert!(
+                !others_can_fcntl_lock(&path),
+                "read lock not seen by POSIX lockers"
+            );
+        }
+        drop(lock);
+        drop(MailboxLock::acquire(&path, &writer, Path::new(NO_HELPER), ms(400)).unwrap());
+        if have_python() {
+            assert!(others_can_fcntl_lock(&path), "read lock not released");
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn readers_let_a_dotlocked_writer_go_first() {
+        let dir = temp_dir("courtesy");
+        let (path, file) = mailbox_in(&dir);
+        let dotlock = dir.join("user.lock");
+        fs::write(&dotlock, b"").unwrap();
+        let remover = {
+            let dotlock = dotlock.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(ms(300));
+                fs::remove_file(dotlock).unwrap();
+            })
+        };
+        let start = Instant::now();
+        drop(ReadLock::acquire(&path, &file, ms(2000)).unwrap());
+        assert!(
+            start.elapsed() >= ms(250),
+            "did not wait: {:?}",
+            start.elapsed()
+        );
+        remover.join().unwrap();
+        // A dotlock nobody removes delays a reader only up to its timeout.
+        fs::write(&dotlock, b"").unwrap();
+        let start = Instant::now();
+        drop(ReadLock::acquire(&path, &file, ms(200)).unwrap());
+        assert!(start.elapsed() < ms(1500), "waited {:?}", start.elapsed());
         fs::remove_dir_all(&dir).unwrap();
     }
 

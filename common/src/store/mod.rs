@@ -107,6 +107,33 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// The error a message reader returns when the mailbox was rewritten by another process since
+/// this session last read its index: nothing was read. Refresh the index and try again (IMAP
+/// answers the command NO). Test for it with [`is_mailbox_changed`].
+#[derive(Debug)]
+pub struct MailboxChanged;
+
+impl fmt::Display for MailboxChanged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("mailbox changed, retry")
+    }
+}
+
+impl std::error::Error for MailboxChanged {}
+
+impl MailboxChanged {
+    /// As an `io::Error` (kind `Other`), the form readers return it in.
+    pub fn io_error() -> io::Error {
+        io::Error::other(MailboxChanged)
+    }
+}
+
+/// Whether `e` is [`MailboxChanged`]: the index is stale, not the store broken.
+pub fn is_mailbox_changed(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<MailboxChanged>())
+}
+
 /// How a session wants a mailbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -114,7 +141,9 @@ pub enum Access {
     Exclusive,
     /// IMAP read-write, shared with other sessions and the MTA.
     Shared,
-    /// IMAP EXAMINE, STATUS: never writes anything, not even new UIDs.
+    /// IMAP EXAMINE: changes no message or flag, claims no `\Recent`. An mbox is never
+    /// written; a Maildir without `dovecot-uidlist` gets its first one (see [`maildir`]).
+    /// STATUS uses [`MailStore::status`], which stores missing UIDs.
     ReadOnly,
 }
 
@@ -179,6 +208,9 @@ pub trait Mailbox {
     fn keyword_names(&self) -> &[String];
     /// A reader over message `index` exactly as presented (CRLF, metadata hidden):
     /// it yields exactly `messages()[index].size` bytes. Streams; never loads the whole body.
+    /// Never yields bytes other than the message's: when another process changed the mailbox
+    /// since the index was read, fails with [`MailboxChanged`] (mbox: the reader holds a
+    /// shared fcntl lock for its lifetime, so writers wait until it is dropped).
     fn open_message(&mut self, index: usize) -> io::Result<Box<dyn Read + '_>>;
     /// Change message `index`'s flags in memory; persisted by [`Mailbox::commit`].
     fn set_flags(&mut self, index: usize, flags: Flags);
@@ -309,6 +341,18 @@ mod tests {
             Some(Path::new("/x/y")),
         );
         assert_eq!(got, InboxLocation::Mbox("/x/y".into()));
+    }
+
+    #[test]
+    fn mailbox_changed_is_recognised_and_nothing_else() {
+        let e = MailboxChanged::io_error();
+        assert!(is_mailbox_changed(&e));
+        assert_eq!(e.kind(), io::ErrorKind::Other);
+        assert_eq!(e.to_string(), "mailbox changed, retry");
+        assert!(!is_mailbox_changed(&io::Error::other(
+            "mailbox changed, retry"
+        )));
+        assert!(!is_mailbox_changed(&io::ErrorKind::UnexpectedEof.into()));
     }
 
     #[test]

@@ -69,6 +69,18 @@ impl MaildirStore {
     }
 
     /// The directory of mailbox `name`, INBOX included.
+    /// The directory of mailbox `name`, refusing a `\NoSelect` level and a missing folder.
+    fn selectable_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.mailbox_dir(name)?;
+        if !is_inbox(name) && !dir.is_dir() {
+            if !self.children(name)?.is_empty() {
+                return Err(StoreError::Refused(format!("{name} is not selectable")));
+            }
+            return Err(StoreError::NoSuchMailbox(name.to_string()));
+        }
+        Ok(dir)
+    }
+
     fn mailbox_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
         if is_inbox(name) {
             Ok(self.root.clone())
@@ -229,18 +241,13 @@ impl MailStore for MaildirStore {
     }
 
     fn open(&self, name: &str, access: Access) -> Result<Box<dyn Mailbox>, StoreError> {
-        let dir = self.mailbox_dir(name)?;
-        if !is_inbox(name) && !dir.is_dir() {
-            if !self.children(name)?.is_empty() {
-                return Err(StoreError::Refused(format!("{name} is not selectable")));
-            }
-            return Err(StoreError::NoSuchMailbox(name.to_string()));
-        }
+        let dir = self.selectable_dir(name)?;
         Ok(Box::new(MaildirMailbox::open(&dir, access)?))
     }
 
+    /// Records UIDs for messages that have none yet (see [`MaildirMailbox::open_for_status`]).
     fn status(&self, name: &str) -> Result<MailboxStatus, StoreError> {
-        let mailbox = self.open(name, Access::ReadOnly)?;
+        let mailbox = MaildirMailbox::open_for_status(&self.selectable_dir(name)?)?;
         let count = |f: &dyn Fn(&crate::store::MessageInfo) -> bool| {
             u32::try_from(mailbox.messages().iter().filter(|m| f(m)).count()).unwrap_or(u32::MAX)
         };
@@ -637,7 +644,7 @@ mod tests {
     }
 
     #[test]
-    fn status_counts_without_writing_anything() {
+    fn status_stores_missing_uids_and_nothing_else() {
         let (_tmp, root) = maildir();
         deliver(&root, "new", "1700000002.M1P1.h", b"b\n");
         deliver(&root, "new", "1700000001.M1P1.h", b"a\n");
@@ -646,25 +653,46 @@ mod tests {
             let m = fs::metadata(p).unwrap();
             (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
         };
-        let dirs = ["", "new", "cur", "tmp"].map(|d| root.join(d));
+        let dirs = ["new", "cur", "tmp"].map(|d| root.join(d));
         let before: Vec<_> = dirs.iter().map(|d| stamp(d)).collect();
-        let entries_before = root_entries(&root);
         let store = store(&root);
         let status = store.status("INBOX").unwrap();
-        assert_eq!(status.messages, 3);
-        assert_eq!(status.recent, 2);
-        assert_eq!(status.unseen, 2);
-        assert_eq!(status.uid_next, 4);
+        assert_eq!(
+            (
+                status.messages,
+                status.recent,
+                status.unseen,
+                status.uid_next
+            ),
+            (3, 2, 2, 4)
+        );
+        // The UIDs are stored; no message was touched (none claimed from new/).
+        let list_path = root.join(uidlist::UIDLIST_NAME);
+        let list = fs::read_to_string(&list_path).unwrap();
+        assert!(
+            list.starts_with(&format!("3 V{} N4", status.uid_validity)),
+            "{list}"
+        );
         let after: Vec<_> = dirs.iter().map(|d| stamp(d)).collect();
         assert_eq!(before, after);
-        assert_eq!(root_entries(&root), entries_before);
+        // Nothing missing: nothing written.
+        let list_stamp = stamp(&list_path);
+        assert_eq!(store.status("INBOX").unwrap(), status);
+        assert_eq!(stamp(&list_path), list_stamp);
+        // New mail gets its UID from the next STATUS.
+        deliver(&root, "new", "1700000003.M1P1.h", b"c\n");
+        let later = store.status("INBOX").unwrap();
+        assert_eq!((later.messages, later.recent, later.uid_next), (4, 3, 5));
+        assert_eq!(later.uid_validity, status.uid_validity);
         assert!(matches!(
             store.status("nope"),
             Err(StoreError::NoSuchMailbox(_))
         ));
-        // A writer then agrees with what STATUS promised.
+        // A writer then agrees with what STATUS promised, \Recent included.
         let writer = store.open("INBOX", Access::Shared).unwrap();
-        assert_eq!(writer.uid_next(), status.uid_next);
+        assert_eq!(writer.uid_validity(), status.uid_validity);
+        assert_eq!(writer.uid_next(), later.uid_next);
+        assert_eq!(writer.messages().iter().filter(|m| m.recent).count(), 3);
     }
 
     #[test]

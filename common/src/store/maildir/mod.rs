@@ -4,8 +4,10 @@
 //!
 //! Owns the files under one Maildir directory. Changes them only by rename() and unlink() (and the
 //! uidlist by rename() of its lock file), so a crash at any instant leaves every message exactly
-//! once on disk. Never copies a message, never reads bodies at open when the name carries its size,
-//! never writes anything when opened [`Access::ReadOnly`].
+//! once on disk. Never copies a message, never reads bodies at open when the name carries its size.
+//! Opened [`Access::ReadOnly`] it writes nothing but the first `dovecot-uidlist` of a Maildir that
+//! has none (as Dovecot's EXAMINE does), so the UIDVALIDITY it reports is the one every later
+//! session sees; STATUS ([`MaildirMailbox::open_for_status`]) also records UIDs for new messages.
 //!
 //! Sharing: any number of `Shared` sessions, Dovecot and the MTA work on one Maildir at once.
 //! A UID is only ever given under `dovecot-uidlist.lock`; flag changes are renames that apply
@@ -124,10 +126,26 @@ pub struct MaildirMailbox {
 
 impl MaildirMailbox {
     /// Open the Maildir at `path`: scan `new/` and `cur/`, give unlisted messages UIDs in
-    /// `dovecot-uidlist` (not when `ReadOnly`), and take the session lock when `Exclusive`.
+    /// `dovecot-uidlist` (when `ReadOnly`, only if the Maildir has no uidlist at all, and only
+    /// if it can), and take the session lock when `Exclusive`.
     /// `Shared` claims the messages in `new/` (they are `\Recent` for this session only).
     /// A missing Maildir is created (`cur new tmp`, mode 0700), or is empty when `ReadOnly`.
     pub fn open(path: &Path, access: Access) -> Result<MaildirMailbox, StoreError> {
+        MaildirMailbox::open_with(path, access, UidWrites::for_access(access))
+    }
+
+    /// Open for STATUS: like `ReadOnly`, except that messages without a UID get one in
+    /// `dovecot-uidlist` (the first uidlist fixing UIDVALIDITY), as UW's and Dovecot's STATUS
+    /// do. Nothing but the uidlist is written, and `\Recent` is not claimed.
+    pub fn open_for_status(path: &Path) -> Result<MaildirMailbox, StoreError> {
+        MaildirMailbox::open_with(path, Access::ReadOnly, UidWrites::NewUids)
+    }
+
+    fn open_with(
+        path: &Path,
+        access: Access,
+        writes: UidWrites,
+    ) -> Result<MaildirMailbox, StoreError> {
         let root = path.to_path_buf();
         if access == Access::ReadOnly && !root.is_dir() {
             return Ok(MaildirMailbox::empty(root, access));
@@ -141,7 +159,7 @@ impl MaildirMailbox {
         };
         let stamps = Stamps::take(&root)?;
         let keywords = Keywords::read(&root).map_err(io_at(root.join(keywords::KEYWORDS_NAME)))?;
-        let index = load_index(&root, access, &KnownFiles::new())?;
+        let index = load_index(&root, writes, &KnownFiles::new())?;
         let mut mailbox = MaildirMailbox {
             path: root,
             access,
@@ -519,25 +537,74 @@ impl Mailbox for MaildirMailbox {
     }
 }
 
-/// Scan and match `root` against its uidlist; unless `ReadOnly`, give unlisted messages UIDs
-/// under the uidlist lock (scanning again under it: another writer may have just done so).
-fn load_index(root: &Path, access: Access, known: &KnownFiles) -> Result<Index, StoreError> {
+/// Which UID assignments an open or refresh writes to `dovecot-uidlist`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UidWrites {
+    /// Read-write sessions: whatever the uidlist lacks (new UIDs, sizes, dropped records).
+    All,
+    /// STATUS: new UIDs only, when some message (or the whole Maildir) has none yet, so the
+    /// UIDVALIDITY and UIDNEXT it reports are what a later SELECT sees. Best effort.
+    NewUids,
+    /// EXAMINE: only the first uidlist of a Maildir that has none, so that the UIDVALIDITY it
+    /// reports is the one every later session sees (as Dovecot does). Best effort.
+    FirstList,
+}
+
+impl UidWrites {
+    fn for_access(access: Access) -> UidWrites {
+        match access {
+            Access::ReadOnly => UidWrites::FirstList,
+            Access::Shared | Access::Exclusive => UidWrites::All,
+        }
+    }
+
+    /// Whether `index` holds something this mode writes.
+    fn wants(self, index: &Index) -> bool {
+        match self {
+            UidWrites::All => index.needs_write,
+            UidWrites::NewUids => !index.had_uidlist || index.assigned_uids,
+            UidWrites::FirstList => !index.had_uidlist,
+        }
+    }
+}
+
+/// Scan and match `root` against its uidlist; write what `writes` allows of it under the
+/// uidlist lock (scanning again under it: another writer may have just done so).
+fn load_index(root: &Path, writes: UidWrites, known: &KnownFiles) -> Result<Index, StoreError> {
     let index = Index::build(root, known)?;
-    if access == Access::ReadOnly || !index.needs_write {
+    if !writes.wants(&index) {
         return Ok(index);
     }
+    match write_index(root, writes, &index, known) {
+        Ok(written) => Ok(written),
+        // A read-only session may lack the right to write: the UIDs stay provisional.
+        Err(_) if writes != UidWrites::All => Ok(index),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`load_index`]'s write, under the uidlist lock.
+fn write_index(
+    root: &Path,
+    writes: UidWrites,
+    scanned: &Index,
+    known: &KnownFiles,
+) -> Result<Index, StoreError> {
     let lock = UidlistLock::acquire(root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER)
         .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
-    let mut known_now = index.known_files();
+    let mut known_now = scanned.known_files();
     known_now.extend(known.iter().map(|(k, v)| (*k, *v)));
     let mut index = Index::build(root, &known_now)?;
-    if index.needs_write {
+    if index.needs_write && writes.wants(&index) {
         // The first uidlist fixes the UIDVALIDITY: one never handed out before here.
-        if !root.join(uidlist::UIDLIST_NAME).exists() {
+        if !index.had_uidlist {
             index.list.uid_validity = validity::next(root);
         }
         lock.replace(&index.list)
             .map_err(io_at(root.join(uidlist::UIDLIST_NAME)))?;
+        index.had_uidlist = true;
+        index.assigned_uids = false;
+        index.needs_write = false;
     }
     Ok(index)
 }
@@ -558,6 +625,10 @@ struct Index {
     /// True when `list` differs from the file (new UIDs, sizes learned, records of expunged
     /// messages dropped, no or old-format file).
     needs_write: bool,
+    /// A `dovecot-uidlist` existed (else the UIDVALIDITY in `list` is provisional).
+    had_uidlist: bool,
+    /// Some message got a UID the file does not hold.
+    assigned_uids: bool,
 }
 
 impl Index {
@@ -571,6 +642,8 @@ impl Index {
             }
             _ => StoreError::Io(list_path.clone(), e),
         })?;
+        let had_uidlist = existing.is_some();
+        let mut assigned_uids = false;
         let mut needs_write = match &existing {
             Some(list) => list.outdated,
             None => true,
@@ -625,12 +698,15 @@ impl Index {
                 list.records.push(record);
                 entries.push(entry);
                 needs_write = true;
+                assigned_uids = true;
             }
         }
         Ok(Index {
             list,
             entries,
             needs_write,
+            had_uidlist,
+            assigned_uids,
         })
     }
 
@@ -1013,6 +1089,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn examine_fixes_the_uidvalidity_of_a_maildir_without_uidlist() {
+        let (_tmp, root) = maildir();
+        deliver(&root, "new", "1700000001.M1P1.host", b"m\n");
+        let examiner = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        // A writer a second later sees the same UIDVALIDITY (a provisional one would differ).
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let writer = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(writer.uid_validity(), examiner.uid_validity());
+        assert_eq!(writer.messages()[0].uid, examiner.messages()[0].uid);
+        assert!(examiner.messages()[0].recent && writer.messages()[0].recent);
+        // With a uidlist in place, EXAMINE writes nothing, not even UIDs for new mail.
+        drop(writer);
+        let list = fs::read(root.join(uidlist::UIDLIST_NAME)).unwrap();
+        deliver(&root, "new", "1700000002.M1P1.host", b"n\n");
+        let examiner = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert_eq!(examiner.uid_next(), 3);
+        assert_eq!(fs::read(root.join(uidlist::UIDLIST_NAME)).unwrap(), list);
+        assert_eq!(names_in(&root, "new"), ["1700000002.M1P1.host"]);
+    }
+
+    #[test]
     fn keyword_bit_adds_up_to_26_and_set_keywords_persists() {
         let (_tmp, root) = maildir();
         deliver(&root, "cur", "1700000001.M1P1.host:2,S", b"m\n");
@@ -1234,13 +1331,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn read_only_writes_nothing_but_numbers_consistently() {
+    fn read_only_writes_only_the_first_uidlist_and_numbers_consistently() {
         let (_tmp, root) = maildir();
         deliver(&root, "new", "1700000002.M1P1.host", b"b\n");
         deliver(&root, "new", "1700000001.M1P1.host", b"a\n");
         let reader = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
         assert_eq!(uids(&reader), [1, 2]);
-        assert!(!root.join(uidlist::UIDLIST_NAME).exists());
+        assert!(root.join(uidlist::UIDLIST_NAME).is_file());
+        assert_eq!(names_in(&root, "new").len(), 2, "nothing claimed");
+        assert!(names_in(&root, "cur").is_empty());
         let writer = MaildirMailbox::open(&root, Access::Shared).unwrap();
         assert_eq!(uids(&writer), [1, 2]);
         assert_eq!(writer.messages()[0].size, reader.messages()[0].size,);

@@ -10,7 +10,7 @@
 
 use super::keywords::KEYWORDS_NAME;
 use super::uidlist::UIDLIST_NAME;
-use super::{io_at, load_index, Index, MaildirMailbox};
+use super::{io_at, load_index, Index, MaildirMailbox, UidWrites};
 use crate::store::{Access, Changes, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -79,7 +79,11 @@ impl MaildirMailbox {
             self.keywords
                 .reload(&self.path)
                 .map_err(io_at(self.path.join(KEYWORDS_NAME)))?;
-            let index = load_index(&self.path, self.access, &self.known_files())?;
+            let index = load_index(
+                &self.path,
+                UidWrites::for_access(self.access),
+                &self.known_files(),
+            )?;
             if index.list.uid_validity != self.uid_validity && !self.messages.is_empty() {
                 return Err(StoreError::Damaged(format!(
                     "{}: UIDVALIDITY changed from {} to {}",

@@ -315,9 +315,10 @@ impl MailStore for MboxStore {
         Ok(Box::new(mailbox))
     }
 
+    /// Stores UIDs for messages that have none yet (see [`MboxMailbox::open_for_status`]).
     fn status(&self, name: &str) -> Result<MailboxStatus, StoreError> {
-        let (path, _) = self.mailbox_path(name)?;
-        let mailbox = MboxMailbox::open(&path, Access::ReadOnly, &self.helper)?;
+        let (path, is_inbox) = self.mailbox_path(name)?;
+        let mailbox = MboxMailbox::open_for_status(&path, &self.helper, !is_inbox)?;
         let messages = mailbox.messages();
         let count = |f: &dyn Fn(&crate::store::MessageInfo) -> bool| {
             u32::try_from(messages.iter().filter(|m| f(m)).count()).unwrap_or(u32::MAX)

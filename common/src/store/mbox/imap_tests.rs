@@ -596,20 +596,36 @@ fn subscriptions_round_trip() {
 }
 
 #[test]
-fn status_never_writes() {
+fn status_stores_missing_uids_and_nothing_else() {
     let fx = store_fixture("status", "");
-    let before = std::fs::read(&fx.inbox).unwrap();
-    let meta = std::fs::metadata(&fx.inbox).unwrap();
+    // EXAMINE of the fresh spool writes nothing: its UIDVALIDITY is provisional.
+    drop(MboxMailbox::open(&fx.inbox, Access::ReadOnly, helper()).unwrap());
+    assert_eq!(std::fs::read(&fx.inbox).unwrap(), INBOX);
+    // STATUS stores UIDVALIDITY and UIDs (as UW: "Assigning new unique identifiers") ...
     let st = fx.store.status("INBOX").unwrap();
     assert_eq!(
         (st.messages, st.recent, st.unseen, st.uid_next),
         (3, 2, 3, 4)
     );
-    let st2 = fx.store.status("inbox").unwrap();
-    assert_eq!(st2.messages, 3);
-    assert_eq!(std::fs::read(&fx.inbox).unwrap(), before);
+    let stored = String::from_utf8(std::fs::read(&fx.inbox).unwrap()).unwrap();
+    assert!(
+        stored.contains(&format!("X-IMAPbase: {} 3\n", st.uid_validity)),
+        "{stored}"
+    );
+    assert_eq!(stored.matches("\nX-UID: ").count(), 3, "{stored}");
+    // ... but claims no \Recent: the O flags are as they were.
+    assert_eq!(stored.matches("\nStatus: O").count(), 1, "{stored}");
+    // Once stored, STATUS writes nothing and agrees with itself.
+    let meta = std::fs::metadata(&fx.inbox).unwrap();
+    assert_eq!(fx.store.status("inbox").unwrap(), st);
+    assert_eq!(std::fs::read_to_string(&fx.inbox).unwrap(), stored);
     let after = std::fs::metadata(&fx.inbox).unwrap();
     assert_eq!(after.modified().unwrap(), meta.modified().unwrap());
+    // SELECT then sees what STATUS promised, \Recent included.
+    let selected = fx.store.open("INBOX", Access::Shared).unwrap();
+    assert_eq!(selected.uid_validity(), st.uid_validity);
+    assert_eq!(selected.uid_next(), st.uid_next);
+    assert_eq!(selected.messages().iter().filter(|m| m.recent).count(), 2);
     assert!(matches!(
         fx.store.status("nope"),
         Err(StoreError::NoSuchMailbox(_))

@@ -37,9 +37,10 @@ mod rewrite;
 
 pub use folders::MboxStore;
 
-use super::lock::{MailboxLock, SessionLock};
+use super::lock::{MailboxLock, ReadLock, SessionLock};
 use super::{
-    Access, Changes, CommitReport, Expunge, Flags, Mailbox, MessageInfo, NewMessage, StoreError,
+    Access, Changes, CommitReport, Expunge, Flags, Mailbox, MailboxChanged, MessageInfo,
+    NewMessage, StoreError,
 };
 use meta::{keyword_words, BaseInfo, MAX_KEYWORDS};
 use parse::{Entry, ParseError, Parsed, PseudoInfo};
@@ -94,6 +95,11 @@ pub struct MboxMailbox {
     keywords: Vec<String>,
     pseudo: Option<PseudoInfo>,
     first_meta: Option<Vec<u8>>,
+    /// The file holds a UID for every message (else they are made up in memory).
+    uids_stored: bool,
+    /// Whether writes mark unseen messages `O` (this session reports them `\Recent`); false
+    /// only for STATUS, which persists UIDs alone.
+    claim_recent: bool,
     _session: Option<SessionLock>,
 }
 
@@ -138,6 +144,33 @@ impl MboxMailbox {
         helper: &Path,
     ) -> Result<MboxMailbox, StoreError> {
         MboxMailbox::open_with_style(path, access, helper, Style::Pseudo)
+    }
+
+    /// Open for STATUS: read-only, except that a file whose messages do not all have stored UIDs
+    /// gets them stored (UIDVALIDITY in `X-IMAPbase`, or the pseudo-message of a `folder`, and
+    /// `X-UID`s), as UW's STATUS does ("Assigning new unique identifiers to all messages"), so
+    /// the UIDVALIDITY it reports is the one a later SELECT sees. Claims no `\Recent` and
+    /// changes nothing else. When it cannot write (permissions, a busy lock), the answer is the
+    /// read-only one.
+    pub fn open_for_status(
+        path: &Path,
+        helper: &Path,
+        folder: bool,
+    ) -> Result<MboxMailbox, StoreError> {
+        let style = if folder { Style::Pseudo } else { Style::Base };
+        let reader = MboxMailbox::open_with_style(path, Access::ReadOnly, helper, style)?;
+        if reader.uids_stored {
+            return Ok(reader);
+        }
+        let mut writer = MboxMailbox::blank(path, Access::Shared, helper, style, None);
+        writer.claim_recent = false;
+        match writer.open_file() {
+            Ok(file) => match writer.load(file) {
+                Ok(()) => Ok(writer),
+                Err(_) => Ok(reader),
+            },
+            Err(_) => Ok(reader),
+        }
     }
 
     /// Create an empty folder at `path` holding only the pseudo-message (as UW's CREATE does).
@@ -193,7 +226,24 @@ impl MboxMailbox {
             Access::Exclusive => Some(SessionLock::try_acquire(path).map_err(StoreError::InUse)?),
             _ => None,
         };
-        let mut mailbox = MboxMailbox {
+        let mut mailbox = MboxMailbox::blank(path, access, helper, style, session);
+        match mailbox.open_file() {
+            Ok(file) => mailbox.load(file)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(mailbox.io_error(e)),
+        }
+        Ok(mailbox)
+    }
+
+    /// An empty mailbox at `path`, before its file is read.
+    fn blank(
+        path: &Path,
+        access: Access,
+        helper: &Path,
+        style: Style,
+        session: Option<SessionLock>,
+    ) -> MboxMailbox {
+        MboxMailbox {
             path: path.to_path_buf(),
             access,
             helper: helper.to_path_buf(),
@@ -207,14 +257,10 @@ impl MboxMailbox {
             keywords: Vec::new(),
             pseudo: None,
             first_meta: None,
+            uids_stored: true,
+            claim_recent: true,
             _session: session,
-        };
-        match mailbox.open_file() {
-            Ok(file) => mailbox.load(file)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(mailbox.io_error(e)),
         }
-        Ok(mailbox)
     }
 
     fn io_error(&self, e: io::Error) -> StoreError {
@@ -288,7 +334,9 @@ impl MboxMailbox {
         let _lock = self.lock_recovered(&file)?;
         let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
         let parsed = self.parse_file(&file, stamp.len)?;
-        let must_write = parsed.needs_persist || parsed.infos.iter().any(|i| i.recent);
+        self.uids_stored = !parsed.needs_persist;
+        let must_write =
+            parsed.needs_persist || (self.claim_recent && parsed.infos.iter().any(|i| i.recent));
         self.adopt(parsed, None);
         self.file = Some(file);
         self.stamp = Some(stamp);
@@ -476,7 +524,7 @@ impl MboxMailbox {
             pseudo: self.pseudo.as_ref(),
             first_meta: self.first_meta.as_deref(),
             now: now(),
-            claim_recent: true,
+            claim_recent: self.claim_recent,
         };
         let plan = rewrite::plan(&snapshot, &host_name()).map_err(|e| self.io_error(e))?;
         if plan.is_noop() {
@@ -495,6 +543,18 @@ impl MboxMailbox {
         self.adopt(parsed, Some(&session));
         self.stamp = Some(stamp);
         Ok(removed)
+    }
+}
+
+/// Whether the bytes at `entry`'s offset still begin a message: a last check against a rewrite
+/// that kept the file's length and timestamps (within one tick of the clock).
+fn starts_with_from_line(file: &File, entry: &Entry) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut start = [0u8; 5];
+    match file.read_exact_at(&mut start, entry.from_off) {
+        Ok(()) => Ok(&start == b"From "),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -703,8 +763,14 @@ impl Mailbox for MboxMailbox {
                 format!("no message {}", index + 1),
             ));
         };
+        // Writers rewrite in place under the write lock: with the read lock held, the file
+        // stays as it is now for the reader's life. It must still be the file we indexed.
+        let lock = ReadLock::acquire(&self.path, file, LOCK_TIMEOUT)?;
+        if Some(FileStamp::of(file)?) != self.stamp || !starts_with_from_line(file, entry)? {
+            return Err(MailboxChanged::io_error());
+        }
         Ok(Box::new(reader::MessageReader::new(
-            file, entry, info.size,
+            file, entry, info.size, lock,
         )?))
     }
 

@@ -2,11 +2,14 @@
 //! metadata lines, then the body, with every CR dropped and every LF sent as CRLF (UW's
 //! presentation), exactly `size` bytes.
 //!
-//! Owns the conversion only; never writes, never holds the body in memory.
+//! Owns the conversion only; never writes, never holds the body in memory. The caller hands it
+//! the read lock under which the index was found current; the reader keeps it until dropped.
 
 use super::lines::present_into;
 use super::meta::{for_each_header_line, LineKind};
 use super::parse::Entry;
+use crate::store::lock::ReadLock;
+use crate::store::MailboxChanged;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -34,10 +37,17 @@ pub(super) struct MessageReader<'f> {
     body_pos: u64,
     body_end: u64,
     remaining: u64,
+    /// Keeps writers out while bytes are read by offset.
+    _lock: ReadLock,
 }
 
 impl<'f> MessageReader<'f> {
-    pub fn new(file: &'f File, entry: &Entry, size: u64) -> io::Result<MessageReader<'f>> {
+    pub fn new(
+        file: &'f File,
+        entry: &Entry,
+        size: u64,
+        lock: ReadLock,
+    ) -> io::Result<MessageReader<'f>> {
         let header = presented_header(file, entry)?;
         Ok(MessageReader {
             file,
@@ -47,6 +57,7 @@ impl<'f> MessageReader<'f> {
             body_pos: entry.body_off,
             body_end: entry.text_end,
             remaining: size,
+            _lock: lock,
         })
     }
 
@@ -72,10 +83,9 @@ impl Read for MessageReader<'_> {
         }
         while self.out_pos == self.out.len() {
             if self.body_pos >= self.body_end {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "mailbox changed underneath: message shorter than its size",
-                ));
+                // Only a change the stamp could not see gets here (a rewrite that kept the
+                // length within one tick of the clock): still never return wrong bytes.
+                return Err(MailboxChanged::io_error());
             }
             self.refill()?;
         }

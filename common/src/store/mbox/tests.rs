@@ -827,3 +827,166 @@ fn random_mailboxes_round_trip_through_commits() {
         );
     }
 }
+
+// ---- reading while another process rewrites ------------------------------------------------
+
+const REWRITE_DIR_ENV: &str = "MBOX_TEST_REWRITE_DIR";
+
+/// A message that describes itself: its serial number in the header and body lines whose
+/// number and length depend on it, so a read of the wrong bytes cannot pass for it.
+fn serial_message(serial: u64) -> Vec<u8> {
+    let mut out = format!("X-Serial: {serial}\nSubject: message {serial}\n\n").into_bytes();
+    for line in 0..serial % 17 + 1 {
+        let pad = "=".repeat(((serial * 7 + line * 3) % 61) as usize);
+        writeln!(out, "serial {serial} line {line} {pad}").unwrap();
+    }
+    out
+}
+
+/// How `serial_message` is presented: CRLF line ends.
+fn presented_serial_message(serial: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &b in &serial_message(serial) {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn serial_of(presented: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(presented).ok()?;
+    text.strip_prefix("X-Serial: ")?
+        .split("\r\n")
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn append_serials(path: &Path, serials: std::ops::Range<u64>) {
+    let mut mb = MboxMailbox::open(path, Access::Shared, helper()).unwrap();
+    let texts: Vec<Vec<u8>> = serials.map(serial_message).collect();
+    let mut sources: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
+    let mut messages: Vec<NewMessage<'_>> = sources
+        .iter_mut()
+        .map(|source| NewMessage {
+            len: Some(source.len() as u64),
+            source,
+            flags: Flags::NONE,
+            keywords: &[],
+            internal_date: None,
+        })
+        .collect();
+    mb.append(&mut messages).unwrap();
+}
+
+/// Run by `reads_never_return_bytes_a_concurrent_rewrite_moved` in a child process: rewrite the
+/// mailbox in place (expunge, flag changes, appends) until told to stop.
+#[test]
+#[ignore = "helper run in a child process by the concurrent-read test"]
+fn rewriter_child() {
+    let Some(dir) = std::env::var_os(REWRITE_DIR_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let path = dir.join("user");
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    let mut serial = 1000;
+    while !dir.join("stop").exists() && std::time::Instant::now() < give_up {
+        let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+        let n = mb.messages().len();
+        for i in 0..n.saturating_sub(8) {
+            mb.set_flags(i, Flags::DELETED);
+        }
+        if n > 0 {
+            let i = serial as usize % n;
+            let flags = mb.messages()[i].flags;
+            mb.set_flags(i, Flags::from_bits(flags.bits() ^ Flags::SEEN.bits()));
+        }
+        mb.commit(true).unwrap();
+        drop(mb);
+        append_serials(&path, serial..serial + 1 + serial % 2);
+        serial += 2;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    eprintln!("rewriter done at serial {serial}");
+}
+
+#[test]
+fn reads_never_return_bytes_a_concurrent_rewrite_moved() {
+    let dir = TempDir::new("concurrent");
+    let path = dir.path().join("user");
+    std::fs::write(&path, b"").unwrap();
+    append_serials(&path, 1..11);
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "store::mbox::tests::rewriter_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(REWRITE_DIR_ENV, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut mb = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    let mut serial_of_uid = std::collections::HashMap::new();
+    let (mut verified, mut changed, mut passes) = (0u32, 0u32, 0u32);
+    let start = std::time::Instant::now();
+    let enough = |verified, changed, elapsed: Duration| {
+        elapsed > Duration::from_secs(20)
+            || (elapsed > Duration::from_secs(2) && verified >= 300 && changed >= 5)
+    };
+    while !enough(verified, changed, start.elapsed()) {
+        passes += 1;
+        for i in 0..mb.messages().len() {
+            let info = mb.messages()[i].clone();
+            let mut text = Vec::new();
+            let read = mb
+                .open_message(i)
+                .and_then(|mut reader| reader.read_to_end(&mut text));
+            match read {
+                Ok(_) => {}
+                Err(e) if crate::store::is_mailbox_changed(&e) => {
+                    changed += 1;
+                    break;
+                }
+                Err(e) => panic!("message {} (UID {}): {e}", i + 1, info.uid),
+            }
+            let serial = serial_of(&text)
+                .unwrap_or_else(|| panic!("UID {}: wrong bytes {text:?}", info.uid));
+            assert_eq!(text, presented_serial_message(serial), "UID {}", info.uid);
+            assert_eq!(text.len() as u64, info.size, "UID {}", info.uid);
+            let first = *serial_of_uid.entry(info.uid).or_insert(serial);
+            assert_eq!(
+                first, serial,
+                "UID {} now reads as another message",
+                info.uid
+            );
+            verified += 1;
+        }
+        // Read a stale index now and then, as a session does between two commands.
+        if passes % 3 == 0 {
+            mb.refresh().unwrap();
+        }
+    }
+    eprintln!(
+        "{passes} passes: {verified} verified, {changed} changed, {:?}",
+        start.elapsed()
+    );
+    std::fs::write(dir.path().join("stop"), b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rewriter failed: {stderr}");
+    assert!(
+        stderr.contains("rewriter done"),
+        "rewriter did not run: {stderr}"
+    );
+    assert!(verified >= 300, "only {verified} messages verified");
+    assert!(
+        changed >= 5,
+        "the rewriter never changed the file under a read ({changed})"
+    );
+}
