@@ -172,6 +172,19 @@ fn state_needed(cmd: &Command) -> Needs {
 }
 
 /// May untagged EXPUNGE responses be sent at the end of `cmd` (RFC 3501 §7.4.1)?
+/// Commands that read message bytes from the selected mailbox.
+fn reads_messages(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Fetch { .. }
+            | Command::Search { .. }
+            | Command::Sort { .. }
+            | Command::Thread { .. }
+            | Command::Copy { .. }
+            | Command::Move { .. }
+    )
+}
+
 fn allows_expunge(cmd: &Command) -> bool {
     use Command::*;
     !matches!(
@@ -311,7 +324,12 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         let allow_expunge = allows_expunge(&cmd);
         let reply = match self.check_state(state_needed(&cmd)) {
             Some(refusal) => refusal,
-            None => self.run_command(tag, cmd)?,
+            None => {
+                if reads_messages(&cmd) {
+                    self.catch_up();
+                }
+                self.run_command(tag, cmd)?
+            }
         };
         if reply.status != "BAD" && !reply.close {
             self.sync_selected(allow_expunge)?;
@@ -415,6 +433,21 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
                 charset,
                 key,
             } => self.thread(uid, algorithm, &charset, &key),
+        }
+    }
+
+    /// Bring the store's index up to date with other processes before a command reads
+    /// message bytes, so reads start from where messages are now (an mbox another session
+    /// rewrote has moved them). The client hears of the changes after the command, as always.
+    fn catch_up(&mut self) {
+        let who = self.who();
+        if let Some(sel) = self.selected.as_mut() {
+            if let Err(e) = sel.mailbox.refresh() {
+                log::err(&format!(
+                    "Error checking {}: {e} {who}",
+                    sel.mailbox.path().display()
+                ));
+            }
         }
     }
 
