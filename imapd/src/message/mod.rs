@@ -30,12 +30,16 @@ pub mod mime;
 pub mod search;
 pub mod section;
 pub mod sort;
+pub mod stream;
 pub mod thread;
 
 pub use envelope::{Address, Envelope};
 pub use mime::{decoded_param, parse, MimeTree, Part, PartKind};
 pub use search::{Key, MessageMeta, Needle, Needs, SearchContext};
-pub use section::{binary, partial, section_range, BinaryError, Section, SectionData, SectionText};
+pub use section::{
+    binary, binary_source, partial, section_range, section_range_with, BinaryError, Section,
+    SectionData, SectionText, Transfer,
+};
 pub use sort::{base_subject, sort, MessageKeys, SortCriterion, SortKey};
 pub use thread::{ordered_subject, references, write_threads, ThreadNode};
 
