@@ -4,7 +4,7 @@
 //! produced chunk by chunk ([`body_text_contains`]).
 //!
 //! Results are byte-identical to the in-memory functions of this module's siblings (the same
-//! parser runs over a [`Scan`] that streams). Memory stays bounded: chunks of [`CHUNK`]
+//! parser runs over a `Scan` that streams). Memory stays bounded: chunks of [`CHUNK`]
 //! octets, header blocks cut at [`HEADER_CAP`] octets for parsing (offsets stay exact), only
 //! the headers of messages (the top level and message/rfc822 parts) are kept. The only I/O is
 //! through the caller's [`Source`]; nothing here knows about mailboxes.
@@ -148,6 +148,7 @@ pub fn parse_streamed(src: &mut dyn Source, len: usize) -> io::Result<Streamed> 
         last_header: (usize::MAX, Vec::new()),
         facts: HashMap::new(),
         body_lines: HashMap::new(),
+        counted_lines: HashMap::new(),
         error: None,
     };
     let tree = mime::parse_with(&mut scan, len);
@@ -176,7 +177,9 @@ struct StreamScan<'s> {
     /// The header block of the entity split last (start, bytes), for [`Scan::header`].
     last_header: (usize, Vec<u8>),
     facts: HashMap<usize, PartFacts>,
+    /// Lines of bodies, known before they are asked for / once they have been.
     body_lines: HashMap<(usize, usize), u32>,
+    counted_lines: HashMap<(usize, usize), u32>,
     error: Option<io::Error>,
 }
 
@@ -199,7 +202,7 @@ impl StreamScan<'_> {
         Ok(buf)
     }
 
-    /// The end of the first empty line at or after the line starting at `from`.
+    /// The end of the first empty line in `range`, which starts at a line start.
     fn find_empty_line(&mut self, range: Range<usize>) -> io::Result<Option<usize>> {
         #[derive(PartialEq)]
         enum State {
@@ -258,7 +261,12 @@ impl StreamScan<'_> {
             .filter(|f| f.end == range.end && is_part);
         let (prefix, lines) = match facts {
             Some(f) => (f.prefix, Some(f.lines)),
-            None => (self.read_prefix(range.clone())?, None),
+            // The message inside a message/rfc822 part spans that part's body, whose lines
+            // are known already.
+            None => (
+                self.read_prefix(range.clone())?,
+                self.counted_lines.get(&(range.start, range.end)).copied(),
+            ),
         };
         let prefix_end = range.start + prefix.len();
         let (mut header, _) = split_entity_bytes(&prefix, range.start..prefix_end, is_part);
@@ -345,13 +353,16 @@ impl Scan for StreamScan<'_> {
     }
 
     fn count_lines(&mut self, body: Range<usize>) -> u32 {
-        if let Some(lines) = self.body_lines.remove(&(body.start, body.end)) {
-            return lines;
-        }
-        self.stream_count_lines(body).unwrap_or_else(|e| {
-            self.fail(e);
-            0
-        })
+        let key = (body.start, body.end);
+        let lines = match self.body_lines.remove(&key) {
+            Some(lines) => lines,
+            None => self.stream_count_lines(body).unwrap_or_else(|e| {
+                self.fail(e);
+                0
+            }),
+        };
+        self.counted_lines.insert(key, lines);
+        lines
     }
 
     fn split_multipart(&mut self, body: Range<usize>, boundary: &[u8]) -> Vec<Range<usize>> {
@@ -780,6 +791,7 @@ mod tests {
 
     impl Source for Memory<'_> {
         fn open_at(&mut self, offset: usize) -> io::Result<Box<dyn Read + '_>> {
+            OPENS.with(|n| n.set(n.get() + 1));
             let mut reader = Trickle {
                 bytes: self.bytes,
                 step: self.step,
@@ -787,6 +799,10 @@ mod tests {
             skip(&mut reader, offset)?;
             Ok(Box::new(reader))
         }
+    }
+
+    thread_local! {
+        static OPENS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
     fn nested_messages() -> Vec<Vec<u8>> {
@@ -956,6 +972,20 @@ mod tests {
             .blocks
             .values()
             .any(|h| h.starts_with(b"Subject: inner")));
+    }
+
+    #[test]
+    fn leaf_parts_cost_no_extra_pass() {
+        // Top level: header, line count, multipart pass; the message/rfc822 part: its inner
+        // header and its multipart pass. The leaves are known from the multipart passes.
+        let msg = &nested_messages()[2];
+        OPENS.with(|n| n.set(0));
+        let mut src = Memory {
+            bytes: msg,
+            step: CHUNK,
+        };
+        parse_streamed(&mut src, msg.len()).unwrap();
+        assert_eq!(OPENS.with(|n| n.get()), 5);
     }
 
     #[test]
