@@ -575,6 +575,17 @@ mod tests {
     }
 
     #[test]
+    fn binary_windows_cut_decoded_chunks() {
+        let chunk = b"0123456789";
+        assert_eq!(window_of(0, chunk, 0, u64::MAX), b"0123456789");
+        assert_eq!(window_of(100, chunk, 103, 105), b"34");
+        assert_eq!(window_of(100, chunk, 95, 102), b"01");
+        assert_eq!(window_of(100, chunk, 110, 120), b"");
+        assert_eq!(window_of(100, chunk, 50, 60), b"");
+        assert_eq!(window_of(100, b"", 0, 10), b"");
+    }
+
+    #[test]
     fn item_classes() {
         let peek = FetchItem::BodySection {
             peek: true,
