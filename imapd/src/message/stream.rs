@@ -604,10 +604,14 @@ impl Decoder {
 }
 
 /// Where an unfinished quoted-printable line can be cut so that decoding the two pieces
-/// apart gives the same as decoding them together: before trailing blanks (dropped at the end
-/// of a line) and before an `=` in the last two octets (an escape, or a soft line break).
+/// apart gives the same as decoding them together: before a final CR (its LF may follow),
+/// trailing blanks (dropped at the end of a line) and an `=` in the last two octets (an
+/// escape, or a soft line break).
 fn qp_safe_cut(line: &[u8]) -> usize {
     let mut cut = line.len();
+    if line.last() == Some(&b'\r') {
+        cut -= 1;
+    }
     loop {
         let before = cut;
         while cut > 0 && matches!(line[cut - 1], b' ' | b'\t') {
@@ -999,11 +1003,32 @@ mod tests {
     }
 
     #[test]
+    fn quoted_printable_decodes_the_same_split_anywhere() {
+        let long = "x".repeat(QP_HOLD + 10);
+        for ending in [
+            "  \r\n", "=\r\n", "= \t\r\n", "=4", "=41\r\n", "\r", "ab =\t",
+        ] {
+            let text = format!("{long}{ending}tail=3D=\r\nend");
+            let input = text.as_bytes();
+            let whole = decode::quoted_printable(input);
+            for split in long.len() - 3..input.len() {
+                let mut decoder = Decoder::new(Transfer::QuotedPrintable);
+                let mut out = Vec::new();
+                decoder.feed(&input[..split], &mut out);
+                decoder.feed(&input[split..], &mut out);
+                decoder.finish(&mut out);
+                assert_eq!(out, whole, "{ending:?} split at {split}");
+            }
+        }
+    }
+
+    #[test]
     fn quoted_printable_cuts_keep_escapes_and_trailing_blanks() {
         assert_eq!(qp_safe_cut(b"abc"), 3);
         assert_eq!(qp_safe_cut(b"abc=4"), 3);
         assert_eq!(qp_safe_cut(b"abc =  "), 3);
         assert_eq!(qp_safe_cut(b"a==\t"), 1);
+        assert_eq!(qp_safe_cut(b"ab \r"), 2);
         assert_eq!(
             utf8_cut("aé".as_bytes()),
             1,
