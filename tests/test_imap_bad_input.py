@@ -224,17 +224,8 @@ def test_large_append_has_bounded_memory(session):
 
 
 @pytest.mark.parametrize("items", [
-    "BODY.PEEK[]", "RFC822.SIZE",
-    pytest.param("BODY.PEEK[TEXT]<0.100>", marks=pytest.mark.xfail(
-        strict=True, reason="server limitation: a TEXT partial loads the whole message")),
-    pytest.param("BINARY.PEEK[1]<0.100>", marks=pytest.mark.xfail(
-        strict=True, reason="server limitation: BINARY loads the message and its decoding (2x)")),
-    pytest.param("BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]", marks=pytest.mark.xfail(
-        strict=True, reason="server limitation: HEADER.FIELDS parses the whole message in memory")),
-    pytest.param("BODYSTRUCTURE", marks=pytest.mark.xfail(
-        strict=True, reason="server limitation: BODYSTRUCTURE parses the whole message in memory")),
-    pytest.param("ENVELOPE", marks=pytest.mark.xfail(
-        strict=True, reason="server limitation: ENVELOPE parses the whole message in memory")),
+    "BODY.PEEK[]", "RFC822.SIZE", "BODY.PEEK[TEXT]<0.100>", "BINARY.PEEK[1]<0.100>",
+    "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]", "BODYSTRUCTURE", "ENVELOPE",
 ])
 def test_fetch_of_large_message_has_bounded_memory(session, items):
     """The session notices a new 40 MB message and FETCHes `items` of it without holding it in

@@ -11,6 +11,7 @@ use std::ops::Range;
 use super::decode::{charset_to_utf8, rfc2047, rfc2231_value};
 use super::envelope::Envelope;
 use super::header::{fields, split_header, unfold};
+use super::stream::MessageBytes;
 use super::{write_nstring, write_string};
 
 /// Deepest nesting of multipart and message/rfc822 entities we descend into; deeper entities
@@ -60,8 +61,68 @@ pub enum PartKind {
 
 /// Parse the MIME structure of `msg`. Linear in the message size per nesting level.
 pub fn parse(msg: &[u8]) -> MimeTree {
+    parse_with(&mut InMemory(msg), msg.len())
+}
+
+/// Parse the MIME structure of a message of `len` octets through `scan`, which answers the
+/// few questions the parser asks about byte ranges (in memory, or by streaming the store).
+pub(crate) fn parse_with(scan: &mut dyn Scan, len: usize) -> MimeTree {
     MimeTree {
-        root: parse_entity(msg, 0..msg.len(), Default::Text, 0, Entity::TopLevel),
+        root: parse_entity(scan, 0..len, Default::Text, 0, Entity::TopLevel),
+    }
+}
+
+/// What the parser needs to know about the message bytes. Ranges are absolute offsets.
+pub(crate) trait Scan {
+    /// The (header, body) of the entity at `range`; `is_part` for a body part of a multipart,
+    /// whose header may be absent.
+    fn split_entity(&mut self, range: Range<usize>, is_part: bool) -> (Range<usize>, Range<usize>);
+    /// The bytes of a header block returned by [`Scan::split_entity`] (possibly truncated).
+    fn header(&self, range: &Range<usize>) -> &[u8];
+    /// Lines in `body`, counted as c-client does: the number of LFs.
+    fn count_lines(&mut self, body: Range<usize>) -> u32;
+    /// The body ranges of the parts of a multipart body (see [`split_multipart`]).
+    fn split_multipart(&mut self, body: Range<usize>, boundary: &[u8]) -> Vec<Range<usize>>;
+}
+
+/// The whole message in memory.
+struct InMemory<'a>(&'a [u8]);
+
+impl Scan for InMemory<'_> {
+    fn split_entity(&mut self, range: Range<usize>, is_part: bool) -> (Range<usize>, Range<usize>) {
+        split_entity_bytes(
+            self.0.get(range.clone()).unwrap_or_default(),
+            range,
+            is_part,
+        )
+    }
+    fn header(&self, range: &Range<usize>) -> &[u8] {
+        self.0.get(range.clone()).unwrap_or_default()
+    }
+    fn count_lines(&mut self, body: Range<usize>) -> u32 {
+        count_lines(self.0.get(body).unwrap_or_default())
+    }
+    fn split_multipart(&mut self, body: Range<usize>, boundary: &[u8]) -> Vec<Range<usize>> {
+        split_multipart(self.0, body, boundary)
+    }
+}
+
+/// Split the entity whose bytes (from `range.start`) are `bytes` into header and body. A
+/// message header always runs to the first empty line; a body part that starts with neither a
+/// field nor an empty line has no MIME header at all (its text is body).
+pub(crate) fn split_entity_bytes(
+    bytes: &[u8],
+    range: Range<usize>,
+    is_part: bool,
+) -> (Range<usize>, Range<usize>) {
+    if !is_part || starts_with_field(bytes) {
+        split_header(bytes, range.start)
+    } else if bytes.starts_with(b"\r\n") {
+        (range.start..range.start + 2, range.start + 2..range.end)
+    } else if bytes.starts_with(b"\n") {
+        (range.start..range.start + 1, range.start + 1..range.end)
+    } else {
+        (range.start..range.start, range)
     }
 }
 
@@ -87,25 +148,14 @@ enum Entity {
 
 /// Parse one entity at `range`.
 fn parse_entity(
-    msg: &[u8],
+    scan: &mut dyn Scan,
     range: Range<usize>,
     default: Default,
     depth: usize,
     entity: Entity,
 ) -> Part {
     let is_part = entity == Entity::BodyPart;
-    let bytes = &msg[range.clone()];
-    // A message header always runs to the first empty line; a body part that starts with
-    // neither a field nor an empty line has no MIME header at all (its text is body).
-    let (header, body) = if !is_part || starts_with_field(bytes) {
-        split_header(bytes, range.start)
-    } else if bytes.starts_with(b"\r\n") {
-        (range.start..range.start + 2, range.start + 2..range.end)
-    } else if bytes.starts_with(b"\n") {
-        (range.start..range.start + 1, range.start + 1..range.end)
-    } else {
-        (range.start..range.start, range)
-    };
+    let (header, body) = scan.split_entity(range, is_part);
     let mut part = Part {
         header: header.clone(),
         body: body.clone(),
@@ -119,11 +169,11 @@ fn parse_entity(
         disposition: None,
         language: Vec::new(),
         location: None,
-        lines: count_lines(&msg[body.clone()]),
+        lines: scan.count_lines(body.clone()),
         kind: PartKind::Leaf,
     };
-    if entity != Entity::TopLevel || has_mime_version(&msg[header.clone()]) {
-        read_mime_fields(&mut part, &msg[header]);
+    if entity != Entity::TopLevel || has_mime_version(scan.header(&header)) {
+        read_mime_fields(&mut part, scan.header(&header));
     }
     if part.media_type.is_empty() {
         let (t, s): (&[u8], &[u8]) = match default {
@@ -155,13 +205,14 @@ fn parse_entity(
             Default::Text
         };
         let boundary = param(&part.params, b"BOUNDARY").unwrap_or(b"").to_vec();
-        let children = split_multipart(msg, body, &boundary)
+        let children = scan
+            .split_multipart(body, &boundary)
             .into_iter()
-            .map(|r| parse_entity(msg, r, child_default, depth + 1, Entity::BodyPart))
+            .map(|r| parse_entity(scan, r, child_default, depth + 1, Entity::BodyPart))
             .collect();
         part.kind = PartKind::Multipart(children);
     } else if part.media_type == b"MESSAGE" && part.subtype == b"RFC822" {
-        let inner = parse_entity(msg, body, Default::Text, depth + 1, Entity::Encapsulated);
+        let inner = parse_entity(scan, body, Default::Text, depth + 1, Entity::Encapsulated);
         part.kind = PartKind::Message(Box::new(inner));
     }
     part
@@ -169,7 +220,7 @@ fn parse_entity(
 
 /// Whether `bytes` begins with something shaped like a header field (`name:`), i.e. whether
 /// the entity has a header at all.
-fn starts_with_field(bytes: &[u8]) -> bool {
+pub(crate) fn starts_with_field(bytes: &[u8]) -> bool {
     let name_len = bytes
         .iter()
         .position(|&c| c <= b' ' || c == b':' || c >= 0x7f)
@@ -322,7 +373,7 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
 }
 
 /// Lines in `body`, counted as c-client does: the number of LFs.
-fn count_lines(body: &[u8]) -> u32 {
+pub(crate) fn count_lines(body: &[u8]) -> u32 {
     u32::try_from(memchr::memchr_iter(b'\n', body).count()).unwrap_or(u32::MAX)
 }
 
@@ -472,11 +523,16 @@ impl Part {
 
     /// Write this entity's BODY (`extended == false`) or BODYSTRUCTURE (`extended == true`).
     pub fn write_structure(&self, msg: &[u8], out: &mut Vec<u8>, extended: bool) {
+        self.write_structure_with(&msg, out, extended);
+    }
+
+    /// [`Part::write_structure`] given only the header blocks of the message.
+    pub fn write_structure_with(&self, msg: &dyn MessageBytes, out: &mut Vec<u8>, extended: bool) {
         out.push(b'(');
         match &self.kind {
             PartKind::Multipart(children) => {
                 for child in children {
-                    child.write_structure(msg, out, extended);
+                    child.write_structure_with(msg, out, extended);
                 }
                 out.push(b' ');
                 write_string(out, &self.subtype);
@@ -490,10 +546,10 @@ impl Part {
                 self.write_basic_fields(out);
                 if let PartKind::Message(inner) = kind {
                     out.push(b' ');
-                    let header = msg.get(inner.header.clone()).unwrap_or_default();
+                    let header = msg.bytes(inner.header.clone()).unwrap_or_default();
                     Envelope::parse(header).write_imap(out);
                     out.push(b' ');
-                    inner.write_structure(msg, out, extended);
+                    inner.write_structure_with(msg, out, extended);
                     write_number(out, u64::from(self.lines));
                 } else if self.is_text() {
                     write_number(out, u64::from(self.lines));
@@ -580,6 +636,11 @@ impl MimeTree {
     /// BODYSTRUCTURE (`extended`) or BODY of the whole message.
     pub fn write_structure(&self, msg: &[u8], out: &mut Vec<u8>, extended: bool) {
         self.root.write_structure(msg, out, extended);
+    }
+
+    /// [`MimeTree::write_structure`] given only the header blocks of the message.
+    pub fn write_structure_with(&self, msg: &dyn MessageBytes, out: &mut Vec<u8>, extended: bool) {
+        self.root.write_structure_with(msg, out, extended);
     }
 }
 

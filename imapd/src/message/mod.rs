@@ -3,9 +3,10 @@
 //! SEARCH matching ([`search`]), SORT ([`mod@sort`]) and THREAD ([`thread`]).
 //!
 //! Input is always one message as RFC 822 bytes with CRLF line ends (metadata headers already
-//! removed by the store). Everything here is pure computation over those bytes: it never does
-//! I/O, never touches a mailbox, and never panics on any input (malformed MIME is parsed on a
-//! best-effort basis, nesting is depth-limited).
+//! removed by the store). Everything here is computation over those bytes: it never touches a
+//! mailbox, and never panics on any input (malformed MIME is parsed on a best-effort basis,
+//! nesting is depth-limited). Only [`stream`] reads, through a caller's [`stream::Source`], for
+//! messages too large to hold in memory: it yields the same results from a bounded window.
 //!
 //! Typical use by a session:
 //! - FETCH ENVELOPE / BODY / BODYSTRUCTURE: `let tree = parse(&msg);`, then
@@ -18,6 +19,11 @@
 //!   to `NO [UNKNOWN-CTE]`.
 //! - SEARCH: build a [`Key`]; `key.needs()` says whether to read nothing, the header, or the
 //!   whole message; then `SearchContext::new(&meta, bytes, now).matches(&key)`.
+//! - A large message: `stream::parse_streamed(&mut source, len)` gives the same tree plus the
+//!   header blocks of its messages ([`stream::Headers`], a [`stream::MessageBytes`]); then
+//!   `write_structure_with`, `section_range_with`, [`binary_source`] with
+//!   [`stream::decode_range`], and [`stream::body_text_contains`] for SEARCH BODY/TEXT (the
+//!   context built with `SearchContext::with_body_hits`).
 //! - SORT / THREAD: `MessageKeys::new(header, &meta)` once per message, then [`sort()`],
 //!   [`ordered_subject`] or [`references`], and [`write_threads`].
 
@@ -30,12 +36,16 @@ pub mod mime;
 pub mod search;
 pub mod section;
 pub mod sort;
+pub mod stream;
 pub mod thread;
 
 pub use envelope::{Address, Envelope};
 pub use mime::{decoded_param, parse, MimeTree, Part, PartKind};
 pub use search::{Key, MessageMeta, Needle, Needs, SearchContext};
-pub use section::{binary, partial, section_range, BinaryError, Section, SectionData, SectionText};
+pub use section::{
+    binary, binary_source, partial, section_range, section_range_with, BinaryError, Section,
+    SectionData, SectionText, Transfer,
+};
 pub use sort::{base_subject, sort, MessageKeys, SortCriterion, SortKey};
 pub use thread::{ordered_subject, references, write_threads, ThreadNode};
 

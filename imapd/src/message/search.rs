@@ -43,6 +43,11 @@ impl Needle {
         Needle { folded: fold(text) }
     }
 
+    /// The case-folded search string.
+    pub fn folded(&self) -> &str {
+        &self.folded
+    }
+
     /// Whether the (already folded) haystack contains the needle.
     fn found_in(&self, folded_haystack: &str) -> bool {
         memchr::memmem::find(folded_haystack.as_bytes(), self.folded.as_bytes()).is_some()
@@ -115,6 +120,26 @@ pub enum Needs {
 }
 
 impl Key {
+    /// The needles of the BODY and TEXT keys in this key.
+    pub fn body_needles(&self) -> Vec<&Needle> {
+        let mut needles = Vec::new();
+        self.collect_body_needles(&mut needles);
+        needles
+    }
+
+    fn collect_body_needles<'k>(&'k self, out: &mut Vec<&'k Needle>) {
+        match self {
+            Key::Body(n) | Key::Text(n) => out.push(n),
+            Key::Not(k) => k.collect_body_needles(out),
+            Key::Or(a, b) => {
+                a.collect_body_needles(out);
+                b.collect_body_needles(out);
+            }
+            Key::And(keys) => keys.iter().for_each(|k| k.collect_body_needles(out)),
+            _ => {}
+        }
+    }
+
     /// The least a caller must supply to [`SearchContext::new`] for this key.
     pub fn needs(&self) -> Needs {
         match self {
@@ -140,6 +165,8 @@ pub struct SearchContext<'a> {
     tree: OnceCell<MimeTree>,
     body_text: OnceCell<String>,
     header_text: OnceCell<String>,
+    /// Body matches found by the caller (for messages searched as a stream), by needle.
+    body_hits: Option<Vec<(String, bool)>>,
 }
 
 impl<'a> SearchContext<'a> {
@@ -153,6 +180,30 @@ impl<'a> SearchContext<'a> {
             tree: OnceCell::new(),
             body_text: OnceCell::new(),
             header_text: OnceCell::new(),
+            body_hits: None,
+        }
+    }
+
+    /// A context for a message whose body was searched elsewhere: `header` is its header
+    /// block and `hits` says, for each needle of [`Key::body_needles`], whether the body text
+    /// contains it.
+    pub fn with_body_hits(
+        meta: &'a MessageMeta,
+        header: &'a [u8],
+        now: i64,
+        hits: Vec<(String, bool)>,
+    ) -> Self {
+        let mut context = SearchContext::new(meta, header, now);
+        context.body_hits = Some(hits);
+        context
+    }
+
+    fn body_contains(&self, needle: &Needle) -> bool {
+        match &self.body_hits {
+            Some(hits) => hits
+                .iter()
+                .any(|(folded, hit)| *hit && *folded == needle.folded),
+            None => needle.found_in(self.body_text()),
         }
     }
 
@@ -187,8 +238,8 @@ impl<'a> SearchContext<'a> {
             Key::To(n) => self.address_matches(b"To", n),
             Key::Cc(n) => self.address_matches(b"Cc", n),
             Key::Bcc(n) => self.address_matches(b"Bcc", n),
-            Key::Body(n) => n.found_in(self.body_text()),
-            Key::Text(n) => n.found_in(self.header_text()) || n.found_in(self.body_text()),
+            Key::Body(n) => self.body_contains(n),
+            Key::Text(n) => n.found_in(self.header_text()) || self.body_contains(n),
             Key::Not(k) => !self.matches(k),
             Key::Or(a, b) => self.matches(a) || self.matches(b),
             Key::And(keys) => keys.iter().all(|k| self.matches(k)),
@@ -274,7 +325,7 @@ fn in_set(set: &[(u32, u32)], n: u32) -> bool {
 }
 
 /// Every header field as `name: decoded value` lines.
-fn decoded_header(header: &[u8]) -> String {
+pub(crate) fn decoded_header(header: &[u8]) -> String {
     let mut out = String::new();
     for f in fields(header) {
         out.push_str(&String::from_utf8_lossy(f.name));

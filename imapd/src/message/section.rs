@@ -9,6 +9,7 @@ use std::ops::Range;
 use super::decode;
 use super::header::fields;
 use super::mime::{MimeTree, Part, PartKind};
+use super::stream::MessageBytes;
 
 /// What follows the part numbers in a section specifier.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +87,15 @@ fn walk<'t>(tree: &'t MimeTree, numbers: &[u32]) -> Option<Node<'t>> {
 /// The bytes `spec` names, or `None` when the section does not exist (RFC 3501: the
 /// session then returns an empty string).
 pub fn section_range(tree: &MimeTree, msg: &[u8], spec: &Section) -> Option<SectionData> {
+    section_range_with(tree, &msg, spec)
+}
+
+/// [`section_range`] given only the header blocks of the message.
+pub fn section_range_with(
+    tree: &MimeTree,
+    msg: &dyn MessageBytes,
+    spec: &Section,
+) -> Option<SectionData> {
     let node = walk(tree, &spec.part)?;
     let text = match &spec.text {
         None => {
@@ -109,7 +119,7 @@ pub fn section_range(tree: &MimeTree, msg: &[u8], spec: &Section) -> Option<Sect
             _ => return None,
         },
     };
-    let header = msg.get(message.header.clone())?;
+    let header = msg.bytes(message.header.clone())?;
     Some(match text {
         SectionText::Header => SectionData::Range(message.header.clone()),
         SectionText::Text => SectionData::Range(message.body.clone()),
@@ -159,19 +169,63 @@ pub enum BinaryError {
     NoSuchPart,
 }
 
+/// A Content-Transfer-Encoding BINARY knows how to remove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    Identity,
+    Base64,
+    QuotedPrintable,
+}
+
+impl Transfer {
+    /// The decoder for an upper-case encoding name; `None` for unknown encodings.
+    pub fn of(encoding: &[u8]) -> Option<Transfer> {
+        match encoding {
+            b"BASE64" => Some(Transfer::Base64),
+            b"QUOTED-PRINTABLE" => Some(Transfer::QuotedPrintable),
+            b"7BIT" | b"8BIT" | b"BINARY" => Some(Transfer::Identity),
+            _ => None,
+        }
+    }
+
+    /// `body` with this encoding removed.
+    pub fn decode(self, body: &[u8]) -> Vec<u8> {
+        match self {
+            Transfer::Identity => body.to_vec(),
+            Transfer::Base64 => decode::base64(body),
+            Transfer::QuotedPrintable => decode::quoted_printable(body),
+        }
+    }
+}
+
+/// Where `BINARY[part]` content comes from: a range of the message and how to decode it.
+/// Multipart and message parts (and the whole message) are sent as they are.
+pub fn binary_source(
+    tree: &MimeTree,
+    len: usize,
+    part: &[u32],
+) -> Result<(Range<usize>, Transfer), BinaryError> {
+    let node = walk(tree, part).ok_or(BinaryError::NoSuchPart)?;
+    let p = match node {
+        Node::Message(_) => return Ok((0..len, Transfer::Identity)),
+        Node::Part(p) => p,
+    };
+    if p.body.end > len || p.body.start > p.body.end {
+        return Err(BinaryError::NoSuchPart);
+    }
+    if !matches!(p.kind, PartKind::Leaf) {
+        return Ok((p.body.clone(), Transfer::Identity));
+    }
+    let transfer = Transfer::of(&p.encoding).ok_or(BinaryError::UnknownCte)?;
+    Ok((p.body.clone(), transfer))
+}
+
 /// `BINARY[part]` (RFC 3516): the part's content with its transfer encoding removed. Multipart and
 /// message parts (and the whole message) are returned as they are. BINARY.SIZE is the length.
 pub fn binary(tree: &MimeTree, msg: &[u8], part: &[u32]) -> Result<Vec<u8>, BinaryError> {
-    let node = walk(tree, part).ok_or(BinaryError::NoSuchPart)?;
-    let p = match node {
-        Node::Message(_) => return Ok(msg.to_vec()),
-        Node::Part(p) => p,
-    };
-    let body = msg.get(p.body.clone()).ok_or(BinaryError::NoSuchPart)?;
-    if !matches!(p.kind, PartKind::Leaf) {
-        return Ok(body.to_vec());
-    }
-    decode_transfer(&p.encoding, body).ok_or(BinaryError::UnknownCte)
+    let (range, transfer) = binary_source(tree, msg.len(), part)?;
+    let body = msg.get(range).ok_or(BinaryError::NoSuchPart)?;
+    Ok(transfer.decode(body))
 }
 
 /// Remove a Content-Transfer-Encoding (upper-case name); `None` for unknown encodings.

@@ -2,52 +2,109 @@
 //! MIME, TEXT, nested message/rfc822), BODY.PEEK, and RFC 3516 BINARY / BINARY.SIZE.
 //!
 //! Owns what a FETCH response says and the implicit `\Seen`. Whole-message items (RFC822,
-//! BODY[] and their partials) are streamed from the store in bounded chunks; items that need the
-//! MIME structure read the message into memory once (up to [`MAX_PARSED`] octets) and keep the
-//! last one parsed. Never sends EXPUNGE.
+//! BODY[] and their partials) are streamed from the store in bounded chunks. Items that need
+//! the MIME structure parse the message once and keep the last one parsed: a small message
+//! (up to [`STREAM_ABOVE`] octets) is read into memory; a larger one is parsed by streaming
+//! it, keeping only its MIME tree and the header blocks of its messages, and every section,
+//! BINARY decoding and BINARY.SIZE is then streamed from the store again. Memory per FETCH
+//! stays bounded whatever the message size. Never sends EXPUNGE.
 
 use super::format::internal_date;
 use super::select::Selected;
 use super::{Backend, Reply, Session, Transport};
-use crate::message::{self, BinaryError, Envelope, MimeTree, SectionData};
+use crate::message::stream::{self, decode_range, Headers, MessageBytes, Source};
+use crate::message::{self, BinaryError, Envelope, MimeTree, SectionData, Transfer};
 use crate::protocol::command::{FetchItem, Partial, Section, SectionText};
 use crate::wire::parser::SequenceSet;
-use crate::wire::response::{string_form, StringForm};
+use crate::wire::response::{string_form, ResponseWriter, StringForm};
 use common::log;
-use common::store::Flags;
+use common::store::{Flags, Mailbox};
 use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::rc::Rc;
 
-/// Messages larger than this are not parsed (ENVELOPE, BODYSTRUCTURE, sections are refused);
-/// they can still be fetched whole.
-pub(super) const MAX_PARSED: u64 = 64 * 1024 * 1024;
+/// Messages larger than this are parsed by streaming them rather than read into memory.
+pub(super) const STREAM_ABOVE: u64 = 1024 * 1024;
 
-/// One message read into memory and parsed.
+/// One message parsed: its MIME tree and its bytes (small messages) or the header blocks of
+/// its messages (large ones, whose other bytes are read from the store when needed).
 pub(crate) struct Loaded {
     pub uid: u32,
-    pub bytes: Vec<u8>,
     pub tree: MimeTree,
+    pub content: Content,
 }
 
-/// Message `idx` parsed, from the cache when it is the last one; `None` when too large.
-pub(super) fn load(sel: &mut Selected, idx: usize) -> io::Result<Option<Rc<Loaded>>> {
+pub(crate) enum Content {
+    Whole(Vec<u8>),
+    Streamed(Headers),
+}
+
+impl Loaded {
+    /// What is in memory of the message (all of it, or its message headers).
+    pub fn bytes(&self) -> &dyn MessageBytes {
+        match &self.content {
+            Content::Whole(bytes) => bytes,
+            Content::Streamed(headers) => headers,
+        }
+    }
+
+    /// The whole message, when it is in memory.
+    pub fn whole(&self) -> Option<&[u8]> {
+        match &self.content {
+            Content::Whole(bytes) => Some(bytes),
+            Content::Streamed(_) => None,
+        }
+    }
+}
+
+/// Message `index` of a mailbox as a [`Source`]: each reader is a fresh `open_message`.
+pub(super) struct StoreMessage<'m> {
+    pub mailbox: &'m mut dyn Mailbox,
+    pub index: usize,
+}
+
+impl Source for StoreMessage<'_> {
+    fn open_at(&mut self, offset: usize) -> io::Result<Box<dyn Read + '_>> {
+        let mut reader = self.mailbox.open_message(self.index)?;
+        stream::skip(&mut reader, offset)?;
+        Ok(reader)
+    }
+}
+
+/// Message `idx` parsed, from the cache when it is the last one.
+pub(super) fn load(sel: &mut Selected, idx: usize) -> io::Result<Rc<Loaded>> {
     let info = &sel.mailbox.messages()[idx];
     let (uid, size) = (info.uid, info.size);
     if let Some(cached) = sel.cache.as_ref().filter(|c| c.uid == uid) {
-        return Ok(Some(Rc::clone(cached)));
+        return Ok(Rc::clone(cached));
     }
-    if size > MAX_PARSED {
-        return Ok(None);
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    sel.mailbox
-        .open_message(idx)?
-        .take(size)
-        .read_to_end(&mut bytes)?;
-    let tree = message::parse(&bytes);
-    let loaded = Rc::new(Loaded { uid, bytes, tree });
+    let loaded = if size > STREAM_ABOVE {
+        let len = usize::try_from(size).map_err(io::Error::other)?;
+        let mut source = StoreMessage {
+            mailbox: &mut *sel.mailbox,
+            index: idx,
+        };
+        let streamed = stream::parse_streamed(&mut source, len)?;
+        Loaded {
+            uid,
+            tree: streamed.tree,
+            content: Content::Streamed(streamed.headers),
+        }
+    } else {
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        sel.mailbox
+            .open_message(idx)?
+            .take(size)
+            .read_to_end(&mut bytes)?;
+        Loaded {
+            uid,
+            tree: message::parse(&bytes),
+            content: Content::Whole(bytes),
+        }
+    };
+    let loaded = Rc::new(loaded);
     sel.cache = Some(Rc::clone(&loaded));
-    Ok(Some(loaded))
+    Ok(loaded)
 }
 
 /// Does fetching `item` set `\Seen`?
@@ -152,7 +209,6 @@ fn write_text(out: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
 #[derive(Default)]
 struct Trouble {
     missing: bool,
-    too_large: bool,
     unknown_cte: bool,
 }
 
@@ -188,11 +244,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
             };
             let loaded = if parse {
                 match load(sel, idx) {
-                    Ok(Some(l)) => Some(l),
-                    Ok(None) => {
-                        trouble.too_large = true;
-                        continue;
-                    }
+                    Ok(l) => Some(l),
                     Err(e) => {
                         // The store lost the message under us (or the disk failed): say so
                         // for this message and go on with the others.
@@ -241,8 +293,6 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         }
         Ok(if trouble.unknown_cte {
             Reply::no("[UNKNOWN-CTE] Unknown Content-Transfer-Encoding in a requested part")
-        } else if trouble.too_large {
-            Reply::no("[LIMIT] Some messages are too large to parse; fetch them whole")
         } else if trouble.missing {
             Reply::no("Some of the requested messages no longer exist")
         } else {
@@ -275,9 +325,9 @@ fn write_item(
         ),
         FetchItem::Envelope => {
             let l = parsed()?;
-            let header = l.bytes.get(l.tree.root.header.clone()).unwrap_or_default();
+            let header = l.bytes().bytes(l.tree.root.header.clone());
             let mut buf = b"ENVELOPE ".to_vec();
-            Envelope::parse(header).write_imap(&mut buf);
+            Envelope::parse(header.unwrap_or_default()).write_imap(&mut buf);
             out.write_all(&buf)
         }
         FetchItem::Body | FetchItem::BodyStructure => {
@@ -288,7 +338,7 @@ fn write_item(
             } else {
                 b"BODY ".to_vec()
             };
-            l.tree.write_structure(&l.bytes, &mut buf, extended);
+            l.tree.write_structure_with(l.bytes(), &mut buf, extended);
             out.write_all(&buf)
         }
         FetchItem::Rfc822 => {
@@ -298,18 +348,12 @@ fn write_item(
         FetchItem::Rfc822Header => {
             let l = parsed()?;
             out.write_all(b"RFC822.HEADER ")?;
-            write_text(
-                out,
-                l.bytes.get(l.tree.root.header.clone()).unwrap_or_default(),
-            )
+            write_range(out, sel, idx, l, l.tree.root.header.clone(), None)
         }
         FetchItem::Rfc822Text => {
             let l = parsed()?;
             out.write_all(b"RFC822.TEXT ")?;
-            write_text(
-                out,
-                l.bytes.get(l.tree.root.body.clone()).unwrap_or_default(),
-            )
+            write_range(out, sel, idx, l, l.tree.root.body.clone(), None)
         }
         FetchItem::BodySection {
             section, partial, ..
@@ -324,9 +368,10 @@ fn write_item(
                 return stream_range(out, sel, idx, info.size, *partial);
             }
             let l = parsed()?;
-            match message::section_range(&l.tree, &l.bytes, &to_message_section(section)) {
-                Some(data) => {
-                    let bytes = data_bytes(&data, &l.bytes);
+            let spec = to_message_section(section);
+            match message::section_range_with(&l.tree, l.bytes(), &spec) {
+                Some(SectionData::Range(range)) => write_range(out, sel, idx, l, range, *partial),
+                Some(SectionData::Bytes(bytes)) => {
                     write_text(out, &bytes[narrow(bytes.len(), *partial)])
                 }
                 None => out.write_all(b"\"\""),
@@ -341,14 +386,8 @@ fn write_item(
                 partial_suffix(*partial)
             )?;
             let l = parsed()?;
-            match message::binary(&l.tree, &l.bytes, part) {
-                Ok(bytes) => {
-                    let bytes = &bytes[narrow(bytes.len(), *partial)];
-                    if memchr::memchr(0, bytes).is_some() {
-                        out.write_all(b"~")?;
-                    }
-                    write_text(out, bytes)
-                }
+            match message::binary_source(&l.tree, l.bytes().len(), part) {
+                Ok((range, transfer)) => write_binary(out, sel, idx, l, range, transfer, *partial),
                 Err(e) => {
                     trouble.unknown_cte |= e == BinaryError::UnknownCte;
                     out.write_all(b"NIL")
@@ -359,8 +398,11 @@ fn write_item(
             let spec: Vec<String> = part.iter().map(u32::to_string).collect();
             write!(out, "BINARY.SIZE[{}] ", spec.join("."))?;
             let l = parsed()?;
-            match message::binary(&l.tree, &l.bytes, part) {
-                Ok(bytes) => write!(out, "{}", bytes.len()),
+            match message::binary_source(&l.tree, l.bytes().len(), part) {
+                Ok((range, transfer)) => {
+                    let size = decoded_size(sel, idx, l, range, transfer)?;
+                    write!(out, "{size}")
+                }
                 Err(e) => {
                     trouble.unknown_cte |= e == BinaryError::UnknownCte;
                     out.write_all(b"NIL")
@@ -368,10 +410,6 @@ fn write_item(
             }
         }
     }
-}
-
-fn data_bytes<'a>(data: &'a SectionData, msg: &'a [u8]) -> &'a [u8] {
-    data.bytes(msg)
 }
 
 /// Stream (a partial range of) the whole message from the store as a literal.
@@ -382,25 +420,129 @@ fn stream_range(
     size: u64,
     partial: Option<Partial>,
 ) -> io::Result<()> {
-    let (start, len) = match partial {
-        Some(p) => {
-            let start = u64::from(p.origin).min(size);
-            (start, u64::from(p.length).min(size - start))
-        }
-        None => (0, size),
-    };
+    let size = usize::try_from(size).map_err(io::Error::other)?;
+    let range = narrow(size, partial);
+    stream_literal(out, sel, idx, range)
+}
+
+/// `range` of the message as a literal (`""` when empty), read from the store.
+fn stream_literal(
+    out: &mut dyn Write,
+    sel: &mut Selected,
+    idx: usize,
+    range: Range<usize>,
+) -> io::Result<()> {
+    let len = range.end.saturating_sub(range.start);
     if len == 0 {
         return out.write_all(b"\"\"");
     }
-    let mut reader = sel.mailbox.open_message(idx)?;
-    let skipped = io::copy(&mut (&mut reader).take(start), &mut io::sink())?;
-    if skipped != start {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "message shorter than its recorded size",
-        ));
+    let mut source = store_message(sel, idx);
+    let mut reader = source.open_at(range.start)?;
+    ResponseWriter::new(out).write_literal_from(&mut reader, len as u64)
+}
+
+fn store_message(sel: &mut Selected, idx: usize) -> StoreMessage<'_> {
+    StoreMessage {
+        mailbox: &mut *sel.mailbox,
+        index: idx,
     }
-    crate::wire::response::ResponseWriter::new(out).write_literal_from(&mut reader, len)
+}
+
+/// (The partial of) `range` of a parsed message: from memory, or streamed from the store.
+fn write_range(
+    out: &mut dyn Write,
+    sel: &mut Selected,
+    idx: usize,
+    l: &Loaded,
+    range: Range<usize>,
+    partial: Option<Partial>,
+) -> io::Result<()> {
+    let window = narrow(range.end.saturating_sub(range.start), partial);
+    let absolute = range.start + window.start..range.start + window.end;
+    match l.whole() {
+        Some(bytes) => write_text(out, bytes.get(absolute).unwrap_or_default()),
+        None => stream_literal(out, sel, idx, absolute),
+    }
+}
+
+/// The length of `range` once `transfer` is removed (BINARY.SIZE).
+fn decoded_size(
+    sel: &mut Selected,
+    idx: usize,
+    l: &Loaded,
+    range: Range<usize>,
+    transfer: Transfer,
+) -> io::Result<u64> {
+    if let Some(bytes) = l.whole() {
+        let body = bytes.get(range).unwrap_or_default();
+        return Ok(transfer.decode(body).len() as u64);
+    }
+    decode_range(
+        &mut store_message(sel, idx),
+        range,
+        transfer,
+        &mut |_, _| Ok(()),
+    )
+}
+
+/// `BINARY[...]<partial>` content: `range` with `transfer` removed, as a literal (`literal8`
+/// when it holds a NUL). A large message is decoded twice from the store: once for the
+/// length and the NUL check, once to send.
+fn write_binary(
+    out: &mut dyn Write,
+    sel: &mut Selected,
+    idx: usize,
+    l: &Loaded,
+    range: Range<usize>,
+    transfer: Transfer,
+    partial: Option<Partial>,
+) -> io::Result<()> {
+    if let Some(bytes) = l.whole() {
+        let decoded = transfer.decode(bytes.get(range).unwrap_or_default());
+        let decoded = &decoded[narrow(decoded.len(), partial)];
+        if memchr::memchr(0, decoded).is_some() {
+            out.write_all(b"~")?;
+        }
+        return write_text(out, decoded);
+    }
+    let (origin, end) = match partial {
+        Some(p) => {
+            let origin = u64::from(p.origin);
+            (origin, origin.saturating_add(u64::from(p.length)))
+        }
+        None => (0, u64::MAX),
+    };
+    let mut has_nul = false;
+    let mut source = store_message(sel, idx);
+    let total = decode_range(&mut source, range.clone(), transfer, &mut |at, bytes| {
+        has_nul |= memchr::memchr(0, window_of(at, bytes, origin, end)).is_some();
+        Ok(())
+    })?;
+    let sent = end.min(total).saturating_sub(origin.min(total));
+    if sent == 0 {
+        return out.write_all(b"\"\"");
+    }
+    if has_nul {
+        out.write_all(b"~")?;
+    }
+    write!(out, "{{{sent}}}\r\n")?;
+    let written = decode_range(&mut source, range, transfer, &mut |at, bytes| {
+        out.write_all(window_of(at, bytes, origin, end))
+    })?;
+    if written != total {
+        return Err(io::Error::other("message changed while it was sent"));
+    }
+    Ok(())
+}
+
+/// The part of `bytes` (at offset `at` of the decoded content) inside `[origin, end)`.
+fn window_of(at: u64, bytes: &[u8], origin: u64, end: u64) -> &[u8] {
+    let len = bytes.len() as u64;
+    let from = origin.saturating_sub(at).min(len);
+    let to = end.saturating_sub(at).min(len);
+    bytes
+        .get(usize::try_from(from).unwrap_or(usize::MAX)..usize::try_from(to).unwrap_or(0))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -430,6 +572,17 @@ mod tests {
             })),
             "<5>"
         );
+    }
+
+    #[test]
+    fn binary_windows_cut_decoded_chunks() {
+        let chunk = b"0123456789";
+        assert_eq!(window_of(0, chunk, 0, u64::MAX), b"0123456789");
+        assert_eq!(window_of(100, chunk, 103, 105), b"34");
+        assert_eq!(window_of(100, chunk, 95, 102), b"01");
+        assert_eq!(window_of(100, chunk, 110, 120), b"");
+        assert_eq!(window_of(100, chunk, 50, 60), b"");
+        assert_eq!(window_of(100, b"", 0, 10), b"");
     }
 
     #[test]

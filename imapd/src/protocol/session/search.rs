@@ -6,7 +6,7 @@
 //! as the key needs (nothing, the header, or the whole message). Charsets: US-ASCII and UTF-8,
 //! anything else is `NO [BADCHARSET]`. Never sends EXPUNGE.
 
-use super::fetch::MAX_PARSED;
+use super::fetch::{self, StoreMessage, STREAM_ABOVE};
 use super::format::uid_set;
 use super::select::Selected;
 use super::{Backend, Reply, Session, Transport};
@@ -101,10 +101,14 @@ fn meta(sel: &Selected, pos: usize, idx: usize) -> MessageMeta {
 /// The header block of message `idx` (through the empty line), read from the store.
 fn read_header(sel: &mut Selected, idx: usize) -> io::Result<Vec<u8>> {
     let uid = sel.mailbox.messages()[idx].uid;
-    if let Some(cached) = sel.cache.as_ref().filter(|c| c.uid == uid) {
+    if let Some(cached) = sel
+        .cache
+        .as_ref()
+        .filter(|c| c.uid == uid && c.whole().is_some())
+    {
         return Ok(cached
-            .bytes
-            .get(cached.tree.root.header.clone())
+            .bytes()
+            .bytes(cached.tree.root.header.clone())
             .unwrap_or_default()
             .to_vec());
     }
@@ -128,20 +132,47 @@ fn read_header(sel: &mut Selected, idx: usize) -> io::Result<Vec<u8>> {
     Ok(header)
 }
 
-/// The whole message (or its first [`MAX_PARSED`] octets when larger), from the FETCH cache
-/// when it holds this message. Not parsed here: the search parses only if a key needs it.
+/// The whole message (at most [`STREAM_ABOVE`] octets), from the FETCH cache when it holds
+/// this message. Not parsed here: the search parses only if a key needs it.
 fn read_message(sel: &mut Selected, idx: usize) -> io::Result<Vec<u8>> {
     let uid = sel.mailbox.messages()[idx].uid;
-    if let Some(cached) = sel.cache.as_ref().filter(|c| c.uid == uid) {
-        return Ok(cached.bytes.clone());
+    if let Some(bytes) = sel
+        .cache
+        .as_ref()
+        .filter(|c| c.uid == uid)
+        .and_then(|c| c.whole())
+    {
+        return Ok(bytes.to_vec());
     }
-    let size = sel.mailbox.messages()[idx].size.min(MAX_PARSED);
+    let size = sel.mailbox.messages()[idx].size.min(STREAM_ABOVE);
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     sel.mailbox
         .open_message(idx)?
-        .take(MAX_PARSED)
+        .take(size)
         .read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// For a message too large to read into memory: whether its body text contains each needle
+/// of `key`'s BODY and TEXT keys (folded needle, hit), found by streaming its text parts.
+fn streamed_body_hits(
+    sel: &mut Selected,
+    idx: usize,
+    key: &Key,
+) -> io::Result<Vec<(String, bool)>> {
+    let loaded = fetch::load(sel, idx)?;
+    let needles = key.body_needles();
+    let mut source = StoreMessage {
+        mailbox: &mut *sel.mailbox,
+        index: idx,
+    };
+    let found =
+        message::stream::body_text_contains(&mut source, &loaded.tree, loaded.bytes(), &needles)?;
+    Ok(needles
+        .iter()
+        .zip(found)
+        .map(|(needle, hit)| (needle.folded().to_string(), hit))
+        .collect())
 }
 
 /// View positions of the messages matching `key` (messages already gone are left out).
@@ -157,12 +188,24 @@ fn matching(sel: &mut Selected, key: &SearchKey) -> io::Result<Vec<usize>> {
             continue;
         };
         let meta = meta(sel, pos, idx);
-        let bytes = match needs {
-            Needs::Nothing => Vec::new(),
-            Needs::Header => read_header(sel, idx)?,
-            Needs::Message => read_message(sel, idx)?,
+        let large = meta.size > STREAM_ABOVE;
+        let matched = match needs {
+            Needs::Nothing => SearchContext::new(&meta, &[], now).matches(&key),
+            Needs::Header => {
+                let header = read_header(sel, idx)?;
+                SearchContext::new(&meta, &header, now).matches(&key)
+            }
+            Needs::Message if large => {
+                let header = read_header(sel, idx)?;
+                let hits = streamed_body_hits(sel, idx, &key)?;
+                SearchContext::with_body_hits(&meta, &header, now, hits).matches(&key)
+            }
+            Needs::Message => {
+                let bytes = read_message(sel, idx)?;
+                SearchContext::new(&meta, &bytes, now).matches(&key)
+            }
         };
-        if SearchContext::new(&meta, &bytes, now).matches(&key) {
+        if matched {
             found.push(pos);
         }
     }
