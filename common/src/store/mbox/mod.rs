@@ -558,6 +558,44 @@ fn starts_with_from_line(file: &File, entry: &Entry) -> io::Result<bool> {
     }
 }
 
+/// After the file changed since we indexed it (an MTA delivered, another session patched
+/// flags), is message `entry` still exactly where the index says? Yes when it is the same file,
+/// the message still starts with its `From ` line, still carries its own `X-UID`, and still
+/// ends where it did (at end of file, or where a `From ` line begins). Anything else (a rewrite
+/// moved it) means the caller must refresh first.
+fn still_in_place(
+    file: &File,
+    then: Option<FileStamp>,
+    now: FileStamp,
+    entry: &Entry,
+    uid: u32,
+) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    const MAX_CHECKED_HEADER: u64 = 1 << 20;
+    let same_file = then.is_some_and(|t| t.dev == now.dev && t.ino == now.ino);
+    let header_len = entry.body_off.saturating_sub(entry.hdr_off);
+    if !same_file || header_len > MAX_CHECKED_HEADER || entry.next_off > now.len {
+        return Ok(false);
+    }
+    if !starts_with_from_line(file, entry)? {
+        return Ok(false);
+    }
+    let ends_in_place = entry.next_off == now.len || {
+        let mut next = [0u8; 5];
+        file.read_exact_at(&mut next, entry.next_off).is_ok() && &next == b"From "
+    };
+    if !ends_in_place {
+        return Ok(false);
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact_at(&mut header, entry.hdr_off)?;
+    let own_uid = format!("X-UID: {uid}\n");
+    Ok(header.split_inclusive(|&b| b == b'\n').any(|line| {
+        line == own_uid.as_bytes()
+            || line.strip_suffix(b"\r\n") == own_uid.as_bytes().strip_suffix(b"\n")
+    }))
+}
+
 /// A keyword name UW can store: an IMAP atom without `]`, at most 50 bytes.
 fn valid_keyword(name: &str) -> bool {
     keyword_words(name.as_bytes()).next() == Some(name.as_bytes())
@@ -766,7 +804,9 @@ impl Mailbox for MboxMailbox {
         // Writers rewrite in place under the write lock: with the read lock held, the file
         // stays as it is now for the reader's life. It must still be the file we indexed.
         let lock = ReadLock::acquire(&self.path, file, LOCK_TIMEOUT)?;
-        if Some(FileStamp::of(file)?) != self.stamp || !starts_with_from_line(file, entry)? {
+        let now = FileStamp::of(file)?;
+        let unchanged = Some(now) == self.stamp && starts_with_from_line(file, entry)?;
+        if !unchanged && !still_in_place(file, self.stamp, now, entry, info.uid)? {
             return Err(MailboxChanged::io_error());
         }
         Ok(Box::new(reader::MessageReader::new(
