@@ -482,9 +482,9 @@ impl MboxMailbox {
         if plan.is_noop() {
             return Ok(removed);
         }
+        let written = rewrite::written_index(&snapshot, &plan);
         rewrite::execute(&self.path, file, &snapshot, &plan).map_err(|e| self.io_error(e))?;
         let stamp = FileStamp::of(file).map_err(|e| self.io_error(e))?;
-        let parsed = self.parse_changed(file, stamp)?;
         let session: Vec<MessageInfo> = self
             .infos
             .iter()
@@ -492,9 +492,33 @@ impl MboxMailbox {
             .filter(|(_, k)| **k)
             .map(|(i, _)| i.clone())
             .collect();
+        // We know what we wrote: no need to read it back (unless only a parse can tell).
+        let parsed = match written {
+            Some(w) => self.parsed_from_written(w, session.clone()),
+            None => self.parse_changed(file, stamp)?,
+        };
+        #[cfg(test)]
+        tests::assert_matches_disk(file, stamp.len, &parsed);
         self.adopt(parsed, Some(&session));
         self.stamp = Some(stamp);
         Ok(removed)
+    }
+
+    /// The index after our own rewrite, from what it wrote (see [`rewrite::written_index`]):
+    /// `infos` are the kept messages, whose state the file now holds.
+    fn parsed_from_written(&self, w: rewrite::Written, infos: Vec<MessageInfo>) -> Parsed {
+        let uid_last = infos.iter().map(|i| i.uid).fold(self.uid_last, u32::max);
+        Parsed {
+            has_base: w.pseudo.is_none() && !w.entries.is_empty(),
+            entries: w.entries,
+            infos,
+            uid_validity: self.uid_validity,
+            uid_last,
+            keywords: self.keywords.clone(),
+            pseudo: w.pseudo,
+            first_meta: w.first_meta,
+            needs_persist: false,
+        }
     }
 }
 
@@ -653,9 +677,26 @@ impl MboxMailbox {
         if plan.is_noop() {
             return Ok(());
         }
+        let written = rewrite::written_index(&snapshot, &plan);
         rewrite::execute(&self.path, &reader, &snapshot, &plan).map_err(|e| self.io_error(e))?;
         let stamp = FileStamp::of(&reader).map_err(|e| self.io_error(e))?;
-        self.merge_fresh(&reader, stamp)?;
+        match written {
+            // Nothing removed, every message's pending state kept: only the disk side changed.
+            Some(w) => {
+                #[cfg(test)]
+                tests::assert_matches_disk(
+                    &reader,
+                    stamp.len,
+                    &self.parsed_from_written(w.clone(), disk.clone()),
+                );
+                self.entries = w.entries;
+                self.first_meta = w.first_meta;
+                self.pseudo = w.pseudo;
+            }
+            None => {
+                self.merge_fresh(&reader, stamp)?;
+            }
+        }
         self.stamp = Some(stamp);
         Ok(())
     }
