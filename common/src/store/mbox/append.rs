@@ -21,7 +21,7 @@ use super::meta::{
 };
 use super::parse::{self, ParseError, Parsed};
 use super::rewrite::{self, Snapshot, Style};
-use super::{host_name, now, LOCK_TIMEOUT};
+use super::{host_name, now, FileStamp, LOCK_TIMEOUT};
 use crate::store::lock::MailboxLock;
 use crate::store::{Flags, NewMessage, StoreError};
 use std::fs::{File, OpenOptions};
@@ -67,20 +67,58 @@ pub(super) fn append(
     target: &Target<'_>,
     messages: &mut [NewMessage<'_>],
 ) -> Result<(u32, Vec<u32>), StoreError> {
+    append_known(target, messages, None).map(|done| (done.uid_validity, done.uids))
+}
+
+/// What the appending session already knows of the file: its index (disk state) when the
+/// file was as `stamp` says. Used instead of parsing the file when it has not changed since.
+pub(super) struct Known {
+    pub stamp: FileStamp,
+    pub parsed: Parsed,
+}
+
+/// What an append did.
+pub(super) struct Appended {
+    pub uid_validity: u32,
+    pub uids: Vec<u32>,
+    /// When the file was [`Known`] and the old messages did not move: the file's index after
+    /// the append minus the appended messages, which start at `tail_off`; `after` is the stamp
+    /// the file had when we were done. Lets the session read only the new tail.
+    pub catch_up: Option<CatchUp>,
+}
+
+pub(super) struct CatchUp {
+    pub after: FileStamp,
+    pub base: Parsed,
+    pub tail_off: u64,
+}
+
+/// [`append`], skipping the parse when `known` still describes the file.
+pub(super) fn append_known(
+    target: &Target<'_>,
+    messages: &mut [NewMessage<'_>],
+    known: Option<Known>,
+) -> Result<Appended, StoreError> {
     let io_err = |e| StoreError::Io(target.path.to_path_buf(), e);
     let spool = spool_messages(messages)?;
     let file = open_target(target)?;
     let _lock =
         MailboxLock::acquire(target.path, &file, target.helper, LOCK_TIMEOUT).map_err(io_err)?;
     journal::recover(target.path, &file).map_err(io_err)?;
-    let len = file.metadata().map_err(io_err)?.len();
-    let parsed = parse::parse(&file, len, now()).map_err(|e| match e {
-        ParseError::Io(e) => io_err(e),
-        ParseError::NotMbox(..) => StoreError::Damaged(format!(
-            "Not a UNIX-format mailbox: {}",
-            target.path.display()
-        )),
-    })?;
+    let stamp = FileStamp::of(&file).map_err(io_err)?;
+    let len = stamp.len;
+    let known = known.filter(|k| k.stamp == stamp).map(|k| k.parsed);
+    let knew = known.is_some();
+    let parsed = match known {
+        Some(parsed) => parsed,
+        None => full_parse(&file, len).map_err(|e| match e {
+            ParseError::Io(e) => io_err(e),
+            ParseError::NotMbox(..) => StoreError::Damaged(format!(
+                "Not a UNIX-format mailbox: {}",
+                target.path.display()
+            )),
+        })?,
+    };
     let count = u32::try_from(spool.messages.len()).unwrap_or(u32::MAX);
     let Some(new_last) = parsed.uid_last.checked_add(count) else {
         return Err(StoreError::Refused(format!(
@@ -106,8 +144,10 @@ pub(super) fn append(
         target.style
     };
     let holds_base = !parsed.entries.is_empty() || parsed.pseudo.is_some();
+    let mut written = None;
     if holds_base {
-        raise_uid_last(target.path, &file, &parsed, style, new_last, &keywords).map_err(io_err)?;
+        written = raise_uid_last(target.path, &file, &parsed, style, new_last, &keywords)
+            .map_err(io_err)?;
         if std::env::var("MAILSUITE_CRASH_AT").is_ok_and(|v| v == "append-base") {
             std::process::abort();
         }
@@ -123,8 +163,37 @@ pub(super) fn append(
         holds_base,
         first_uid,
     };
-    write_messages(target.path, &file, &spool, &layout).map_err(io_err)?;
-    Ok((parsed.uid_validity, (first_uid..=new_last).collect()))
+    let (tail_off, prefix_len) =
+        write_messages(target.path, &file, &spool, &layout).map_err(io_err)?;
+    let catch_up = match written {
+        Some(w) if knew && prefix_len == 0 => Some(CatchUp {
+            after: FileStamp::of(&file).map_err(io_err)?,
+            base: Parsed {
+                has_base: w.pseudo.is_none(),
+                entries: w.entries,
+                infos: parsed.infos,
+                uid_validity: parsed.uid_validity,
+                uid_last: new_last,
+                keywords,
+                pseudo: w.pseudo,
+                first_meta: w.first_meta,
+                needs_persist: false,
+            },
+            tail_off,
+        }),
+        _ => None,
+    };
+    Ok(Appended {
+        uid_validity: parsed.uid_validity,
+        uids: (first_uid..=new_last).collect(),
+        catch_up,
+    })
+}
+
+fn full_parse(file: &File, len: u64) -> Result<Parsed, ParseError> {
+    #[cfg(test)]
+    super::tests::FULL_PARSES.with(|n| n.set(n.get() + 1));
+    parse::parse(file, len, now())
 }
 
 fn open_target(target: &Target<'_>) -> Result<File, StoreError> {
@@ -140,6 +209,7 @@ fn open_target(target: &Target<'_>) -> Result<File, StoreError> {
 }
 
 /// Step 1: the file's own messages unchanged (disk state, `O` kept as it is), UID-last raised.
+/// Returns the index of the file as it leaves it, if known without a parse.
 fn raise_uid_last(
     path: &Path,
     file: &File,
@@ -147,7 +217,7 @@ fn raise_uid_last(
     style: Style,
     new_last: u32,
     keywords: &[String],
-) -> io::Result<()> {
+) -> io::Result<Option<rewrite::Written>> {
     let keep = vec![true; parsed.entries.len()];
     let snapshot = Snapshot {
         file,
@@ -165,10 +235,11 @@ fn raise_uid_last(
         claim_recent: false,
     };
     let plan = rewrite::plan(&snapshot, &host_name())?;
-    if plan.is_noop() {
-        return Ok(());
+    let written = rewrite::written_index(&snapshot, &plan);
+    if !plan.is_noop() {
+        rewrite::execute(path, file, &snapshot, &plan)?;
     }
-    rewrite::execute(path, file, &snapshot, &plan)
+    Ok(written)
 }
 
 /// Mailbox-wide facts the appended bytes depend on.
@@ -239,8 +310,14 @@ fn framing(len_before: u64, tail: &[u8], spool: &Spool, layout: &Layout<'_>) -> 
     }
 }
 
-/// Step 2: write everything at the end behind an append journal.
-fn write_messages(path: &Path, file: &File, spool: &Spool, layout: &Layout<'_>) -> io::Result<()> {
+/// Step 2: write everything at the end behind an append journal. Returns where the appended
+/// bytes start and how many separator/pseudo-message bytes precede the first new message.
+fn write_messages(
+    path: &Path,
+    file: &File,
+    spool: &Spool,
+    layout: &Layout<'_>,
+) -> io::Result<(u64, usize)> {
     let len = file.metadata()?.len();
     let mut tail = [0u8; 2];
     let tail_len = len.min(2) as usize;
@@ -270,7 +347,7 @@ fn write_messages(path: &Path, file: &File, spool: &Spool, layout: &Layout<'_>) 
         file.sync_all()
     })();
     match result {
-        Ok(()) => journal.finish(),
+        Ok(()) => journal.finish().map(|()| (len, framing.prefix.len())),
         Err(e) => {
             journal.restore(file)?;
             Err(e)

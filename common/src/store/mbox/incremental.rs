@@ -161,6 +161,45 @@ pub(super) fn reparse_known(
     Ok(Some(out))
 }
 
+/// The whole file after our own append into a file we knew: `base` (the old messages, as the
+/// append left them) plus the messages parsed from `tail_off` to `len`. Reads only the tail.
+/// `None` when only a full parse can tell.
+pub(super) fn after_own_append(
+    file: &File,
+    base: &Parsed,
+    tail_off: u64,
+    len: u64,
+    now: i64,
+) -> Result<Option<Parsed>, ParseError> {
+    let start = TailStart {
+        offset: tail_off,
+        count: base.entries.len() + usize::from(base.pseudo.is_some()),
+        uid_validity: base.uid_validity,
+        uid_last: base.uid_last,
+        prev_uid: base.infos.last().map_or(0, |i| i.uid),
+        keywords: &base.keywords,
+    };
+    let Some(tail) = parse::parse_tail(file, &start, len, now)? else {
+        return Ok(None);
+    };
+    if tail.entries.first().map(|e| e.from_off) != Some(tail_off) {
+        return Ok(None);
+    }
+    let mut out = Parsed {
+        entries: base.entries.clone(),
+        infos: base.infos.clone(),
+        keywords: base.keywords.clone(),
+        pseudo: base.pseudo.clone(),
+        first_meta: base.first_meta.clone(),
+        uid_last: tail.uid_last,
+        needs_persist: tail.needs_persist,
+        ..*base
+    };
+    out.entries.extend(tail.entries);
+    out.infos.extend(tail.infos);
+    Ok(Some(out))
+}
+
 /// How the pseudo-message's text ends (see `meta::pseudo_message`).
 const PSEUDO_END: &[u8] = b"initial values.\n\n";
 
@@ -268,7 +307,7 @@ fn interpret(line: &[u8], m: &mut HeaderMeta) {
     }
 }
 
-fn base_value(v: &[u8]) -> Option<(u32, u32, Vec<String>)> {
+pub(super) fn base_value(v: &[u8]) -> Option<(u32, u32, Vec<String>)> {
     let (validity, rest) = leading_number(v)?;
     let (last, rest) = leading_number(rest)?;
     let names = keyword_words(trim_spaces(rest))

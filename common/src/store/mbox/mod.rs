@@ -94,6 +94,8 @@ pub struct MboxMailbox {
     keywords: Vec<String>,
     pseudo: Option<PseudoInfo>,
     first_meta: Option<Vec<u8>>,
+    /// Our last append into the file as `.0` said, for a refresh that reads only its tail.
+    own_append: Option<(FileStamp, append::CatchUp)>,
     _session: Option<SessionLock>,
 }
 
@@ -207,6 +209,7 @@ impl MboxMailbox {
             keywords: Vec::new(),
             pseudo: None,
             first_meta: None,
+            own_append: None,
             _session: session,
         };
         match mailbox.open_file() {
@@ -302,6 +305,9 @@ impl MboxMailbox {
     /// same file, what is still in place of what we knew is re-read cheaply and only the rest
     /// parsed (see [`incremental`]); otherwise the whole file.
     fn parse_changed(&self, file: &File, stamp: FileStamp) -> Result<Parsed, StoreError> {
+        if let Some(parsed) = self.parse_own_append(file, stamp)? {
+            return Ok(parsed);
+        }
         if let Some(old) = self
             .stamp
             .filter(|o| o.dev == stamp.dev && o.ino == stamp.ino)
@@ -320,6 +326,83 @@ impl MboxMailbox {
             }
         }
         self.parse_file(file, stamp.len)
+    }
+
+    /// The file is as our own append left it, and we were up to date before it: parse only
+    /// the appended tail.
+    fn parse_own_append(
+        &self,
+        file: &File,
+        stamp: FileStamp,
+    ) -> Result<Option<Parsed>, StoreError> {
+        let Some((before, catch_up)) = &self.own_append else {
+            return Ok(None);
+        };
+        if self.stamp != Some(*before) || stamp != catch_up.after {
+            return Ok(None);
+        }
+        let parsed = incremental::after_own_append(
+            file,
+            &catch_up.base,
+            catch_up.tail_off,
+            stamp.len,
+            now(),
+        );
+        #[cfg(test)]
+        if let Ok(Some(p)) = &parsed {
+            tests::assert_matches_disk(file, stamp.len, p);
+            tests::TAIL_ONLY.with(|n| n.set(n.get() + 1));
+        }
+        match parsed {
+            Ok(p) => Ok(p),
+            Err(ParseError::NotMbox(..)) => Ok(None),
+            Err(ParseError::Io(e)) => Err(self.io_error(e)),
+        }
+    }
+
+    /// Our index as the file holds it (disk flags, keywords and `O`), for an append that needs
+    /// no parse while the file is unchanged. `None` when the file's keyword list is not
+    /// exactly ours (we may have names not written yet) or is not where we can see it.
+    fn known_for_append(&self) -> Option<append::Known> {
+        let stamp = self.stamp?;
+        self.file.as_ref()?;
+        let (has_base, disk_keywords) = match &self.pseudo {
+            Some(p) => (false, p.keywords.clone()),
+            None => {
+                let meta = self.first_meta.as_deref()?;
+                let (validity, _, names) = meta
+                    .split(|&c| c == b'\n')
+                    .find_map(|line| meta::value_after(line, b"X-IMAPbase:"))
+                    .and_then(incremental::base_value)?;
+                (validity == self.uid_validity).then_some((true, names))?
+            }
+        };
+        if disk_keywords != self.keywords {
+            return None;
+        }
+        let infos = self
+            .entries
+            .iter()
+            .zip(&self.infos)
+            .map(|(e, i)| MessageInfo {
+                flags: e.disk_flags,
+                keywords: e.disk_keywords,
+                recent: !e.disk_old,
+                ..i.clone()
+            })
+            .collect();
+        let parsed = Parsed {
+            entries: self.entries.clone(),
+            infos,
+            uid_validity: self.uid_validity,
+            uid_last: self.uid_last,
+            keywords: disk_keywords,
+            pseudo: self.pseudo.clone(),
+            has_base,
+            first_meta: self.first_meta.clone(),
+            needs_persist: false,
+        };
+        Some(append::Known { stamp, parsed })
     }
 
     fn parse_file(&self, file: &File, len: u64) -> Result<Parsed, StoreError> {
@@ -361,6 +444,7 @@ impl MboxMailbox {
         self.keywords = parsed.keywords;
         self.pseudo = parsed.pseudo;
         self.first_meta = parsed.first_meta;
+        self.own_append = None;
     }
 
     /// Index of keyword `name`, adding it to the mailbox's list if new. `None` when the name is
@@ -853,7 +937,12 @@ impl Mailbox for MboxMailbox {
             style: self.style,
             create_missing: true,
         };
-        append::append(&target, messages).map(|(_, uids)| uids)
+        let known = self.known_for_append();
+        let done = append::append_known(&target, messages, known)?;
+        if let (Some(before), Some(catch_up)) = (self.stamp, done.catch_up) {
+            self.own_append = Some((before, catch_up));
+        }
+        Ok(done.uids)
     }
 
     fn change_token(&self) -> io::Result<u64> {

@@ -11,6 +11,8 @@ thread_local! {
     pub(crate) static FULL_PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Commits done by same-length metadata patches only.
     pub(crate) static PATCH_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Refreshes after our own append that read only the appended tail.
+    pub(crate) static TAIL_ONLY: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 pub(crate) struct TempDir {
@@ -1067,4 +1069,80 @@ fn patch_survives_a_kill_at_any_byte() {
         assert_sizes_exact(&mut mb);
         assert!(!dir.path().join(".user.mbox-journal").exists());
     }
+}
+
+// ---- APPEND into the open mailbox ----------------------------------------------------------
+
+#[test]
+fn own_appends_need_no_parse_and_refresh_reads_only_the_tail() {
+    let dir = TempDir::new("own-append");
+    let path = prepared_mailbox(&dir);
+    let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let mut other = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    mb.set_flags(2, Flags::FLAGGED);
+    mb.commit(false).unwrap();
+    let parses = full_parses();
+    let tails = TAIL_ONLY.with(|n| n.get());
+    let keywords = vec!["Appended".to_string()];
+    for n in 0..3u32 {
+        let text = format!("Subject: appended {n}\n\nbody {n}\nFrom here\n");
+        let mut source = text.as_bytes();
+        let mut batch = [NewMessage {
+            source: &mut source,
+            len: Some(text.len() as u64),
+            flags: Flags::SEEN,
+            keywords: &keywords,
+            internal_date: Some((1_706_788_800, 0)),
+        }];
+        assert_eq!(mb.append(&mut batch).unwrap(), vec![13 + n]);
+        let changes = mb.refresh().unwrap();
+        assert_eq!(changes.appended, 1);
+        assert!(mb.messages().last().unwrap().recent);
+    }
+    assert_eq!(
+        full_parses(),
+        parses,
+        "APPEND or its refresh parsed the whole file"
+    );
+    assert_eq!(
+        TAIL_ONLY.with(|n| n.get()),
+        tails + 3,
+        "refresh re-read old headers"
+    );
+    assert_eq!(mb.messages().len(), 15);
+    assert_sizes_exact(&mut mb);
+    other.refresh().unwrap();
+    let mut fresh = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    for view in [&mut mb, &mut other] {
+        let got: Vec<_> = view
+            .messages()
+            .iter()
+            .map(|m| (m.uid, m.flags, m.size))
+            .collect();
+        let want: Vec<_> = fresh
+            .messages()
+            .iter()
+            .map(|m| (m.uid, m.flags, m.size))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(view.keyword_names(), fresh.keyword_names());
+    }
+    assert_eq!(fresh.messages()[14].keywords, 1);
+    assert!(read_all(&mut fresh, 14).ends_with(b"body 2\r\n>From here\r\n"));
+    // Someone else's change in between: the append parses, and so does nothing go stale.
+    other.set_flags(0, Flags::DELETED);
+    other.commit(false).unwrap();
+    let text = b"Subject: late\n\nx\n";
+    let mut source = &text[..];
+    let mut batch = [NewMessage {
+        source: &mut source,
+        len: Some(text.len() as u64),
+        flags: Flags::NONE,
+        keywords: &[],
+        internal_date: None,
+    }];
+    assert_eq!(mb.append(&mut batch).unwrap(), vec![16]);
+    mb.refresh().unwrap();
+    assert_eq!(mb.messages()[0].flags, Flags::DELETED);
+    assert_eq!(mb.messages().len(), 16);
 }
