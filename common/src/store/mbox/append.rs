@@ -6,16 +6,21 @@
 //! Messages are first converted into an unlinked spool file (never held in memory), then
 //! written under the mailbox lock in two crash-safe steps:
 //! 1. the mailbox-wide UID-last (and any new keyword names) is raised in `X-IMAPbase` or the
-//!    pseudo-message by a journaled rewrite, so a kill after this step only skips UIDs, which
-//!    is harmless, and UW, which refuses X-UIDs above UID-last, reads the file unchanged;
-//! 2. the messages are appended behind an append journal (no regions, the old length), which
-//!    recovery uses to cut a half-written append off whole.
+//!    pseudo-message. Usually UW's padding lets that be a same-length patch of one header,
+//!    which is written in step 2 behind its journal; otherwise it is a journaled rewrite done
+//!    first, so a kill after this step only skips UIDs, which is harmless, and UW, which
+//!    refuses X-UIDs above UID-last, reads the file unchanged;
+//! 2. the messages are appended behind an append journal (the old length, and the old bytes of
+//!    any step-1 patch), which recovery uses to cut a half-written append off whole.
+//!
+//! When the appending session's index still describes the file (same stamp), the file is not
+//! parsed again: only the first message's header and the end of the file are touched.
 //!
 //! Owns the append format and its ordering; never changes existing messages' flags and never
 //! claims `\Recent` (appended messages carry no `O`, so the next session to open claims them).
 
 use super::fromline::from_line_date;
-use super::journal::{self, Journal};
+use super::journal::{self, Journal, Region};
 use super::meta::{
     pseudo_message, write_xstatus, BaseInfo, HeaderFilter, LineKind, MessageMeta, MAX_KEYWORDS,
 };
@@ -144,12 +149,14 @@ pub(super) fn append_known(
         target.style
     };
     let holds_base = !parsed.entries.is_empty() || parsed.pseudo.is_some();
-    let mut written = None;
+    let (mut written, mut patches) = (None, Vec::new());
     if holds_base {
-        written = raise_uid_last(target.path, &file, &parsed, style, new_last, &keywords)
+        let raised = raise_uid_last(target.path, &file, &parsed, style, new_last, &keywords)
             .map_err(io_err)?;
-        if std::env::var("MAILSUITE_CRASH_AT").is_ok_and(|v| v == "append-base") {
-            std::process::abort();
+        written = raised.written;
+        patches = raised.patches;
+        if patches.is_empty() {
+            crash_hook("append-base");
         }
     }
     let base = BaseInfo {
@@ -164,7 +171,7 @@ pub(super) fn append_known(
         first_uid,
     };
     let (tail_off, prefix_len) =
-        write_messages(target.path, &file, &spool, &layout).map_err(io_err)?;
+        write_messages(target.path, &file, &spool, &layout, &patches).map_err(io_err)?;
     let catch_up = match written {
         Some(w) if knew && prefix_len == 0 => Some(CatchUp {
             after: FileStamp::of(&file).map_err(io_err)?,
@@ -208,8 +215,26 @@ fn open_target(target: &Target<'_>) -> Result<File, StoreError> {
     })
 }
 
+/// Abort here when the crash test asks for it (`MAILSUITE_CRASH_AT=<point>`).
+fn crash_hook(point: &str) {
+    if std::env::var("MAILSUITE_CRASH_AT").is_ok_and(|v| v == point) {
+        std::process::abort();
+    }
+}
+
+/// What raising UID-last did or leaves to do.
+struct Raised {
+    /// The index of the old messages once it is done, if known without a parse.
+    written: Option<rewrite::Written>,
+    /// Same-length patches still to write (with the append, behind its journal): (offset,
+    /// new bytes). Empty when the raise is already done (or needed nothing).
+    patches: Vec<(u64, Vec<u8>)>,
+}
+
 /// Step 1: the file's own messages unchanged (disk state, `O` kept as it is), UID-last raised.
-/// Returns the index of the file as it leaves it, if known without a parse.
+/// When that is only a same-length patch of the header holding it (the usual case, thanks to
+/// UW's padding), the patch is returned to be written with the append behind one journal;
+/// otherwise the journaled rewrite is done here.
 fn raise_uid_last(
     path: &Path,
     file: &File,
@@ -217,7 +242,7 @@ fn raise_uid_last(
     style: Style,
     new_last: u32,
     keywords: &[String],
-) -> io::Result<Option<rewrite::Written>> {
+) -> io::Result<Raised> {
     let keep = vec![true; parsed.entries.len()];
     let snapshot = Snapshot {
         file,
@@ -236,10 +261,16 @@ fn raise_uid_last(
     };
     let plan = rewrite::plan(&snapshot, &host_name())?;
     let written = rewrite::written_index(&snapshot, &plan);
-    if !plan.is_noop() {
+    let mut patches = Vec::new();
+    if plan.patches_only() {
+        patches = rewrite::patch_spans(&plan)
+            .into_iter()
+            .map(|(offset, bytes)| (offset, bytes.to_vec()))
+            .collect();
+    } else if !plan.is_noop() {
         rewrite::execute(path, file, &snapshot, &plan)?;
     }
-    Ok(written)
+    Ok(Raised { written, patches })
 }
 
 /// Mailbox-wide facts the appended bytes depend on.
@@ -317,15 +348,29 @@ fn write_messages(
     file: &File,
     spool: &Spool,
     layout: &Layout<'_>,
+    patches: &[(u64, Vec<u8>)],
 ) -> io::Result<(u64, usize)> {
     let len = file.metadata()?.len();
     let mut tail = [0u8; 2];
     let tail_len = len.min(2) as usize;
     file.read_exact_at(&mut tail[..tail_len], len - tail_len as u64)?;
     let framing = framing(len, &tail[..tail_len], spool, layout);
-    let journal = Journal::create(path, file, len, len + framing.total, &[])?;
+    let regions: Vec<Region> = patches
+        .iter()
+        .map(|(offset, bytes)| Region {
+            offset: *offset,
+            len: bytes.len() as u64,
+        })
+        .collect();
+    let journal = Journal::create(path, file, len, len + framing.total, &regions)?;
     let crash_half = std::env::var("MAILSUITE_CRASH_AT").is_ok_and(|v| v == "append-half");
     let result = (|| {
+        for (offset, bytes) in patches {
+            file.write_all_at(bytes, *offset)?;
+        }
+        if !patches.is_empty() {
+            crash_hook("append-base");
+        }
         let mut out = PositionalWriter::new(file, len);
         out.put(&framing.prefix)?;
         for (m, (from, block)) in spool.messages.iter().zip(&framing.messages) {

@@ -15,7 +15,9 @@
 //! interrupted rewrite (plus any mail an MTA appended meanwhile, which is kept). An incomplete
 //! journal means the rewrite never started; it is removed. A journal with no regions that
 //! grows the file guards an APPEND: recovery cuts the appended bytes off whole (keeping only
-//! mail delivered behind the length the append was to reach).
+//! mail delivered behind the length the append was to reach). So does one whose regions all
+//! stop short of the old end: the `X-IMAPbase` patch an APPEND makes in the same step (a
+//! rewrite that grows the file always saves everything from its first moved byte to the end).
 //!
 //! Owns the journal files only; never decides what a rewrite writes.
 
@@ -333,6 +335,19 @@ struct Found {
     table: Vec<(Region, u64)>,
 }
 
+impl Found {
+    /// The journal guards an APPEND: the file grows and no saved region reaches the old end
+    /// (at most a patch of the first message's `X-IMAPbase`). A rewrite that grows the file
+    /// always saves everything from its first moved message up to the old end.
+    fn guards_an_append(&self) -> bool {
+        self.new_len > self.orig_len
+            && self
+                .table
+                .iter()
+                .all(|(r, _)| r.offset.saturating_add(r.len) < self.orig_len)
+    }
+}
+
 fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
     let size = journal.metadata()?.len();
     if size < FIXED_HEADER + TRAILER {
@@ -492,7 +507,7 @@ pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
             }
             Some(found) => {
                 let writable = OpenOptions::new().write(true).open(mailbox_path)?;
-                let appended = if found.table.is_empty() && found.new_len > found.orig_len {
+                let appended = if found.guards_an_append() {
                     appended_after_append(mailbox, &found)?
                 } else {
                     appended_after_crash(mailbox, &found)?

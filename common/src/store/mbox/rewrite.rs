@@ -95,7 +95,7 @@ impl Plan {
     }
 
     /// Every change is a same-length metadata patch: nothing moves.
-    fn patches_only(&self) -> bool {
+    pub fn patches_only(&self) -> bool {
         self.new_len == self.old_len
             && self
                 .pieces
@@ -488,7 +488,7 @@ fn mark_as_read(file: &File) -> io::Result<()> {
 }
 
 /// The bytes of each patch that differ (old and new share the rest): (offset, new bytes).
-fn patch_spans(plan: &Plan) -> Vec<(u64, &[u8])> {
+pub(super) fn patch_spans(plan: &Plan) -> Vec<(u64, &[u8])> {
     let mut spans = Vec::new();
     for piece in plan.pieces.iter().filter(|p| p.write) {
         if let Source::Patch {
