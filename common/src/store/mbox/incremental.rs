@@ -5,6 +5,9 @@
 //! header still carries its UID at its old offset is the same message at the same place. Anything that does not look exactly like "same messages at the same
 //! offsets, longer file" makes it give up, and the caller parses the whole file.
 //!
+//! After our own append into a file we knew ([`after_own_append`]), not even the headers are
+//! re-read: only the appended tail is parsed.
+//!
 //! Owns reading only; never writes.
 
 use super::fromline::is_from_line;

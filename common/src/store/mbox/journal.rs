@@ -606,6 +606,30 @@ mod tests {
     }
 
     #[test]
+    fn append_with_a_base_patch_is_cut_off_whole() {
+        let dir = TempDir::new("journal-append-patch");
+        let path = dir.path().join("box");
+        let original = b"From a Mon Jan  1 00:00:00 2024\nX-IMAPbase: 1 1\n\nbody\n\n".to_vec();
+        std::fs::write(&path, &original).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let n = original.len() as u64;
+        let appended = b"From b Tue Jan  2 00:00:00 2024\n\nnew\n\n";
+        let patch = Region { offset: 46, len: 1 };
+        let j = Journal::create(&path, &f, n, n + appended.len() as u64, &[patch]).unwrap();
+        drop(j);
+        // Killed after the UID-last patch and half of the appended message: recovery must
+        // take the half message for ours (not for a delivery) and drop it with the patch.
+        f.write_all_at(b"2", 46).unwrap();
+        f.write_all_at(&appended[..36], n).unwrap();
+        assert!(recover(&path, &f).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), original);
+    }
+
+    #[test]
     fn journals_writable_by_others_are_ignored() {
         let dir = TempDir::new("journal-foreign");
         let path = dir.path().join("box");

@@ -2,10 +2,18 @@
 //! messages removed, each changed message's metadata block regenerated in UW's order and
 //! padding, untouched messages left byte for byte where they are.
 //!
-//! Crash safety: every region that will be overwritten is first saved in a [`Journal`]; the
-//! new bytes are produced from the journal copy, then the file is truncated, fsynced and the
-//! journal removed. The file is never replaced by rename (an MTA waiting on the lock holds
-//! the old inode). Owns the write plan and its execution; never takes locks itself.
+//! The cheap case first: when nothing moves and each changed message's new metadata block has
+//! the length of its old one (UW pads `X-Keywords` for exactly this), and the old block is
+//! verified on disk to be what the index says, only the differing bytes of those blocks are
+//! written (a STORE on any number of messages touches a few bytes each). Anything else is a
+//! full rewrite from the first moved message on.
+//!
+//! Crash safety: every region that will be overwritten (a patch's few bytes included) is first
+//! saved in a [`Journal`]; the new bytes are produced from the journal copy, then the file is
+//! truncated, fsynced and the journal removed. The file is never replaced by rename (an MTA
+//! waiting on the lock holds the old inode). After a write, [`written_index`] says where every
+//! message now is, so the caller need not parse the file again. Owns the write plan and its
+//! execution; never takes locks itself.
 
 use super::journal::{Journal, Region};
 use super::meta::{
