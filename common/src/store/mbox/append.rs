@@ -16,8 +16,10 @@
 //! When the appending session's index still describes the file (same stamp), the file is not
 //! parsed again: only the first message's header and the end of the file are touched.
 //!
-//! Owns the append format and its ordering; never changes existing messages' flags and never
-//! claims `\Recent` (appended messages carry no `O`, so the next session to open claims them).
+//! Owns the append format and its ordering; never changes existing messages' flags. Appended
+//! messages carry no `O`, so the next session to open claims `\Recent` for them, except when
+//! the read-write session that has the mailbox open appends (and knows the file): it claims
+//! them itself, in the same write, instead of rewriting them at its next refresh.
 
 use super::fromline::from_line_date;
 use super::journal::{self, Journal, Region};
@@ -80,12 +82,16 @@ pub(super) fn append(
 pub(super) struct Known {
     pub stamp: FileStamp,
     pub parsed: Parsed,
+    /// The session is read-write: write the new messages with `O` (it reports them `\Recent`).
+    pub claim_recent: bool,
 }
 
 /// What an append did.
 pub(super) struct Appended {
     pub uid_validity: u32,
     pub uids: Vec<u32>,
+    /// The messages were written with `O`, claimed by the [`Known`] session.
+    pub claimed: bool,
     /// When the file was [`Known`] and the old messages did not move: the file's index after
     /// the append minus the appended messages, which start at `tail_off`; `after` is the stamp
     /// the file had when we were done. Lets the session read only the new tail.
@@ -112,7 +118,9 @@ pub(super) fn append_known(
     journal::recover(target.path, &file).map_err(io_err)?;
     let stamp = FileStamp::of(&file).map_err(io_err)?;
     let len = stamp.len;
-    let known = known.filter(|k| k.stamp == stamp).map(|k| k.parsed);
+    let known = known.filter(|k| k.stamp == stamp);
+    let claim = known.as_ref().is_some_and(|k| k.claim_recent);
+    let known = known.map(|k| k.parsed);
     let knew = known.is_some();
     let parsed = match known {
         Some(parsed) => parsed,
@@ -169,6 +177,7 @@ pub(super) fn append_known(
         style,
         holds_base,
         first_uid,
+        claim,
     };
     let (tail_off, prefix_len) =
         write_messages(target.path, &file, &spool, &layout, &patches).map_err(io_err)?;
@@ -193,6 +202,7 @@ pub(super) fn append_known(
     Ok(Appended {
         uid_validity: parsed.uid_validity,
         uids: (first_uid..=new_last).collect(),
+        claimed: claim,
         catch_up,
     })
 }
@@ -280,6 +290,8 @@ struct Layout<'a> {
     /// The file already carries the mailbox-wide data (step 1 raised it).
     holds_base: bool,
     first_uid: u32,
+    /// Write `O` (see [`Known::claim_recent`]).
+    claim: bool,
 }
 
 /// The appended bytes that are not spooled text, per message: From line and metadata block.
@@ -321,7 +333,7 @@ fn framing(len_before: u64, tail: &[u8], spool: &Spool, layout: &Layout<'_>) -> 
             flags: m.flags,
             keywords: bits,
             uid: layout.first_uid + i as u32,
-            old: false,
+            old: layout.claim,
         };
         let first_of_file = i == 0 && !layout.holds_base && layout.style == Style::Base;
         let mut block = Vec::new();

@@ -96,6 +96,8 @@ pub struct MboxMailbox {
     first_meta: Option<Vec<u8>>,
     /// Our last append into the file as `.0` said, for a refresh that reads only its tail.
     own_append: Option<(FileStamp, append::CatchUp)>,
+    /// UIDs (ascending) we appended already claimed (`O`): `\Recent` for us when they show up.
+    claimed_by_append: Vec<u32>,
     _session: Option<SessionLock>,
 }
 
@@ -210,6 +212,7 @@ impl MboxMailbox {
             pseudo: None,
             first_meta: None,
             own_append: None,
+            claimed_by_append: Vec::new(),
             _session: session,
         };
         match mailbox.open_file() {
@@ -402,7 +405,11 @@ impl MboxMailbox {
             first_meta: self.first_meta.clone(),
             needs_persist: false,
         };
-        Some(append::Known { stamp, parsed })
+        Some(append::Known {
+            stamp,
+            parsed,
+            claim_recent: self.access != Access::ReadOnly,
+        })
     }
 
     fn parse_file(&self, file: &File, len: u64) -> Result<Parsed, StoreError> {
@@ -524,8 +531,22 @@ impl MboxMailbox {
                 theirs.keywords = (theirs.keywords & !removed) | added;
             }
         }
+        self.take_claimed_by_append(&mut fresh.infos, &origin);
         self.adopt(fresh, None);
         Ok(MergeResult { gone, origin })
+    }
+
+    /// Messages we appended with `O` already are `\Recent` for us alone when they first show.
+    fn take_claimed_by_append(&mut self, fresh: &mut [MessageInfo], origin: &[Option<usize>]) {
+        if self.claimed_by_append.is_empty() {
+            return;
+        }
+        for (info, _) in fresh.iter_mut().zip(origin).filter(|(_, o)| o.is_none()) {
+            if self.claimed_by_append.binary_search(&info.uid).is_ok() {
+                info.recent = true;
+            }
+        }
+        self.claimed_by_append.clear();
     }
 
     /// Write our state into the (locked) file, removing the messages `remove` picks.
@@ -941,6 +962,9 @@ impl Mailbox for MboxMailbox {
         let done = append::append_known(&target, messages, known)?;
         if let (Some(before), Some(catch_up)) = (self.stamp, done.catch_up) {
             self.own_append = Some((before, catch_up));
+        }
+        if done.claimed {
+            self.claimed_by_append.extend(&done.uids);
         }
         Ok(done.uids)
     }

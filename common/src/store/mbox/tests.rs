@@ -1083,6 +1083,7 @@ fn own_appends_need_no_parse_and_refresh_reads_only_the_tail() {
     mb.commit(false).unwrap();
     let parses = full_parses();
     let tails = TAIL_ONLY.with(|n| n.get());
+    let patches = patch_writes();
     let keywords = vec!["Appended".to_string()];
     for n in 0..3u32 {
         let text = format!("Subject: appended {n}\n\nbody {n}\nFrom here\n");
@@ -1109,9 +1110,18 @@ fn own_appends_need_no_parse_and_refresh_reads_only_the_tail() {
         tails + 3,
         "refresh re-read old headers"
     );
+    assert_eq!(
+        patch_writes(),
+        patches,
+        "appended without O, claimed by a second write"
+    );
     assert_eq!(mb.messages().len(), 15);
     assert_sizes_exact(&mut mb);
     other.refresh().unwrap();
+    assert!(
+        other.messages()[12..].iter().all(|m| !m.recent),
+        "claimed by the appender"
+    );
     let mut fresh = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
     for view in [&mut mb, &mut other] {
         let got: Vec<_> = view
