@@ -151,6 +151,9 @@ pub(super) fn reparse_known(
     }
     out.uid_last = tail.uid_last;
     out.needs_persist = tail.needs_persist;
+    if verified == 0 {
+        out.first_meta = tail.first_meta;
+    }
     out.entries.extend(tail.entries);
     out.infos.extend(tail.infos);
     // As on disk (the parser's view), not as raised by the messages' UIDs: a rewrite
@@ -188,12 +191,18 @@ pub(super) fn after_own_append(
     if tail.entries.first().map(|e| e.from_off) != Some(tail_off) {
         return Ok(None);
     }
+    // The first message's block is the first appended one's when there was none before.
+    let first_meta = if base.entries.is_empty() {
+        tail.first_meta
+    } else {
+        base.first_meta.clone()
+    };
     let mut out = Parsed {
         entries: base.entries.clone(),
         infos: base.infos.clone(),
         keywords: base.keywords.clone(),
         pseudo: base.pseudo.clone(),
-        first_meta: base.first_meta.clone(),
+        first_meta,
         uid_last: tail.uid_last,
         needs_persist: tail.needs_persist,
         ..*base
