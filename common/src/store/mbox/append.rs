@@ -6,22 +6,29 @@
 //! Messages are first converted into an unlinked spool file (never held in memory), then
 //! written under the mailbox lock in two crash-safe steps:
 //! 1. the mailbox-wide UID-last (and any new keyword names) is raised in `X-IMAPbase` or the
-//!    pseudo-message by a journaled rewrite, so a kill after this step only skips UIDs, which
-//!    is harmless, and UW, which refuses X-UIDs above UID-last, reads the file unchanged;
-//! 2. the messages are appended behind an append journal (no regions, the old length), which
-//!    recovery uses to cut a half-written append off whole.
+//!    pseudo-message. Usually UW's padding lets that be a same-length patch of one header,
+//!    which is written in step 2 behind its journal; otherwise it is a journaled rewrite done
+//!    first, so a kill after this step only skips UIDs, which is harmless, and UW, which
+//!    refuses X-UIDs above UID-last, reads the file unchanged;
+//! 2. the messages are appended behind an append journal (the old length, and the old bytes of
+//!    any step-1 patch), which recovery uses to cut a half-written append off whole.
 //!
-//! Owns the append format and its ordering; never changes existing messages' flags and never
-//! claims `\Recent` (appended messages carry no `O`, so the next session to open claims them).
+//! When the appending session's index still describes the file (same stamp), the file is not
+//! parsed again: only the first message's header and the end of the file are touched.
+//!
+//! Owns the append format and its ordering; never changes existing messages' flags. Appended
+//! messages carry no `O`, so the next session to open claims `\Recent` for them, except when
+//! the read-write session that has the mailbox open appends (and knows the file): it claims
+//! them itself, in the same write, instead of rewriting them at its next refresh.
 
 use super::fromline::from_line_date;
-use super::journal::{self, Journal};
+use super::journal::{self, Journal, Region};
 use super::meta::{
     pseudo_message, write_xstatus, BaseInfo, HeaderFilter, LineKind, MessageMeta, MAX_KEYWORDS,
 };
 use super::parse::{self, ParseError, Parsed};
 use super::rewrite::{self, Snapshot, Style};
-use super::{host_name, now, LOCK_TIMEOUT};
+use super::{host_name, now, FileStamp, LOCK_TIMEOUT};
 use crate::store::lock::MailboxLock;
 use crate::store::{Flags, NewMessage, StoreError};
 use std::fs::{File, OpenOptions};
@@ -67,20 +74,64 @@ pub(super) fn append(
     target: &Target<'_>,
     messages: &mut [NewMessage<'_>],
 ) -> Result<(u32, Vec<u32>), StoreError> {
+    append_known(target, messages, None).map(|done| (done.uid_validity, done.uids))
+}
+
+/// What the appending session already knows of the file: its index (disk state) when the
+/// file was as `stamp` says. Used instead of parsing the file when it has not changed since.
+pub(super) struct Known {
+    pub stamp: FileStamp,
+    pub parsed: Parsed,
+    /// The session is read-write: write the new messages with `O` (it reports them `\Recent`).
+    pub claim_recent: bool,
+}
+
+/// What an append did.
+pub(super) struct Appended {
+    pub uid_validity: u32,
+    pub uids: Vec<u32>,
+    /// The messages were written with `O`, claimed by the [`Known`] session.
+    pub claimed: bool,
+    /// When the file was [`Known`] and the old messages did not move: the file's index after
+    /// the append minus the appended messages, which start at `tail_off`; `after` is the stamp
+    /// the file had when we were done. Lets the session read only the new tail.
+    pub catch_up: Option<CatchUp>,
+}
+
+pub(super) struct CatchUp {
+    pub after: FileStamp,
+    pub base: Parsed,
+    pub tail_off: u64,
+}
+
+/// [`append`], skipping the parse when `known` still describes the file.
+pub(super) fn append_known(
+    target: &Target<'_>,
+    messages: &mut [NewMessage<'_>],
+    known: Option<Known>,
+) -> Result<Appended, StoreError> {
     let io_err = |e| StoreError::Io(target.path.to_path_buf(), e);
     let spool = spool_messages(messages)?;
     let file = open_target(target)?;
     let _lock =
         MailboxLock::acquire(target.path, &file, target.helper, LOCK_TIMEOUT).map_err(io_err)?;
     journal::recover(target.path, &file).map_err(io_err)?;
-    let len = file.metadata().map_err(io_err)?.len();
-    let parsed = parse::parse(&file, len, now()).map_err(|e| match e {
-        ParseError::Io(e) => io_err(e),
-        ParseError::NotMbox(..) => StoreError::Damaged(format!(
-            "Not a UNIX-format mailbox: {}",
-            target.path.display()
-        )),
-    })?;
+    let stamp = FileStamp::of(&file).map_err(io_err)?;
+    let len = stamp.len;
+    let known = known.filter(|k| k.stamp == stamp);
+    let claim = known.as_ref().is_some_and(|k| k.claim_recent);
+    let known = known.map(|k| k.parsed);
+    let knew = known.is_some();
+    let parsed = match known {
+        Some(parsed) => parsed,
+        None => full_parse(&file, len).map_err(|e| match e {
+            ParseError::Io(e) => io_err(e),
+            ParseError::NotMbox(..) => StoreError::Damaged(format!(
+                "Not a UNIX-format mailbox: {}",
+                target.path.display()
+            )),
+        })?,
+    };
     let count = u32::try_from(spool.messages.len()).unwrap_or(u32::MAX);
     let Some(new_last) = parsed.uid_last.checked_add(count) else {
         return Err(StoreError::Refused(format!(
@@ -106,10 +157,14 @@ pub(super) fn append(
         target.style
     };
     let holds_base = !parsed.entries.is_empty() || parsed.pseudo.is_some();
+    let (mut written, mut patches) = (None, Vec::new());
     if holds_base {
-        raise_uid_last(target.path, &file, &parsed, style, new_last, &keywords).map_err(io_err)?;
-        if std::env::var("MAILSUITE_CRASH_AT").is_ok_and(|v| v == "append-base") {
-            std::process::abort();
+        let raised = raise_uid_last(target.path, &file, &parsed, style, new_last, &keywords)
+            .map_err(io_err)?;
+        written = raised.written;
+        patches = raised.patches;
+        if patches.is_empty() {
+            crash_hook("append-base");
         }
     }
     let base = BaseInfo {
@@ -122,9 +177,40 @@ pub(super) fn append(
         style,
         holds_base,
         first_uid,
+        claim,
     };
-    write_messages(target.path, &file, &spool, &layout).map_err(io_err)?;
-    Ok((parsed.uid_validity, (first_uid..=new_last).collect()))
+    let (tail_off, prefix_len) =
+        write_messages(target.path, &file, &spool, &layout, &patches).map_err(io_err)?;
+    let catch_up = match written {
+        Some(w) if knew && prefix_len == 0 => Some(CatchUp {
+            after: FileStamp::of(&file).map_err(io_err)?,
+            base: Parsed {
+                has_base: w.pseudo.is_none(),
+                entries: w.entries,
+                infos: parsed.infos,
+                uid_validity: parsed.uid_validity,
+                uid_last: new_last,
+                keywords,
+                pseudo: w.pseudo,
+                first_meta: w.first_meta,
+                needs_persist: false,
+            },
+            tail_off,
+        }),
+        _ => None,
+    };
+    Ok(Appended {
+        uid_validity: parsed.uid_validity,
+        uids: (first_uid..=new_last).collect(),
+        claimed: claim,
+        catch_up,
+    })
+}
+
+fn full_parse(file: &File, len: u64) -> Result<Parsed, ParseError> {
+    #[cfg(test)]
+    super::tests::FULL_PARSES.with(|n| n.set(n.get() + 1));
+    parse::parse(file, len, now())
 }
 
 fn open_target(target: &Target<'_>) -> Result<File, StoreError> {
@@ -139,7 +225,26 @@ fn open_target(target: &Target<'_>) -> Result<File, StoreError> {
     })
 }
 
+/// Abort here when the crash test asks for it (`MAILSUITE_CRASH_AT=<point>`).
+fn crash_hook(point: &str) {
+    if std::env::var("MAILSUITE_CRASH_AT").is_ok_and(|v| v == point) {
+        std::process::abort();
+    }
+}
+
+/// What raising UID-last did or leaves to do.
+struct Raised {
+    /// The index of the old messages once it is done, if known without a parse.
+    written: Option<rewrite::Written>,
+    /// Same-length patches still to write (with the append, behind its journal): (offset,
+    /// new bytes). Empty when the raise is already done (or needed nothing).
+    patches: Vec<(u64, Vec<u8>)>,
+}
+
 /// Step 1: the file's own messages unchanged (disk state, `O` kept as it is), UID-last raised.
+/// When that is only a same-length patch of the header holding it (the usual case, thanks to
+/// UW's padding), the patch is returned to be written with the append behind one journal;
+/// otherwise the journaled rewrite is done here.
 fn raise_uid_last(
     path: &Path,
     file: &File,
@@ -147,7 +252,7 @@ fn raise_uid_last(
     style: Style,
     new_last: u32,
     keywords: &[String],
-) -> io::Result<()> {
+) -> io::Result<Raised> {
     let keep = vec![true; parsed.entries.len()];
     let snapshot = Snapshot {
         file,
@@ -165,10 +270,17 @@ fn raise_uid_last(
         claim_recent: false,
     };
     let plan = rewrite::plan(&snapshot, &host_name())?;
-    if plan.is_noop() {
-        return Ok(());
+    let written = rewrite::written_index(&snapshot, &plan);
+    let mut patches = Vec::new();
+    if plan.patches_only() {
+        patches = rewrite::patch_spans(&plan)
+            .into_iter()
+            .map(|(offset, bytes)| (offset, bytes.to_vec()))
+            .collect();
+    } else if !plan.is_noop() {
+        rewrite::execute(path, file, &snapshot, &plan)?;
     }
-    rewrite::execute(path, file, &snapshot, &plan)
+    Ok(Raised { written, patches })
 }
 
 /// Mailbox-wide facts the appended bytes depend on.
@@ -178,6 +290,8 @@ struct Layout<'a> {
     /// The file already carries the mailbox-wide data (step 1 raised it).
     holds_base: bool,
     first_uid: u32,
+    /// Write `O` (see [`Known::claim_recent`]).
+    claim: bool,
 }
 
 /// The appended bytes that are not spooled text, per message: From line and metadata block.
@@ -219,7 +333,7 @@ fn framing(len_before: u64, tail: &[u8], spool: &Spool, layout: &Layout<'_>) -> 
             flags: m.flags,
             keywords: bits,
             uid: layout.first_uid + i as u32,
-            old: false,
+            old: layout.claim,
         };
         let first_of_file = i == 0 && !layout.holds_base && layout.style == Style::Base;
         let mut block = Vec::new();
@@ -239,16 +353,36 @@ fn framing(len_before: u64, tail: &[u8], spool: &Spool, layout: &Layout<'_>) -> 
     }
 }
 
-/// Step 2: write everything at the end behind an append journal.
-fn write_messages(path: &Path, file: &File, spool: &Spool, layout: &Layout<'_>) -> io::Result<()> {
+/// Step 2: write everything at the end behind an append journal. Returns where the appended
+/// bytes start and how many separator/pseudo-message bytes precede the first new message.
+fn write_messages(
+    path: &Path,
+    file: &File,
+    spool: &Spool,
+    layout: &Layout<'_>,
+    patches: &[(u64, Vec<u8>)],
+) -> io::Result<(u64, usize)> {
     let len = file.metadata()?.len();
     let mut tail = [0u8; 2];
     let tail_len = len.min(2) as usize;
     file.read_exact_at(&mut tail[..tail_len], len - tail_len as u64)?;
     let framing = framing(len, &tail[..tail_len], spool, layout);
-    let journal = Journal::create(path, file, len, len + framing.total, &[])?;
+    let regions: Vec<Region> = patches
+        .iter()
+        .map(|(offset, bytes)| Region {
+            offset: *offset,
+            len: bytes.len() as u64,
+        })
+        .collect();
+    let journal = Journal::create(path, file, len, len + framing.total, &regions)?;
     let crash_half = std::env::var("MAILSUITE_CRASH_AT").is_ok_and(|v| v == "append-half");
     let result = (|| {
+        for (offset, bytes) in patches {
+            file.write_all_at(bytes, *offset)?;
+        }
+        if !patches.is_empty() {
+            crash_hook("append-base");
+        }
         let mut out = PositionalWriter::new(file, len);
         out.put(&framing.prefix)?;
         for (m, (from, block)) in spool.messages.iter().zip(&framing.messages) {
@@ -270,7 +404,7 @@ fn write_messages(path: &Path, file: &File, spool: &Spool, layout: &Layout<'_>) 
         file.sync_all()
     })();
     match result {
-        Ok(()) => journal.finish(),
+        Ok(()) => journal.finish().map(|()| (len, framing.prefix.len())),
         Err(e) => {
             journal.restore(file)?;
             Err(e)

@@ -5,6 +5,9 @@
 //! header still carries its UID at its old offset is the same message at the same place. Anything that does not look exactly like "same messages at the same
 //! offsets, longer file" makes it give up, and the caller parses the whole file.
 //!
+//! After our own append into a file we knew ([`after_own_append`]), not even the headers are
+//! re-read: only the appended tail is parsed.
+//!
 //! Owns reading only; never writes.
 
 use super::fromline::is_from_line;
@@ -148,6 +151,9 @@ pub(super) fn reparse_known(
     }
     out.uid_last = tail.uid_last;
     out.needs_persist = tail.needs_persist;
+    if verified == 0 {
+        out.first_meta = tail.first_meta;
+    }
     out.entries.extend(tail.entries);
     out.infos.extend(tail.infos);
     // As on disk (the parser's view), not as raised by the messages' UIDs: a rewrite
@@ -158,6 +164,51 @@ pub(super) fn reparse_known(
         keywords: out.keywords.clone(),
         ..p.clone()
     });
+    Ok(Some(out))
+}
+
+/// The whole file after our own append into a file we knew: `base` (the old messages, as the
+/// append left them) plus the messages parsed from `tail_off` to `len`. Reads only the tail.
+/// `None` when only a full parse can tell.
+pub(super) fn after_own_append(
+    file: &File,
+    base: &Parsed,
+    tail_off: u64,
+    len: u64,
+    now: i64,
+) -> Result<Option<Parsed>, ParseError> {
+    let start = TailStart {
+        offset: tail_off,
+        count: base.entries.len() + usize::from(base.pseudo.is_some()),
+        uid_validity: base.uid_validity,
+        uid_last: base.uid_last,
+        prev_uid: base.infos.last().map_or(0, |i| i.uid),
+        keywords: &base.keywords,
+    };
+    let Some(tail) = parse::parse_tail(file, &start, len, now)? else {
+        return Ok(None);
+    };
+    if tail.entries.first().map(|e| e.from_off) != Some(tail_off) {
+        return Ok(None);
+    }
+    // The first message's block is the first appended one's when there was none before.
+    let first_meta = if base.entries.is_empty() {
+        tail.first_meta
+    } else {
+        base.first_meta.clone()
+    };
+    let mut out = Parsed {
+        entries: base.entries.clone(),
+        infos: base.infos.clone(),
+        keywords: base.keywords.clone(),
+        pseudo: base.pseudo.clone(),
+        first_meta,
+        uid_last: tail.uid_last,
+        needs_persist: tail.needs_persist,
+        ..*base
+    };
+    out.entries.extend(tail.entries);
+    out.infos.extend(tail.infos);
     Ok(Some(out))
 }
 
@@ -268,7 +319,7 @@ fn interpret(line: &[u8], m: &mut HeaderMeta) {
     }
 }
 
-fn base_value(v: &[u8]) -> Option<(u32, u32, Vec<String>)> {
+pub(super) fn base_value(v: &[u8]) -> Option<(u32, u32, Vec<String>)> {
     let (validity, rest) = leading_number(v)?;
     let (last, rest) = leading_number(rest)?;
     let names = keyword_words(trim_spaces(rest))

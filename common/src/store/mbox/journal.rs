@@ -15,7 +15,9 @@
 //! interrupted rewrite (plus any mail an MTA appended meanwhile, which is kept). An incomplete
 //! journal means the rewrite never started; it is removed. A journal with no regions that
 //! grows the file guards an APPEND: recovery cuts the appended bytes off whole (keeping only
-//! mail delivered behind the length the append was to reach).
+//! mail delivered behind the length the append was to reach). So does one whose regions all
+//! stop short of the old end: the `X-IMAPbase` patch an APPEND makes in the same step (a
+//! rewrite that grows the file always saves everything from its first moved byte to the end).
 //!
 //! Owns the journal files only; never decides what a rewrite writes.
 
@@ -333,6 +335,19 @@ struct Found {
     table: Vec<(Region, u64)>,
 }
 
+impl Found {
+    /// The journal guards an APPEND: the file grows and no saved region reaches the old end
+    /// (at most a patch of the first message's `X-IMAPbase`). A rewrite that grows the file
+    /// always saves everything from its first moved message up to the old end.
+    fn guards_an_append(&self) -> bool {
+        self.new_len > self.orig_len
+            && self
+                .table
+                .iter()
+                .all(|(r, _)| r.offset.saturating_add(r.len) < self.orig_len)
+    }
+}
+
 fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
     let size = journal.metadata()?.len();
     if size < FIXED_HEADER + TRAILER {
@@ -492,7 +507,7 @@ pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
             }
             Some(found) => {
                 let writable = OpenOptions::new().write(true).open(mailbox_path)?;
-                let appended = if found.table.is_empty() && found.new_len > found.orig_len {
+                let appended = if found.guards_an_append() {
                     appended_after_append(mailbox, &found)?
                 } else {
                     appended_after_crash(mailbox, &found)?
@@ -588,6 +603,30 @@ mod tests {
         let mut expected = original.clone();
         expected.extend_from_slice(delivered);
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn append_with_a_base_patch_is_cut_off_whole() {
+        let dir = TempDir::new("journal-append-patch");
+        let path = dir.path().join("box");
+        let original = b"From a Mon Jan  1 00:00:00 2024\nX-IMAPbase: 1 1\n\nbody\n\n".to_vec();
+        std::fs::write(&path, &original).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let n = original.len() as u64;
+        let appended = b"From b Tue Jan  2 00:00:00 2024\n\nnew\n\n";
+        let patch = Region { offset: 46, len: 1 };
+        let j = Journal::create(&path, &f, n, n + appended.len() as u64, &[patch]).unwrap();
+        drop(j);
+        // Killed after the UID-last patch and half of the appended message: recovery must
+        // take the half message for ours (not for a delivery) and drop it with the patch.
+        f.write_all_at(b"2", 46).unwrap();
+        f.write_all_at(&appended[..36], n).unwrap();
+        assert!(recover(&path, &f).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), original);
     }
 
     #[test]

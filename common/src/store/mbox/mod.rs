@@ -100,6 +100,10 @@ pub struct MboxMailbox {
     /// Whether writes mark unseen messages `O` (this session reports them `\Recent`); false
     /// only for STATUS, which persists UIDs alone.
     claim_recent: bool,
+    /// Our last append into the file as `.0` said, for a refresh that reads only its tail.
+    own_append: Option<(FileStamp, append::CatchUp)>,
+    /// UIDs (ascending) we appended already claimed (`O`): `\Recent` for us when they show up.
+    claimed_by_append: Vec<u32>,
     _session: Option<SessionLock>,
 }
 
@@ -259,6 +263,8 @@ impl MboxMailbox {
             first_meta: None,
             uids_stored: true,
             claim_recent: true,
+            own_append: None,
+            claimed_by_append: Vec::new(),
             _session: session,
         }
     }
@@ -350,6 +356,9 @@ impl MboxMailbox {
     /// same file, what is still in place of what we knew is re-read cheaply and only the rest
     /// parsed (see [`incremental`]); otherwise the whole file.
     fn parse_changed(&self, file: &File, stamp: FileStamp) -> Result<Parsed, StoreError> {
+        if let Some(parsed) = self.parse_own_append(file, stamp)? {
+            return Ok(parsed);
+        }
         if let Some(old) = self
             .stamp
             .filter(|o| o.dev == stamp.dev && o.ino == stamp.ino)
@@ -368,6 +377,87 @@ impl MboxMailbox {
             }
         }
         self.parse_file(file, stamp.len)
+    }
+
+    /// The file is as our own append left it, and we were up to date before it: parse only
+    /// the appended tail.
+    fn parse_own_append(
+        &self,
+        file: &File,
+        stamp: FileStamp,
+    ) -> Result<Option<Parsed>, StoreError> {
+        let Some((before, catch_up)) = &self.own_append else {
+            return Ok(None);
+        };
+        if self.stamp != Some(*before) || stamp != catch_up.after {
+            return Ok(None);
+        }
+        let parsed = incremental::after_own_append(
+            file,
+            &catch_up.base,
+            catch_up.tail_off,
+            stamp.len,
+            now(),
+        );
+        #[cfg(test)]
+        if let Ok(Some(p)) = &parsed {
+            tests::assert_matches_disk(file, stamp.len, p);
+            tests::TAIL_ONLY.with(|n| n.set(n.get() + 1));
+        }
+        match parsed {
+            Ok(p) => Ok(p),
+            Err(ParseError::NotMbox(..)) => Ok(None),
+            Err(ParseError::Io(e)) => Err(self.io_error(e)),
+        }
+    }
+
+    /// Our index as the file holds it (disk flags, keywords and `O`), for an append that needs
+    /// no parse while the file is unchanged. `None` when the file's keyword list is not
+    /// exactly ours (we may have names not written yet) or is not where we can see it.
+    fn known_for_append(&self) -> Option<append::Known> {
+        let stamp = self.stamp?;
+        self.file.as_ref()?;
+        let (has_base, disk_keywords) = match &self.pseudo {
+            Some(p) => (false, p.keywords.clone()),
+            None => {
+                let meta = self.first_meta.as_deref()?;
+                let (validity, _, names) = meta
+                    .split(|&c| c == b'\n')
+                    .find_map(|line| meta::value_after(line, b"X-IMAPbase:"))
+                    .and_then(incremental::base_value)?;
+                (validity == self.uid_validity).then_some((true, names))?
+            }
+        };
+        if disk_keywords != self.keywords {
+            return None;
+        }
+        let infos = self
+            .entries
+            .iter()
+            .zip(&self.infos)
+            .map(|(e, i)| MessageInfo {
+                flags: e.disk_flags,
+                keywords: e.disk_keywords,
+                recent: !e.disk_old,
+                ..i.clone()
+            })
+            .collect();
+        let parsed = Parsed {
+            entries: self.entries.clone(),
+            infos,
+            uid_validity: self.uid_validity,
+            uid_last: self.uid_last,
+            keywords: disk_keywords,
+            pseudo: self.pseudo.clone(),
+            has_base,
+            first_meta: self.first_meta.clone(),
+            needs_persist: false,
+        };
+        Some(append::Known {
+            stamp,
+            parsed,
+            claim_recent: self.access != Access::ReadOnly,
+        })
     }
 
     fn parse_file(&self, file: &File, len: u64) -> Result<Parsed, StoreError> {
@@ -409,6 +499,7 @@ impl MboxMailbox {
         self.keywords = parsed.keywords;
         self.pseudo = parsed.pseudo;
         self.first_meta = parsed.first_meta;
+        self.own_append = None;
     }
 
     /// Index of keyword `name`, adding it to the mailbox's list if new. `None` when the name is
@@ -488,8 +579,22 @@ impl MboxMailbox {
                 theirs.keywords = (theirs.keywords & !removed) | added;
             }
         }
+        self.take_claimed_by_append(&mut fresh.infos, &origin);
         self.adopt(fresh, None);
         Ok(MergeResult { gone, origin })
+    }
+
+    /// Messages we appended with `O` already are `\Recent` for us alone when they first show.
+    fn take_claimed_by_append(&mut self, fresh: &mut [MessageInfo], origin: &[Option<usize>]) {
+        if self.claimed_by_append.is_empty() {
+            return;
+        }
+        for (info, _) in fresh.iter_mut().zip(origin).filter(|(_, o)| o.is_none()) {
+            if self.claimed_by_append.binary_search(&info.uid).is_ok() {
+                info.recent = true;
+            }
+        }
+        self.claimed_by_append.clear();
     }
 
     /// Write our state into the (locked) file, removing the messages `remove` picks.
@@ -530,9 +635,9 @@ impl MboxMailbox {
         if plan.is_noop() {
             return Ok(removed);
         }
+        let written = rewrite::written_index(&snapshot, &plan);
         rewrite::execute(&self.path, file, &snapshot, &plan).map_err(|e| self.io_error(e))?;
         let stamp = FileStamp::of(file).map_err(|e| self.io_error(e))?;
-        let parsed = self.parse_changed(file, stamp)?;
         let session: Vec<MessageInfo> = self
             .infos
             .iter()
@@ -540,9 +645,33 @@ impl MboxMailbox {
             .filter(|(_, k)| **k)
             .map(|(i, _)| i.clone())
             .collect();
+        // We know what we wrote: no need to read it back (unless only a parse can tell).
+        let parsed = match written {
+            Some(w) => self.parsed_from_written(w, session.clone()),
+            None => self.parse_changed(file, stamp)?,
+        };
+        #[cfg(test)]
+        tests::assert_matches_disk(file, stamp.len, &parsed);
         self.adopt(parsed, Some(&session));
         self.stamp = Some(stamp);
         Ok(removed)
+    }
+
+    /// The index after our own rewrite, from what it wrote (see [`rewrite::written_index`]):
+    /// `infos` are the kept messages, whose state the file now holds.
+    fn parsed_from_written(&self, w: rewrite::Written, infos: Vec<MessageInfo>) -> Parsed {
+        let uid_last = infos.iter().map(|i| i.uid).fold(self.uid_last, u32::max);
+        Parsed {
+            has_base: w.pseudo.is_none() && !w.entries.is_empty(),
+            entries: w.entries,
+            infos,
+            uid_validity: self.uid_validity,
+            uid_last,
+            keywords: self.keywords.clone(),
+            pseudo: w.pseudo,
+            first_meta: w.first_meta,
+            needs_persist: false,
+        }
     }
 }
 
@@ -751,9 +880,26 @@ impl MboxMailbox {
         if plan.is_noop() {
             return Ok(());
         }
+        let written = rewrite::written_index(&snapshot, &plan);
         rewrite::execute(&self.path, &reader, &snapshot, &plan).map_err(|e| self.io_error(e))?;
         let stamp = FileStamp::of(&reader).map_err(|e| self.io_error(e))?;
-        self.merge_fresh(&reader, stamp)?;
+        match written {
+            // Nothing removed, every message's pending state kept: only the disk side changed.
+            Some(w) => {
+                #[cfg(test)]
+                tests::assert_matches_disk(
+                    &reader,
+                    stamp.len,
+                    &self.parsed_from_written(w.clone(), disk.clone()),
+                );
+                self.entries = w.entries;
+                self.first_meta = w.first_meta;
+                self.pseudo = w.pseudo;
+            }
+            None => {
+                self.merge_fresh(&reader, stamp)?;
+            }
+        }
         self.stamp = Some(stamp);
         Ok(())
     }
@@ -918,7 +1064,15 @@ impl Mailbox for MboxMailbox {
             style: self.style,
             create_missing: true,
         };
-        append::append(&target, messages).map(|(_, uids)| uids)
+        let known = self.known_for_append();
+        let done = append::append_known(&target, messages, known)?;
+        if let (Some(before), Some(catch_up)) = (self.stamp, done.catch_up) {
+            self.own_append = Some((before, catch_up));
+        }
+        if done.claimed {
+            self.claimed_by_append.extend(&done.uids);
+        }
+        Ok(done.uids)
     }
 
     fn change_token(&self) -> io::Result<u64> {

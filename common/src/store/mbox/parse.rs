@@ -5,7 +5,7 @@
 //! Owns reading only; never writes (the caller decides whether assigned UIDs get persisted).
 
 use super::fromline::{parse_from_line, FromDate};
-use super::lines::{presented_len, Line, LineReader};
+use super::lines::{line_presented_len, Line, LineReader};
 use super::meta::{
     keyword_bits, keyword_words, leading_number, status_flags, trim_spaces, value_after,
     write_xstatus, HeaderFilter, LineKind, MessageMeta, MAX_KEYWORDS,
@@ -254,7 +254,7 @@ fn read_body(
                 return Ok((text_end, size, Some((offset, bytes.len() as u64, date))));
             }
         }
-        size += presented_len(bytes);
+        size += line_presented_len(bytes);
         last_blank = if at_line_start && (bytes == b"\n" || bytes == b"\r\n") {
             Some(bytes.len() as u64)
         } else {
@@ -294,7 +294,7 @@ impl Parser {
                 }
                 LineKind::Visible | LineKind::ContentLength => {
                     if kind == LineKind::Visible {
-                        msg.header_size += presented_len(line.bytes);
+                        msg.header_size += line_presented_len(line.bytes);
                     }
                     if !msg.meta.is_empty() {
                         msg.meta_scattered = true;

@@ -2,10 +2,18 @@
 //! messages removed, each changed message's metadata block regenerated in UW's order and
 //! padding, untouched messages left byte for byte where they are.
 //!
-//! Crash safety: every region that will be overwritten is first saved in a [`Journal`]; the
-//! new bytes are produced from the journal copy, then the file is truncated, fsynced and the
-//! journal removed. The file is never replaced by rename (an MTA waiting on the lock holds
-//! the old inode). Owns the write plan and its execution; never takes locks itself.
+//! The cheap case first: when nothing moves and each changed message's new metadata block has
+//! the length of its old one (UW pads `X-Keywords` for exactly this), and the old block is
+//! verified on disk to be what the index says, only the differing bytes of those blocks are
+//! written (a STORE on any number of messages touches a few bytes each). Anything else is a
+//! full rewrite from the first moved message on.
+//!
+//! Crash safety: every region that will be overwritten (a patch's few bytes included) is first
+//! saved in a [`Journal`]; the new bytes are produced from the journal copy, then the file is
+//! truncated, fsynced and the journal removed. The file is never replaced by rename (an MTA
+//! waiting on the lock holds the old inode). After a write, [`written_index`] says where every
+//! message now is, so the caller need not parse the file again. Owns the write plan and its
+//! execution; never takes locks itself.
 
 use super::journal::{Journal, Region};
 use super::meta::{
@@ -49,10 +57,27 @@ pub(super) struct Snapshot<'a> {
 }
 
 enum Source {
-    /// Old bytes moved unchanged.
-    Copy { old_off: u64 },
-    /// Message `index` rewritten with fresh metadata.
-    Message { index: usize, first: bool },
+    /// Old bytes moved unchanged: message `index`, or the pseudo-message (`None`).
+    Copy { old_off: u64, index: Option<usize> },
+    /// Message `index` rewritten with fresh metadata; `header` is the length of the header
+    /// lines it keeps, `clean` whether its old header and text end the way a parse of the
+    /// rewritten message will see them (a blank line closes the header, the text ends a line).
+    Message {
+        index: usize,
+        first: bool,
+        header: u64,
+        clean: bool,
+    },
+    /// Message `index` stays where it is and only its metadata block changes, to a block of
+    /// the same length (UW's padding absorbs the difference): `new` replaces the verified
+    /// `old` bytes at `offset`.
+    Patch {
+        index: usize,
+        first: bool,
+        offset: u64,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    },
     /// A freshly generated pseudo-message.
     Bytes(Vec<u8>),
 }
@@ -76,6 +101,15 @@ impl Plan {
     pub fn is_noop(&self) -> bool {
         self.new_len == self.old_len && self.pieces.iter().all(|p| !p.write)
     }
+
+    /// Every change is a same-length metadata patch: nothing moves.
+    pub fn patches_only(&self) -> bool {
+        self.new_len == self.old_len
+            && self
+                .pieces
+                .iter()
+                .all(|p| !p.write || matches!(p.source, Source::Patch { .. }))
+    }
 }
 
 fn base_info<'a>(s: &Snapshot<'a>) -> BaseInfo<'a> {
@@ -95,22 +129,86 @@ fn meta_of(info: &MessageInfo, claim_recent: bool) -> MessageMeta {
     }
 }
 
-/// Lengths of the header lines that survive a rewrite (all but UW's metadata and the blank line).
+/// The header lines that survive a rewrite (all but UW's metadata and the blank line).
+/// Returns whether the old header was closed by its blank line.
 fn filtered_header(
     read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
     entry: &Entry,
     out: &mut Vec<u8>,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let mut raw = vec![0u8; (entry.body_off - entry.hdr_off) as usize];
     read(entry.hdr_off, &mut raw)?;
+    let mut ended = false;
     for_each_header_line(&raw, |line, kind| match kind {
         LineKind::Visible | LineKind::ContentLength => out.extend_from_slice(line),
-        LineKind::Internal | LineKind::End => {}
+        LineKind::End => ended = true,
+        LineKind::Internal => {}
     });
     if out.last().is_some_and(|&c| c != b'\n') {
         out.push(b'\n');
     }
-    Ok(())
+    Ok(ended)
+}
+
+/// Whether the message's text is empty or ends with a line end (so that the separator line a
+/// rewrite adds after it is a blank line, not the end of its last line).
+fn text_ends_line(file: &File, e: &Entry) -> io::Result<bool> {
+    if e.text_end <= e.body_off {
+        return Ok(true);
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, e.text_end - 1)?;
+    Ok(last[0] == b'\n')
+}
+
+/// The metadata block message `i` has on disk now, when the index knows it exactly: the
+/// first message's as parsed, any other's as we would write its disk state (`canonical`).
+fn known_disk_block(s: &Snapshot<'_>, i: usize, first: bool) -> Option<Vec<u8>> {
+    let e = &s.entries[i];
+    if first {
+        return s.first_meta.filter(|_| i == 0).map(<[u8]>::to_vec);
+    }
+    if !e.canonical {
+        return None;
+    }
+    let disk = MessageMeta {
+        flags: e.disk_flags,
+        keywords: e.disk_keywords,
+        uid: s.infos[i].uid,
+        old: e.disk_old,
+    };
+    let mut out = Vec::new();
+    write_xstatus(&mut out, &disk, None, s.keywords);
+    Some(out)
+}
+
+/// A same-length in-place patch of message `i`'s metadata block, if its block on disk is
+/// exactly what the index says (verified by reading it) and the new one has the same length.
+fn patch_for(s: &Snapshot<'_>, i: usize, first: bool) -> io::Result<Option<Source>> {
+    let new = xstatus_bytes(s, i, first);
+    let Some(old) = known_disk_block(s, i, first).filter(|o| o.len() == new.len()) else {
+        return Ok(None);
+    };
+    let e = &s.entries[i];
+    let Some(offset) = e
+        .body_off
+        .checked_sub(old.len() as u64)
+        .filter(|&o| o >= e.hdr_off)
+    else {
+        return Ok(None);
+    };
+    let mut on_disk = vec![0u8; old.len()];
+    s.file.read_exact_at(&mut on_disk, offset)?;
+    if on_disk != old {
+        return Ok(None);
+    }
+    Ok(Some(Source::Patch {
+        index: i,
+        first,
+        offset,
+        old,
+        new,
+    }))
 }
 
 fn xstatus_bytes(s: &Snapshot<'_>, index: usize, first: bool) -> Vec<u8> {
@@ -145,7 +243,10 @@ pub(super) fn plan(s: &Snapshot<'_>, host: &str) -> io::Result<Plan> {
                 new_off: 0,
                 len: p.next_off,
                 write: false,
-                source: Source::Copy { old_off: 0 },
+                source: Source::Copy {
+                    old_off: 0,
+                    index: None,
+                },
             },
             None => {
                 let bytes = pseudo_message(&base_info(s), s.now, host);
@@ -179,11 +280,24 @@ pub(super) fn plan(s: &Snapshot<'_>, host: &str) -> io::Result<Plan> {
                 write: pos != e.from_off,
                 source: Source::Copy {
                     old_off: e.from_off,
+                    index: Some(i),
                 },
+            }
+        } else if let Some(patch) = (pos == e.from_off)
+            .then(|| patch_for(s, i, first))
+            .transpose()?
+            .flatten()
+        {
+            Piece {
+                new_off: pos,
+                len: e.next_off - e.from_off,
+                write: true,
+                source: patch,
             }
         } else {
             scratch.clear();
-            filtered_header(&mut read_current, e, &mut scratch)?;
+            let ended = filtered_header(&mut read_current, e, &mut scratch)?;
+            let clean = ended && text_ends_line(s.file, e)?;
             let len = (e.hdr_off - e.from_off)
                 + scratch.len() as u64
                 + xstatus_bytes(s, i, first).len() as u64
@@ -193,7 +307,12 @@ pub(super) fn plan(s: &Snapshot<'_>, host: &str) -> io::Result<Plan> {
                 new_off: pos,
                 len,
                 write: true,
-                source: Source::Message { index: i, first },
+                source: Source::Message {
+                    index: i,
+                    first,
+                    header: scratch.len() as u64,
+                    clean,
+                },
             }
         };
         pos += piece.len;
@@ -322,9 +441,19 @@ fn write_piece(
 ) -> io::Result<()> {
     let before = w.pos + w.buf.len() as u64;
     match &piece.source {
-        Source::Copy { old_off } => copy_old(journal, w, *old_off, piece.len)?,
+        Source::Copy { old_off, .. } => copy_old(journal, w, *old_off, piece.len)?,
         Source::Bytes(bytes) => w.put(bytes)?,
-        Source::Message { index, first } => {
+        Source::Patch {
+            index, offset, new, ..
+        } => {
+            // Written whole here, as part of a run of moved messages.
+            let e = &s.entries[*index];
+            copy_old(journal, w, e.from_off, offset - e.from_off)?;
+            w.put(new)?;
+            let after = offset + new.len() as u64;
+            copy_old(journal, w, after, e.next_off - after)?;
+        }
+        Source::Message { index, first, .. } => {
             let e = &s.entries[*index];
             copy_old(journal, w, e.from_off, e.hdr_off - e.from_off)?;
             let mut header = Vec::new();
@@ -366,8 +495,194 @@ fn mark_as_read(file: &File) -> io::Result<()> {
     )
 }
 
+/// The bytes of each patch that differ (old and new share the rest): (offset, new bytes).
+pub(super) fn patch_spans(plan: &Plan) -> Vec<(u64, &[u8])> {
+    let mut spans = Vec::new();
+    for piece in plan.pieces.iter().filter(|p| p.write) {
+        if let Source::Patch {
+            offset, old, new, ..
+        } = &piece.source
+        {
+            let lo = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+            let same_tail = old[lo..]
+                .iter()
+                .rev()
+                .zip(new[lo..].iter().rev())
+                .take_while(|(a, b)| a == b)
+                .count();
+            let hi = new.len() - same_tail;
+            if lo < hi {
+                spans.push((offset + lo as u64, &new[lo..hi]));
+            }
+        }
+    }
+    spans
+}
+
+/// Carry out a plan of same-length metadata patches: only the changed bytes are journaled and
+/// overwritten, nothing moves, the length stays. Like a full rewrite, a kill at any point is
+/// undone by replaying the journal (which holds the old bytes of every patch).
+fn execute_patches(path: &Path, file: &File, plan: &Plan) -> io::Result<()> {
+    #[cfg(test)]
+    super::tests::PATCH_WRITES.with(|n| n.set(n.get() + 1));
+    let spans = patch_spans(plan);
+    let regions: Vec<Region> = spans
+        .iter()
+        .map(|(offset, bytes)| Region {
+            offset: *offset,
+            len: bytes.len() as u64,
+        })
+        .collect();
+    let hooks = CrashHooks::from_env();
+    let journal = Journal::create(path, file, plan.old_len, plan.old_len, &regions)?;
+    if hooks.after_journal {
+        std::process::abort();
+    }
+    let result = (|| {
+        let mut written = 0u64;
+        for (offset, bytes) in &spans {
+            if let Some(limit) = hooks.after_bytes {
+                let allowed = limit.saturating_sub(written);
+                if bytes.len() as u64 >= allowed {
+                    file.write_all_at(&bytes[..allowed as usize], *offset)?;
+                    std::process::abort();
+                }
+            }
+            file.write_all_at(bytes, *offset)?;
+            written += bytes.len() as u64;
+        }
+        if hooks.after_bytes.is_some() {
+            std::process::abort();
+        }
+        mark_as_read(file)?;
+        file.sync_all()
+    })();
+    match result {
+        Ok(()) => journal.finish(),
+        Err(e) => {
+            journal.restore(file)?;
+            Err(e)
+        }
+    }
+}
+
+/// The index of the file as a carried-out plan leaves it: what a parse of it would say.
+#[derive(Clone)]
+pub(super) struct Written {
+    /// The kept messages, in order.
+    pub entries: Vec<Entry>,
+    pub first_meta: Option<Vec<u8>>,
+    pub pseudo: Option<PseudoInfo>,
+}
+
+/// Where the messages of `plan` are once it is carried out, without reading the file again.
+/// `None` when only a parse can tell (a message whose header or text did not end cleanly, or
+/// an unchanged message becoming the first whose metadata block we do not know).
+pub(super) fn written_index(s: &Snapshot<'_>, plan: &Plan) -> Option<Written> {
+    let mut out = Written {
+        entries: Vec::with_capacity(plan.pieces.len()),
+        first_meta: None,
+        pseudo: None,
+    };
+    for piece in &plan.pieces {
+        let first_message = out.entries.is_empty();
+        let (entry, block) = match &piece.source {
+            Source::Copy { index: None, .. } => {
+                out.pseudo = s.pseudo.cloned();
+                continue;
+            }
+            Source::Bytes(_) => {
+                out.pseudo = Some(PseudoInfo {
+                    from_off: 0,
+                    next_off: piece.len,
+                    uid_validity: s.uid_validity,
+                    uid_last: s.uid_last,
+                    keywords: s.keywords.to_vec(),
+                });
+                continue;
+            }
+            Source::Copy {
+                index: Some(i),
+                old_off,
+            } => {
+                let e = &s.entries[*i];
+                let block = match (first_message, *i) {
+                    (false, _) => None,
+                    (true, 0) => s.first_meta.map(<[u8]>::to_vec),
+                    (true, _) => Some(known_disk_block(s, *i, false)?),
+                };
+                (moved(e, piece.new_off, *old_off), block)
+            }
+            Source::Patch {
+                index, first, new, ..
+            } => {
+                let e = &s.entries[*index];
+                let entry = rewritten(s, *index, *first, e.clone());
+                (entry, first_message.then(|| new.clone()))
+            }
+            Source::Message {
+                index,
+                first,
+                header,
+                clean,
+            } => {
+                if !clean {
+                    return None;
+                }
+                let e = &s.entries[*index];
+                let block = xstatus_bytes(s, *index, *first);
+                let hdr_off = piece.new_off + (e.hdr_off - e.from_off);
+                let body_off = hdr_off + header + block.len() as u64;
+                let placed = Entry {
+                    from_off: piece.new_off,
+                    hdr_off,
+                    body_off,
+                    text_end: body_off + (e.text_end - e.body_off),
+                    next_off: piece.new_off + piece.len,
+                    ..e.clone()
+                };
+                let entry = rewritten(s, *index, *first, placed);
+                (entry, first_message.then_some(block))
+            }
+        };
+        if first_message {
+            out.first_meta = block;
+        }
+        out.entries.push(entry);
+    }
+    Some(out)
+}
+
+/// Entry `e` moved from `old_off` to `new_off`, unchanged otherwise.
+fn moved(e: &Entry, new_off: u64, old_off: u64) -> Entry {
+    let shift = |off: u64| off - old_off + new_off;
+    Entry {
+        from_off: new_off,
+        hdr_off: shift(e.hdr_off),
+        body_off: shift(e.body_off),
+        text_end: shift(e.text_end),
+        next_off: shift(e.next_off),
+        ..e.clone()
+    }
+}
+
+/// Entry `placed` once message `i`'s state is written into its metadata block.
+fn rewritten(s: &Snapshot<'_>, i: usize, first: bool, placed: Entry) -> Entry {
+    let meta = meta_of(&s.infos[i], s.claim_recent);
+    Entry {
+        disk_flags: meta.flags,
+        disk_keywords: meta.keywords,
+        disk_old: meta.old,
+        canonical: !first,
+        ..placed
+    }
+}
+
 /// Carry out `plan` on the locked, writable `file` at `path`.
 pub(super) fn execute(path: &Path, file: &File, s: &Snapshot<'_>, plan: &Plan) -> io::Result<()> {
+    if plan.patches_only() {
+        return execute_patches(path, file, plan);
+    }
     let runs = runs(plan);
     let regions: Vec<Region> = runs.iter().map(|(_, r)| *r).collect();
     let hooks = CrashHooks::from_env();

@@ -9,6 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 thread_local! {
     /// Whole-file parses done by this test thread (to tell them from incremental ones).
     pub(crate) static FULL_PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Commits done by same-length metadata patches only.
+    pub(crate) static PATCH_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Refreshes after our own append that read only the appended tail.
+    pub(crate) static TAIL_ONLY: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 pub(crate) struct TempDir {
@@ -989,4 +993,329 @@ fn reads_never_return_bytes_a_concurrent_rewrite_moved() {
         changed >= 5,
         "the rewriter never changed the file under a read ({changed})"
     );
+}
+
+// ---- the index we compute after our own writes ---------------------------------------------
+
+/// After every rewrite in the tests: the index computed from what was written (instead of
+/// reading the file back) must be exactly what a full parse of the file says.
+pub(super) fn assert_matches_disk(file: &File, len: u64, ours: &parse::Parsed) {
+    let disk = parse::parse(file, len, 0).unwrap();
+    assert_eq!(ours.entries, disk.entries, "entries");
+    assert_eq!(ours.first_meta, disk.first_meta, "first_meta");
+    assert_eq!(ours.pseudo, disk.pseudo, "pseudo");
+    assert_eq!(ours.has_base, disk.has_base, "has_base");
+    assert_eq!(ours.uid_validity, disk.uid_validity, "uid_validity");
+    assert_eq!(ours.uid_last, disk.uid_last, "uid_last");
+    assert_eq!(ours.keywords, disk.keywords, "keywords");
+    assert!(!disk.needs_persist, "needs_persist");
+    let strip = |v: &[MessageInfo]| -> Vec<MessageInfo> {
+        v.iter()
+            .map(|i| MessageInfo {
+                recent: false,
+                ..i.clone()
+            })
+            .collect()
+    };
+    assert_eq!(strip(&ours.infos), strip(&disk.infos), "infos");
+}
+
+// ---- in-place metadata patches -------------------------------------------------------------
+
+fn patch_writes() -> usize {
+    PATCH_WRITES.with(|n| n.get())
+}
+
+fn full_parses() -> usize {
+    FULL_PARSES.with(|n| n.get())
+}
+
+/// The crash fixture with UIDs and metadata persisted by a first session.
+fn prepared_mailbox(dir: &TempDir) -> PathBuf {
+    let path = mailbox_with(dir, &crash_fixture());
+    drop(MboxMailbox::open(&path, Access::Exclusive, helper()).unwrap());
+    path
+}
+
+/// Every byte that differs between `a` and `b` (same length) lies in a metadata header line.
+fn assert_only_metadata_differs(a: &[u8], b: &[u8]) {
+    assert_eq!(a.len(), b.len());
+    let mut differing = 0;
+    for i in (0..a.len()).filter(|&i| a[i] != b[i]) {
+        differing += 1;
+        let start = b[..i]
+            .iter()
+            .rposition(|&c| c == b'\n')
+            .map_or(0, |p| p + 1);
+        let line = &b[start..];
+        assert!(
+            [
+                &b"Status: "[..],
+                b"X-Status: ",
+                b"X-Keywords:",
+                b"X-IMAPbase: "
+            ]
+            .iter()
+            .any(|p| line.starts_with(p)),
+            "byte {i} changed outside the metadata: {:?}",
+            String::from_utf8_lossy(&line[..line.len().min(40)])
+        );
+    }
+    assert!(differing > 0);
+}
+
+#[test]
+fn flag_changes_are_patched_in_place() {
+    let dir = TempDir::new("patch");
+    let path = prepared_mailbox(&dir);
+    let before = std::fs::read(&path).unwrap();
+    let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let n = mb.messages().len();
+    for i in 0..n {
+        mb.set_flags(i, Flags::SEEN.union(Flags::FLAGGED));
+    }
+    let junk = mb.keyword_index("Junk").unwrap();
+    mb.set_keywords(3, 1 << junk);
+    let (patches, parses) = (patch_writes(), full_parses());
+    mb.commit(false).unwrap();
+    assert_eq!(patch_writes(), patches + 1, "not patched in place");
+    assert_eq!(full_parses(), parses, "read back after our own write");
+    let after = std::fs::read(&path).unwrap();
+    assert_only_metadata_differs(&before, &after);
+    assert!(!dir.path().join(".user.mbox-journal").exists());
+    assert_sizes_exact(&mut mb);
+    let mut reopened = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    for (i, m) in reopened.messages().iter().enumerate() {
+        assert_eq!(m.flags, Flags::SEEN.union(Flags::FLAGGED), "message {i}");
+        assert_eq!(m.keywords, if i == 3 { 1 } else { 0 }, "message {i}");
+    }
+    assert_eq!(reopened.keyword_names(), ["Junk".to_string()]);
+    assert_sizes_exact(&mut reopened);
+    // A change that does not fit in the padding falls back to a full rewrite.
+    let long = ["a", "b"].map(|c| c.repeat(40));
+    let bits = long
+        .iter()
+        .map(|k| 1u64 << mb.keyword_index(k).unwrap())
+        .sum();
+    mb.set_keywords(5, bits);
+    let patches = patch_writes();
+    mb.commit(false).unwrap();
+    assert_eq!(patch_writes(), patches);
+    assert!(std::fs::metadata(&path).unwrap().len() > before.len() as u64);
+    let reopened = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    assert_eq!(reopened.messages()[5].keywords.count_ones(), 2);
+    assert_eq!(reopened.messages()[3].keywords, 1);
+}
+
+#[test]
+fn patches_merge_two_sessions_and_keep_deliveries() {
+    let dir = TempDir::new("patch-sessions");
+    let path = prepared_mailbox(&dir);
+    let mut a = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let mut b = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    a.set_flags(1, Flags::FLAGGED);
+    let patches = patch_writes();
+    a.commit(false).unwrap();
+    assert_eq!(patch_writes(), patches + 1);
+    append(&path, DELIVERED);
+    b.set_flags(1, Flags::SEEN);
+    b.set_flags(2, Flags::ANSWERED);
+    b.commit(false).unwrap();
+    assert_eq!(b.messages().len(), 13);
+    assert_eq!(b.messages()[1].flags, Flags::SEEN.union(Flags::FLAGGED));
+    // Both sessions patch again, each merging the other's change first.
+    a.set_flags(4, Flags::DRAFT);
+    a.commit(false).unwrap();
+    b.set_flags(6, Flags::DELETED);
+    let patches = patch_writes();
+    b.commit(false).unwrap();
+    assert_eq!(patch_writes(), patches + 1);
+    a.refresh().unwrap();
+    for mb in [&mut a, &mut b] {
+        let flags: Vec<Flags> = mb.messages().iter().map(|m| m.flags).collect();
+        assert_eq!(flags[1], Flags::SEEN.union(Flags::FLAGGED));
+        assert_eq!(flags[2], Flags::ANSWERED);
+        assert_eq!(flags[4], Flags::DRAFT);
+        assert_eq!(flags[6], Flags::DELETED);
+        assert_sizes_exact(mb);
+    }
+    let mut reopened = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    assert_eq!(reopened.messages().len(), 13);
+    assert_eq!(
+        read_all(&mut reopened, 12),
+        b"Subject: late\r\n\r\nlate body\r\nFrom the MTA\r\n"
+    );
+}
+
+const PATCH_CRASH_DIR_ENV: &str = "MBOX_TEST_PATCH_CRASH_DIR";
+
+fn patch_commit(path: &Path) {
+    let mut mb = MboxMailbox::open(path, Access::Shared, helper()).unwrap();
+    for i in 0..mb.messages().len() {
+        mb.set_flags(i, Flags::SEEN.union(Flags::ANSWERED));
+    }
+    mb.commit(false).unwrap();
+}
+
+/// Run by `patch_survives_a_kill_at_any_byte` in a child process; does nothing otherwise.
+#[test]
+#[ignore = "helper run in a child process by the patch crash test"]
+fn patch_crash_child() {
+    if let Some(dir) = std::env::var_os(PATCH_CRASH_DIR_ENV) {
+        patch_commit(&PathBuf::from(dir).join("user"));
+    }
+}
+
+#[test]
+fn patch_survives_a_kill_at_any_byte() {
+    let dir = TempDir::new("patch-crash");
+    let path = prepared_mailbox(&dir);
+    let prepared = std::fs::read(&path).unwrap();
+    // How many bytes the patches write: at most a block per message.
+    let scratch = TempDir::new("patch-crash-scratch");
+    let scratch_path = mailbox_with(&scratch, &prepared);
+    let patches = patch_writes();
+    patch_commit(&scratch_path);
+    assert_eq!(patch_writes(), patches + 1);
+    let patched = std::fs::read(&scratch_path).unwrap();
+    let written = (0..prepared.len())
+        .filter(|&i| prepared[i] != patched[i])
+        .count() as u64;
+    let mut points: Vec<Option<u64>> = vec![None];
+    points.extend((0..=written * 3).step_by(3).map(Some));
+    points.push(Some(1 << 40));
+    let exe = std::env::current_exe().unwrap();
+    for (n, point) in points.into_iter().enumerate() {
+        std::fs::write(&path, &prepared).unwrap();
+        let mut child = std::process::Command::new(&exe);
+        child
+            .args([
+                "store::mbox::tests::patch_crash_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(PATCH_CRASH_DIR_ENV, dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        match point {
+            None => child.env("MAILSUITE_CRASH_AT", "journal"),
+            Some(n) => child.env("MAILSUITE_CRASH_AFTER_BYTES", n.to_string()),
+        };
+        let status = child.status().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGABRT),
+            "child at {point:?} did not die in the crash hook: {status}"
+        );
+        let _ = std::fs::remove_file(dir.path().join("user.lock"));
+        // Before recovery the file parses whatever the kill left (old or new flags).
+        let torn = std::fs::read(&path).unwrap();
+        assert_eq!(torn.len(), prepared.len());
+        let torn_path = scratch.path().join("torn");
+        std::fs::write(&torn_path, &torn).unwrap();
+        let torn_index = parse::parse(&File::open(&torn_path).unwrap(), torn.len() as u64, 0);
+        let uids: Vec<u32> = torn_index.unwrap().infos.iter().map(|i| i.uid).collect();
+        assert_eq!(uids, (1..=12).collect::<Vec<u32>>(), "torn at {point:?}");
+        let access = if n % 2 == 0 {
+            Access::Shared
+        } else {
+            Access::ReadOnly
+        };
+        let mut mb = MboxMailbox::open(&path, access, helper()).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            prepared,
+            "not restored at {point:?}"
+        );
+        assert_eq!(mb.messages().len(), 12);
+        assert_sizes_exact(&mut mb);
+        assert!(!dir.path().join(".user.mbox-journal").exists());
+    }
+}
+
+// ---- APPEND into the open mailbox ----------------------------------------------------------
+
+#[test]
+fn own_appends_need_no_parse_and_refresh_reads_only_the_tail() {
+    let dir = TempDir::new("own-append");
+    let path = prepared_mailbox(&dir);
+    let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let mut other = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    mb.set_flags(2, Flags::FLAGGED);
+    mb.commit(false).unwrap();
+    let parses = full_parses();
+    let tails = TAIL_ONLY.with(|n| n.get());
+    let patches = patch_writes();
+    let keywords = vec!["Appended".to_string()];
+    for n in 0..3u32 {
+        let text = format!("Subject: appended {n}\n\nbody {n}\nFrom here\n");
+        let mut source = text.as_bytes();
+        let mut batch = [NewMessage {
+            source: &mut source,
+            len: Some(text.len() as u64),
+            flags: Flags::SEEN,
+            keywords: &keywords,
+            internal_date: Some((1_706_788_800, 0)),
+        }];
+        assert_eq!(mb.append(&mut batch).unwrap(), vec![13 + n]);
+        let changes = mb.refresh().unwrap();
+        assert_eq!(changes.appended, 1);
+        assert!(mb.messages().last().unwrap().recent);
+    }
+    assert_eq!(
+        full_parses(),
+        parses,
+        "APPEND or its refresh parsed the whole file"
+    );
+    assert_eq!(
+        TAIL_ONLY.with(|n| n.get()),
+        tails + 3,
+        "refresh re-read old headers"
+    );
+    assert_eq!(
+        patch_writes(),
+        patches,
+        "appended without O, claimed by a second write"
+    );
+    assert_eq!(mb.messages().len(), 15);
+    assert_sizes_exact(&mut mb);
+    other.refresh().unwrap();
+    assert!(
+        other.messages()[12..].iter().all(|m| !m.recent),
+        "claimed by the appender"
+    );
+    let mut fresh = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    for view in [&mut mb, &mut other] {
+        let got: Vec<_> = view
+            .messages()
+            .iter()
+            .map(|m| (m.uid, m.flags, m.size))
+            .collect();
+        let want: Vec<_> = fresh
+            .messages()
+            .iter()
+            .map(|m| (m.uid, m.flags, m.size))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(view.keyword_names(), fresh.keyword_names());
+    }
+    assert_eq!(fresh.messages()[14].keywords, 1);
+    assert!(read_all(&mut fresh, 14).ends_with(b"body 2\r\n>From here\r\n"));
+    // Someone else's change in between: the append parses, and so does nothing go stale.
+    other.set_flags(0, Flags::DELETED);
+    other.commit(false).unwrap();
+    let text = b"Subject: late\n\nx\n";
+    let mut source = &text[..];
+    let mut batch = [NewMessage {
+        source: &mut source,
+        len: Some(text.len() as u64),
+        flags: Flags::NONE,
+        keywords: &[],
+        internal_date: None,
+    }];
+    assert_eq!(mb.append(&mut batch).unwrap(), vec![16]);
+    mb.refresh().unwrap();
+    assert_eq!(mb.messages()[0].flags, Flags::DELETED);
+    assert_eq!(mb.messages().len(), 16);
 }
