@@ -216,7 +216,7 @@ def test_sigkill_during_maildir_expunge(imap_users, imap_args):
 def test_crash_during_append(imap_users, mbox_for, imap_args):
     """imapd dies (abort) after raising X-IMAPbase's UID-last (MAILSUITE_CRASH_AT=append-base)
     or halfway through writing the new message (append-half): the next session sees every old
-    message with its UID, the new one whole or not at all, and a UID never reused."""
+    message with its UID, the new one whole or not at all, and no UID a client saw reused."""
     alice = imap_users["alice"]
     msgs = [make_message(i, tag=b"ap") for i in range(5)]
     argv = imap_args("--allow-plaintext")
@@ -250,6 +250,9 @@ def test_crash_during_append(imap_users, mbox_for, imap_args):
             assert got.endswith(b"{%d}\r\n" % len(new) + new), (point, "partial message", got[-200:])
         lines, tagged = s.literal_cmd("APPEND INBOX", b"Subject: after\r\n\r\nx\r\n")
         uid = int(re.search(rb"APPENDUID \d+ (\d+)", tagged).group(1))
-        assert uid > max(uids.values()) + (1 if point == "append-base" else 0), (point, tagged)
+        # The UID-last patch and the message share one append journal: recovery rolls an
+        # interrupted append back whole, so the next UID may be the one the crashed append
+        # never got to report (no client ever saw it); it must only never go backwards.
+        assert uid > max(uids.values()), (point, tagged)
         s.ok("LOGOUT")
         s.close()
