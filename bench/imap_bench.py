@@ -394,36 +394,6 @@ METRICS = [
 ]
 
 
-def ratio(ours: float | None, other: float | None, kind: str | None) -> str:
-    if not ours or not other or kind is None:
-        return "-"
-    return f"{(other / ours if kind == 'rate' else ours / other):.2f}"
-
-
-def print_table(results: dict, servers: list[str], title: str) -> None:
-    print()
-    print(title)
-    head = f"{'mailbox':<16}{'metric':<36}" + "".join(f"{s:>12}" for s in servers)
-    head += f"{'ours/dovecot':>14}{'ours/mailutils':>16}"
-    print()
-    print(head)
-    print("-" * len(head))
-    for config, per_server in results.items():
-        for key, label, scale, unit, kind in METRICS:
-            meds = {s: per_server.get(s, {}).get("median", {}).get(key) for s in servers}
-            cells = "".join(f"{meds[s] * scale:>12.1f}" if meds[s] is not None else f"{'-':>12}"
-                            for s in servers)
-            print(f"{config:<16}{label + ' [' + unit + ']':<36}{cells}"
-                  f"{ratio(meds.get('ours'), meds.get('dovecot'), kind):>14}"
-                  f"{ratio(meds.get('ours'), meds.get('mailutils'), kind):>16}")
-        for s in servers:
-            if per_server.get(s, {}).get("note"):
-                print(f"{'':<16}! {s}: {per_server[s]['note']}")
-        print()
-    print("ratios: ours/other for times and RSS, other/ours for MB/s; <= 1.00 means ours is at "
-          "least as good. Medians of interleaved rounds on fresh copies.")
-
-
 def run_config(servers: dict[str, pb.Server], fmt: str, count: int, corpus: Path, rounds: int,
                appends: list[bytes]) -> dict:
     empty = corpus / ("empty.mbox" if fmt == "mbox" else "empty.Maildir")
@@ -533,10 +503,11 @@ def main(argv: list[str]) -> int:
                                                              args.rounds, appends)
     report["machine"]["loadavg_end"] = os.getloadavg()
 
-    print_table(report["results"], list(servers),
-                f"median of {args.rounds} interleaved rounds; {len(appends)} APPENDs; load "
-                f"average {report['machine']['loadavg_start'][0]:.1f} at start, "
-                f"{report['machine']['loadavg_end'][0]:.1f} at end")
+    pb.print_table(report["results"], list(servers),
+                   f"median of {args.rounds} interleaved rounds; {len(appends)} APPENDs; load "
+                   f"average {report['machine']['loadavg_start'][0]:.1f} at start, "
+                   f"{report['machine']['loadavg_end'][0]:.1f} at end",
+                   metrics=METRICS, widths=(16, 36))
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     args.results.mkdir(parents=True, exist_ok=True)

@@ -592,25 +592,29 @@ def ratio(ours: float | None, other: float | None, kind: str | None) -> str:
     return f"{value:.2f}"
 
 
-def print_table(results: dict, servers: list[str], title: str) -> None:
+def print_table(results: dict, servers: list[str], title: str, metrics=None,
+                widths: tuple[int, int] = (14, 30)) -> None:
+    """The medians per server and the ratios; imap_bench.py prints its table with this too."""
+    metrics = METRICS if metrics is None else metrics
+    box_w, label_w = widths
     print()
     print(title)
-    head = f"{'mailbox':<14}{'metric':<30}" + "".join(f"{s:>12}" for s in servers)
+    head = f"{'mailbox':<{box_w}}{'metric':<{label_w}}" + "".join(f"{s:>12}" for s in servers)
     head += f"{'ours/dovecot':>14}{'ours/mailutils':>16}"
     print()
     print(head)
     print("-" * len(head))
     for config, per_server in results.items():
-        for key, label, scale, unit, kind in METRICS:
+        for key, label, scale, unit, kind in metrics:
             meds = {s: per_server.get(s, {}).get("median", {}).get(key) for s in servers}
             cells = "".join(f"{meds[s] * scale:>12.1f}" if meds[s] is not None else f"{'-':>12}"
                             for s in servers)
-            print(f"{config:<14}{label + ' [' + unit + ']':<30}{cells}"
+            print(f"{config:<{box_w}}{label + ' [' + unit + ']':<{label_w}}{cells}"
                   f"{ratio(meds.get('ours'), meds.get('dovecot'), kind):>14}"
                   f"{ratio(meds.get('ours'), meds.get('mailutils'), kind):>16}")
         notes = [f"{s}: {per_server[s]['note']}" for s in servers if per_server.get(s, {}).get("note")]
         for note in notes:
-            print(f"{'':<14}! {note}")
+            print(f"{'':<{box_w}}! {note}")
         print()
     print("ratios: ours/other for times and RSS, other/ours for MB/s; <= 1.00 means ours is at "
           "least as good. Medians of interleaved rounds on fresh copies.")
