@@ -126,7 +126,7 @@ pub(crate) mod tests {
     use super::*;
     use std::process::Command;
 
-    const TEST_USER: &str = "mailsuite-privtest";
+    pub(crate) const TEST_USER: &str = "mailsuite-privtest";
     const CHILD_ENV: &str = "MAILSUITE_PRIVS_CHILD";
 
     #[test]

@@ -347,18 +347,54 @@ impl SessionLock {
     fn try_acquire_in(dir: &Path, mailbox: &Path) -> Result<SessionLock, String> {
         let path = session_lock_path(dir, mailbox)
             .map_err(|e| format!("Can't stat {}: {e}", mailbox.display()))?;
-        let fail = |e: io::Error| format!("Can't open session lock {}: {e}", path.display());
+        match SessionLock::try_acquire_at(&path) {
+            Err(Refused::Unusable) => {
+                // A leftover of some other user's session on a file that had this inode before
+                // (it outlives a killed session, and the sticky /tmp stops us removing it), or a
+                // file planted to keep us out. Nobody holds it, so fall back to a name of our own.
+                let euid = nix::unistd::geteuid().as_raw();
+                let mut own = path.clone().into_os_string();
+                own.push(format!(".{euid:x}"));
+                SessionLock::try_acquire_at(Path::new(&own)).map_err(|refused| match refused {
+                    Refused::Because(reason) => reason,
+                    Refused::Unusable => format!(
+                        "Can't open session lock {}: permission denied",
+                        Path::new(&own).display()
+                    ),
+                })
+            }
+            Err(Refused::Because(reason)) => Err(reason),
+            Ok(lock) => Ok(lock),
+        }
+    }
+
+    fn try_acquire_at(path: &Path) -> Result<SessionLock, Refused> {
+        let path = path.to_path_buf();
+        let fail = |e: io::Error| {
+            Refused::Because(format!("Can't open session lock {}: {e}", path.display()))
+        };
         // Another process may unlink the file between our open and our lock; retry then.
         for _ in 0..8 {
-            let file = open_session_file(&path).map_err(fail)?;
+            let file = match open_session_file(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    return Err(match held_by_someone(&path) {
+                        Some(reason) => Refused::Because(reason),
+                        None => Refused::Unusable,
+                    })
+                }
+                Err(e) => return Err(fail(e)),
+            };
             let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(locked) => locked,
-                Err((file, Errno::EWOULDBLOCK)) => return Err(locked_by(&file)),
+                Err((file, Errno::EWOULDBLOCK)) => return Err(Refused::Because(locked_by(&file))),
                 Err((_, e)) => return Err(fail(e.into())),
             };
             match set_ofd_lock(&file, libc::F_WRLCK) {
                 Ok(()) => {}
-                Err(Errno::EAGAIN | Errno::EACCES) => return Err(locked_by(&file)),
+                Err(Errno::EAGAIN | Errno::EACCES) => {
+                    return Err(Refused::Because(locked_by(&file)))
+                }
                 Err(e) => return Err(fail(e.into())),
             }
             if still_named(&file, &path).map_err(fail)? {
@@ -367,6 +403,27 @@ impl SessionLock {
             }
         }
         Err(fail(io::Error::other("lock file keeps changing")))
+    }
+}
+
+/// Why [`SessionLock::try_acquire_at`] failed.
+enum Refused {
+    /// Held by another session, or a real error; the text says which.
+    Because(String),
+    /// The name holds a file we may not open for writing that nobody has locked.
+    Unusable,
+}
+
+/// For a lock file we may not write: "locked by" text if some process holds its flock.
+fn held_by_someone(path: &Path) -> Option<String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_) => None,
+        Err((file, _)) => Some(locked_by(&file)),
     }
 }
 
@@ -409,7 +466,9 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
 }
 
 /// Open the existing lock file or create it (mode 0666), never through a symlink, and refuse a
-/// file that is hard-linked, not regular, or owned by someone other than us or root.
+/// file that is hard-linked or not regular. As in UW-IMAP, a file some other user created is
+/// used if its mode lets us write it: it may be left from that user's session on a file that
+/// had the same inode number before.
 fn open_session_file(path: &Path) -> io::Result<File> {
     let file = loop {
         let existing = OpenOptions::new()
@@ -437,9 +496,6 @@ fn open_session_file(path: &Path) -> io::Result<File> {
     let euid = nix::unistd::geteuid().as_raw();
     if !meta.file_type().is_file() || meta.nlink() != 1 {
         return Err(io::Error::other("not a plain file (symlink or hard link?)"));
-    }
-    if meta.uid() != euid && meta.uid() != 0 && euid != 0 {
-        return Err(io::Error::other(format!("owned by uid {}", meta.uid())));
     }
     if meta.uid() == euid && meta.mode() & 0o777 != 0o666 {
         file.set_permissions(Permissions::from_mode(0o666))?;
@@ -920,6 +976,85 @@ mod tests {
         assert_eq!(second.err().unwrap().kind(), io::ErrorKind::TimedOut);
         drop(lock);
         assert!(!lock_path.exists(), "helper left the dotlock");
+        println!("CHILD-OK");
+    }
+
+    /// Stale session locks of another user (uid 54321): a 0666 one is reused in place, a 0600
+    /// one is passed over for a name of our own, a held (readable) one still keeps us out.
+    #[test]
+    fn session_lock_of_another_user() {
+        if in_child() {
+            return;
+        }
+        let Some(acct) = test_user() else {
+            return;
+        };
+        let dir = temp_dir("session-owner");
+        let locks = dir.join("locks");
+        fs::create_dir(&locks).unwrap();
+        fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&locks, Permissions::from_mode(0o1777)).unwrap();
+        let stranger = Some(nix::unistd::Uid::from_raw(54321));
+        let mut lock_paths = Vec::new();
+        for (name, mode) in [("reused", 0o666), ("private", 0o600), ("held", 0o644)] {
+            let mailbox = dir.join(name);
+            fs::write(&mailbox, "").unwrap();
+            let lock_path = session_lock_path(&locks, &mailbox).unwrap();
+            fs::write(&lock_path, "1").unwrap();
+            nix::unistd::chown(&lock_path, stranger, None).unwrap();
+            fs::set_permissions(&lock_path, Permissions::from_mode(mode)).unwrap();
+            lock_paths.push(lock_path);
+        }
+        let Some(holder) = python_holder("flock", &lock_paths[2]) else {
+            return;
+        };
+        let out = run_in_child(
+            "store::lock::tests::child_part_session_lock_of_another_user",
+            &[
+                ("DIR", dir.to_str().unwrap()),
+                ("HOLDER", &holder.id().to_string()),
+            ],
+        );
+        release_holder(holder);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("CHILD-OK"),
+            "child failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fallback = format!("{}.{:x}", lock_paths[1].display(), acct.uid);
+        assert!(!Path::new(&fallback).exists(), "fallback lock not removed");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn child_part_session_lock_of_another_user() {
+        if !in_child() {
+            return;
+        }
+        let acct = privs::lookup(privs::tests::TEST_USER).unwrap();
+        privs::become_user(&acct, 1).unwrap();
+        let dir = PathBuf::from(std::env::var("DIR").unwrap());
+        let locks = dir.join("locks");
+        let reused = SessionLock::try_acquire_in(&locks, &dir.join("reused")).unwrap();
+        assert_eq!(
+            reused.path(),
+            session_lock_path(&locks, &dir.join("reused")).unwrap()
+        );
+        assert_eq!(
+            fs::read_to_string(reused.path()).unwrap(),
+            std::process::id().to_string()
+        );
+        let private = SessionLock::try_acquire_in(&locks, &dir.join("private")).unwrap();
+        let uw_name = session_lock_path(&locks, &dir.join("private")).unwrap();
+        let expected = format!("{}.{:x}", uw_name.display(), acct.uid);
+        assert_eq!(private.path(), Path::new(&expected));
+        assert!(SessionLock::try_acquire_in(&locks, &dir.join("private")).is_err());
+        let held = SessionLock::try_acquire_in(&locks, &dir.join("held"))
+            .err()
+            .unwrap();
+        let holder = std::env::var("HOLDER").unwrap();
+        assert_eq!(held, format!("Mailbox is locked by process {holder}"));
         println!("CHILD-OK");
     }
 
