@@ -153,3 +153,72 @@ def test_two_sessions_and_a_deliverer(kind, imap_users, mbox_for, imap_args):
     if kind == "mbox":
         assert mbox_message_count(read_file(path)) == len(final)
         assert not os.path.exists(path + ".lock"), "dotlock left behind"
+
+
+RACE_SECONDS = 12.0
+
+
+@pytest.mark.parametrize("kind", ["mbox", "maildir"])
+def test_fetch_of_bodies_while_another_session_expunges(kind, imap_users, mbox_for, imap_args):
+    """Session A keeps fetching every body while session B, at the same time, expunges the
+    first message and appends a new one: on an mbox every EXPUNGE rewrites the file under A.
+    A's FETCH may come too late for a message (tagged NO, as RFC 3501 allows), but its
+    connection must never drop and every literal it gets must be the right message's bytes."""
+    user = imap_users["alice" if kind == "mbox" else "maddy"]
+    # Big enough that FETCH 1:* takes a while, and different lengths so that shifted bytes show.
+    pre = [make_message(i, tag=b"pre", body_lines=40 + i) for i in range(30)]
+    argv = imap_args("--allow-plaintext")
+    if kind == "mbox":
+        mbox_for(user, mbox_of(pre))
+    else:
+        maildir_of(user, pre)
+    (a, _), (b, _) = open_session(argv, user), open_session(argv, user)
+    stop, b_errors, b_rounds = threading.Event(), [], [0]
+
+    def churn():
+        n = 1000
+        try:
+            while not stop.is_set():
+                b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)", timeout=60)
+                b.ok("EXPUNGE", timeout=60)
+                msg = make_message(n, tag=b"new", body_lines=n % 50 + 1).replace(b"\n", b"\r\n")
+                lines, tagged = b.literal_cmd("APPEND INBOX", msg, timeout=60)
+                assert tagged.startswith(b"OK"), tagged
+                n += 1
+                b_rounds[0] += 1
+        except Exception as e:  # reported by the test
+            b_errors.append(repr(e))
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    start, fetches, refused, checked = time.monotonic(), 0, 0, 0
+    try:
+        while time.monotonic() - start < RACE_SECONDS and churner.is_alive():
+            lines, tagged = a.cmd("FETCH 1:* (UID BODY.PEEK[])", timeout=60)
+            assert tagged.startswith((b"OK", b"NO")), tagged
+            refused += tagged.startswith(b"NO")
+            for data in parse_fetch(lines).values():
+                m = re.search(rb"BODY\[\] \{(\d+)\}\r\n", data)
+                if not m:
+                    continue
+                body = data[m.end():m.end() + int(m.group(1))]
+                mid = re.search(rb"Message-ID: <(pre|new)-(\d+)@test>", body)
+                assert mid, body[:300]
+                tag, n = mid.group(1), int(mid.group(2))
+                lines_of = 40 + n if tag == b"pre" else n % 50 + 1
+                expected = make_message(n, tag=tag, body_lines=lines_of).replace(b"\n", b"\r\n")
+                assert body == expected, "wrong bytes for <%s-%d@test>" % (tag.decode(), n)
+                checked += 1
+            fetches += 1
+    finally:
+        stop.set()
+        churner.join(timeout=60)
+    assert not b_errors, b_errors
+    assert b_rounds[0] >= 10 and fetches >= 10, (b_rounds[0], fetches)
+    assert checked >= 100, checked
+    a.ok("LOGOUT", timeout=60)
+    b.ok("LOGOUT", timeout=60)
+    a.close()
+    b.close()
+    print("%s: %d fetches (%d NO), %d bodies checked, %d expunge+append rounds"
+          % (kind, fetches, refused, checked, b_rounds[0]))

@@ -212,6 +212,15 @@ pub trait Mailbox {
     /// since the index was read, fails with [`MailboxChanged`] (mbox: the reader holds a
     /// shared fcntl lock for its lifetime, so writers wait until it is dropped).
     fn open_message(&mut self, index: usize) -> io::Result<Box<dyn Read + '_>>;
+    /// Make sure message `index` is still readable as indexed, and keep it so until
+    /// [`Mailbox::release_message`]: until then `open_message(index)` yields its bytes and
+    /// cannot fail with [`MailboxChanged`] or "expunged" (mbox: holds the shared lock, so
+    /// writers wait; Maildir: keeps the file open). Fails as `open_message` would. Lets a
+    /// response that announces a message's bytes be sure it can send them. Hold briefly: an
+    /// mbox held this way keeps deliveries waiting.
+    fn hold_message(&mut self, index: usize) -> io::Result<()>;
+    /// End [`Mailbox::hold_message`]. Needed before any write to the mailbox.
+    fn release_message(&mut self);
     /// Change message `index`'s flags in memory; persisted by [`Mailbox::commit`].
     fn set_flags(&mut self, index: usize, flags: Flags);
     /// Persist flag changes and, with `expunge`, remove every message flagged `\Deleted`.

@@ -5,7 +5,29 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+/// Reads a file from its start by offset, whatever its descriptor's position (which clones of
+/// the descriptor share).
+pub struct ReadAt {
+    file: File,
+    pos: u64,
+}
+
+impl ReadAt {
+    pub fn new(file: File) -> ReadAt {
+        ReadAt { file, pos: 0 }
+    }
+}
+
+impl Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
 
 /// Size of `path` as presented: its length plus one CR for every LF not preceded by CR.
 pub fn presented_size(path: &Path) -> io::Result<u64> {

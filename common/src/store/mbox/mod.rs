@@ -104,6 +104,8 @@ pub struct MboxMailbox {
     own_append: Option<(FileStamp, append::CatchUp)>,
     /// UIDs (ascending) we appended already claimed (`O`): `\Recent` for us when they show up.
     claimed_by_append: Vec<u32>,
+    /// The message [`Mailbox::hold_message`] keeps readable, and the read lock doing it.
+    held: Option<(usize, ReadLock)>,
     _session: Option<SessionLock>,
 }
 
@@ -265,6 +267,7 @@ impl MboxMailbox {
             claim_recent: true,
             own_append: None,
             claimed_by_append: Vec::new(),
+            held: None,
             _session: session,
         }
     }
@@ -904,6 +907,42 @@ impl MboxMailbox {
         Ok(())
     }
 
+    /// Message `index`'s entry, info and the open file, or `NotFound`.
+    fn located(&self, index: usize) -> io::Result<(&Entry, &MessageInfo, &File)> {
+        match (
+            self.entries.get(index),
+            self.infos.get(index),
+            self.file.as_ref(),
+        ) {
+            (Some(entry), Some(info), Some(file)) => Ok((entry, info, file)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no message {}", index + 1),
+            )),
+        }
+    }
+
+    /// Take the read lock and make sure message `index` is where the index says.
+    fn lock_in_place(&self, index: usize) -> io::Result<ReadLock> {
+        let (_, _, file) = self.located(index)?;
+        // Writers rewrite in place under the write lock: with the read lock held, the file
+        // stays as it is now until the lock is dropped. It must still be the file we indexed.
+        let lock = ReadLock::acquire(&self.path, file, LOCK_TIMEOUT)?;
+        self.check_in_place(index)?;
+        Ok(lock)
+    }
+
+    /// `MailboxChanged` unless message `index` is where the index says (read lock held).
+    fn check_in_place(&self, index: usize) -> io::Result<()> {
+        let (entry, info, file) = self.located(index)?;
+        let now = FileStamp::of(file)?;
+        let unchanged = Some(now) == self.stamp && starts_with_from_line(file, entry)?;
+        if !unchanged && !still_in_place(file, self.stamp, now, entry, info.uid)? {
+            return Err(MailboxChanged::io_error());
+        }
+        Ok(())
+    }
+
     /// Whether message `info` goes in a commit that expunges `which`.
     fn expunge_picks(info: &MessageInfo, which: &Expunge<'_>, sorted_uids: &[u32]) -> bool {
         info.flags.contains(Flags::DELETED)
@@ -937,27 +976,31 @@ impl Mailbox for MboxMailbox {
     }
 
     fn open_message(&mut self, index: usize) -> io::Result<Box<dyn Read + '_>> {
-        let (Some(entry), Some(info), Some(file)) = (
-            self.entries.get(index),
-            self.infos.get(index),
-            self.file.as_ref(),
-        ) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no message {}", index + 1),
-            ));
+        // Under a hold the read lock is already ours (and a second one on the same open file
+        // would release it when dropped); the held message was checked when the hold began.
+        let lock = match &self.held {
+            Some((held, _)) if *held == index => None,
+            Some(_) => {
+                self.check_in_place(index)?;
+                None
+            }
+            None => Some(self.lock_in_place(index)?),
         };
-        // Writers rewrite in place under the write lock: with the read lock held, the file
-        // stays as it is now for the reader's life. It must still be the file we indexed.
-        let lock = ReadLock::acquire(&self.path, file, LOCK_TIMEOUT)?;
-        let now = FileStamp::of(file)?;
-        let unchanged = Some(now) == self.stamp && starts_with_from_line(file, entry)?;
-        if !unchanged && !still_in_place(file, self.stamp, now, entry, info.uid)? {
-            return Err(MailboxChanged::io_error());
-        }
+        let (entry, info, file) = self.located(index)?;
         Ok(Box::new(reader::MessageReader::new(
             file, entry, info.size, lock,
         )?))
+    }
+
+    fn hold_message(&mut self, index: usize) -> io::Result<()> {
+        self.held = None;
+        let lock = self.lock_in_place(index)?;
+        self.held = Some((index, lock));
+        Ok(())
+    }
+
+    fn release_message(&mut self) {
+        self.held = None;
     }
 
     fn set_flags(&mut self, index: usize, flags: Flags) {
@@ -967,6 +1010,7 @@ impl Mailbox for MboxMailbox {
     }
 
     fn commit_with(&mut self, expunge: Expunge<'_>) -> Result<CommitReport, StoreError> {
+        self.held = None; // our own read lock would keep our writer waiting
         if self.access == Access::ReadOnly {
             return Ok(CommitReport::default());
         }
@@ -1023,6 +1067,7 @@ impl Mailbox for MboxMailbox {
     }
 
     fn refresh(&mut self) -> Result<Changes, StoreError> {
+        self.held = None; // our own read lock would keep our writer waiting
         let current = match std::fs::metadata(&self.path) {
             Ok(m) => FileStamp::from_metadata(&m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(self.forget_everything()),
@@ -1058,6 +1103,7 @@ impl Mailbox for MboxMailbox {
     /// Appends behind the index (see the trait). Works whatever the access: APPEND to a
     /// mailbox that is open read-only elsewhere in the session is still an APPEND.
     fn append(&mut self, messages: &mut [NewMessage<'_>]) -> Result<Vec<u32>, StoreError> {
+        self.held = None; // our own read lock would keep our writer waiting
         let target = append::Target {
             path: &self.path,
             helper: &self.helper,

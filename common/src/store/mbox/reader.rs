@@ -3,7 +3,8 @@
 //! presentation), exactly `size` bytes.
 //!
 //! Owns the conversion only; never writes, never holds the body in memory. The caller hands it
-//! the read lock under which the index was found current; the reader keeps it until dropped.
+//! the read lock under which the index was found current (unless the mailbox holds one for it);
+//! the reader keeps it until dropped.
 
 use super::lines::present_into;
 use super::meta::{for_each_header_line, LineKind};
@@ -37,8 +38,8 @@ pub(super) struct MessageReader<'f> {
     body_pos: u64,
     body_end: u64,
     remaining: u64,
-    /// Keeps writers out while bytes are read by offset.
-    _lock: ReadLock,
+    /// Keeps writers out while bytes are read by offset (`None`: the mailbox holds it).
+    _lock: Option<ReadLock>,
 }
 
 impl<'f> MessageReader<'f> {
@@ -46,7 +47,7 @@ impl<'f> MessageReader<'f> {
         file: &'f File,
         entry: &Entry,
         size: u64,
-        lock: ReadLock,
+        lock: Option<ReadLock>,
     ) -> io::Result<MessageReader<'f>> {
         let header = presented_header(file, entry)?;
         Ok(MessageReader {

@@ -467,8 +467,9 @@ fn parses_ten_thousand_messages_quickly() {
     let mut mb = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
     let parse_time = started.elapsed();
     assert_eq!(mb.messages().len(), 10_000);
-    let limit = if cfg!(debug_assertions) { 3000 } else { 100 };
-    assert!(parse_time.as_millis() < limit, "parse took {parse_time:?}");
+    // Timings are printed, not asserted: speed is bench/'s business (a loaded machine would
+    // fail any bound). What must hold is that one parse indexes everything.
+    assert_eq!(FULL_PARSES.with(|n| n.get()), 1);
     let started = std::time::Instant::now();
     let mut total = 0u64;
     for i in 0..mb.messages().len() {
@@ -993,6 +994,45 @@ fn reads_never_return_bytes_a_concurrent_rewrite_moved() {
         changed >= 5,
         "the rewriter never changed the file under a read ({changed})"
     );
+}
+
+#[test]
+fn hold_message_sees_a_rewrite_and_then_keeps_writers_out() {
+    let dir = TempDir::new("hold");
+    let path = dir.path().join("user");
+    std::fs::write(&path, b"").unwrap();
+    append_serials(&path, 1..4);
+    let mut reader = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let mut other = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    other.set_flags(0, Flags::DELETED);
+    other.commit(true).unwrap();
+    // Message 2 moved: holding it by the stale index must fail, not read someone else's bytes.
+    let stale = reader.hold_message(1).unwrap_err();
+    assert!(crate::store::is_mailbox_changed(&stale), "{stale}");
+    reader.refresh().unwrap();
+    reader.hold_message(0).unwrap();
+    let writer = std::thread::spawn(move || {
+        other.set_flags(0, Flags::DELETED);
+        other.commit(true).unwrap();
+        std::time::Instant::now()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read_all(&mut reader, 0), presented_serial_message(2));
+    assert_eq!(read_all(&mut reader, 1), presented_serial_message(3));
+    assert_eq!(
+        read_all(&mut reader, 0),
+        presented_serial_message(2),
+        "read twice"
+    );
+    let released = std::time::Instant::now();
+    reader.release_message();
+    let committed = writer.join().unwrap();
+    assert!(
+        committed >= released,
+        "the writer did not wait for the hold"
+    );
+    let stale = reader.hold_message(0).unwrap_err();
+    assert!(crate::store::is_mailbox_changed(&stale), "{stale}");
 }
 
 // ---- the index we compute after our own writes ---------------------------------------------

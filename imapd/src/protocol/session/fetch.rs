@@ -18,7 +18,7 @@ use crate::protocol::command::{FetchItem, Partial, Section, SectionText};
 use crate::wire::parser::SequenceSet;
 use crate::wire::response::{string_form, ResponseWriter, StringForm};
 use common::log;
-use common::store::{Flags, Mailbox};
+use common::store::{is_mailbox_changed, Flags, Mailbox};
 use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::rc::Rc;
@@ -121,6 +121,14 @@ fn is_whole_message(section: &Section) -> bool {
 }
 
 /// Does `item` need the parsed message (rather than the index or a stream)?
+/// Does `item` read the message's bytes (not just the index)?
+fn reads_message(item: &FetchItem) -> bool {
+    !matches!(
+        item,
+        FetchItem::Flags | FetchItem::Uid | FetchItem::Rfc822Size | FetchItem::InternalDate
+    )
+}
+
 fn needs_parse(item: &FetchItem) -> bool {
     match item {
         FetchItem::Envelope
@@ -232,56 +240,30 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
             items.insert(0, FetchItem::Uid);
         }
         let sets_seen = !sel.read_only && items.iter().any(marks_seen);
-        let parse = items.iter().any(needs_parse);
-        let wants_flags = items.contains(&FetchItem::Flags);
         let out: &mut dyn Write = &mut *self.client;
         let mut trouble = Trouble::default();
         let mut seen_changed = false;
+        let reads = items.iter().any(reads_message);
         for pos in positions {
-            let Some(idx) = sel.index_of(pos) else {
-                trouble.missing = true;
-                continue;
-            };
-            let loaded = if parse {
-                match load(sel, idx) {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        // The store lost the message under us (or the disk failed): say so
-                        // for this message and go on with the others.
-                        log::err(&format!(
-                            "FETCH: cannot read message {} of {}: {e} {who}",
-                            pos + 1,
-                            sel.mailbox.path().display()
-                        ));
-                        trouble.missing = true;
-                        continue;
-                    }
+            let idx = match locate(sel, pos, reads, &who) {
+                Ok(Some(idx)) => idx,
+                Ok(None) => {
+                    trouble.missing = true;
+                    continue;
                 }
-            } else {
-                None
-            };
-            let info = &sel.mailbox.messages()[idx];
-            let newly_seen = sets_seen && !info.flags.contains(Flags::SEEN);
-            if newly_seen {
-                let (flags, keywords) = (info.flags.union(Flags::SEEN), info.keywords);
-                sel.set_flags(idx, flags, keywords);
-                seen_changed = true;
-            }
-            write!(out, "* {} FETCH (", pos + 1)?;
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.write_all(b" ")?;
+                Err(e) => {
+                    log::err(&format!(
+                        "FETCH: cannot read message {} of {}: {e} {who}",
+                        pos + 1,
+                        sel.mailbox.path().display()
+                    ));
+                    trouble.missing = true;
+                    continue;
                 }
-                write_item(out, sel, pos, idx, item, loaded.as_deref(), &mut trouble)?;
-            }
-            out.write_all(b")\r\n")?;
-            if newly_seen && !wants_flags {
-                let flags = sel.current_flags(pos, idx);
-                write!(out, "* {} FETCH (FLAGS {flags})\r\n", pos + 1)?;
-            }
-            if newly_seen || wants_flags {
-                sel.note_told(pos, idx);
-            }
+            };
+            let told = fetch_one(out, sel, pos, idx, &items, sets_seen, &mut trouble, &who);
+            sel.mailbox.release_message();
+            seen_changed |= told?;
         }
         if seen_changed {
             if let Err(e) = sel.persist_flags() {
@@ -299,6 +281,90 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
             Reply::ok("FETCH completed")
         })
     }
+}
+
+/// The store index of view position `pos` (`None`: expunged), and when `hold`, its message
+/// held readable until released, so that the bytes a response announces can be sent. A
+/// mailbox another process rewrote since the command began is caught up with first (the
+/// client hears of the changes after the command, as always).
+fn locate(sel: &mut Selected, pos: usize, hold: bool, who: &str) -> io::Result<Option<usize>> {
+    for _ in 0..3 {
+        let Some(idx) = sel.index_of(pos) else {
+            return Ok(None);
+        };
+        if !hold {
+            return Ok(Some(idx));
+        }
+        match sel.mailbox.hold_message(idx) {
+            Ok(()) => return Ok(Some(idx)),
+            Err(e) if is_mailbox_changed(&e) => {
+                if let Err(e) = sel.mailbox.refresh() {
+                    log::err(&format!(
+                        "Error checking {}: {e} {who}",
+                        sel.mailbox.path().display()
+                    ));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("the mailbox keeps changing"))
+}
+
+/// The untagged FETCH response(s) for view position `pos` (store index `idx`). Returns
+/// whether it set `\Seen`.
+#[allow(clippy::too_many_arguments)]
+fn fetch_one(
+    out: &mut dyn Write,
+    sel: &mut Selected,
+    pos: usize,
+    idx: usize,
+    items: &[FetchItem],
+    sets_seen: bool,
+    trouble: &mut Trouble,
+    who: &str,
+) -> io::Result<bool> {
+    let loaded = if items.iter().any(needs_parse) {
+        match load(sel, idx) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                // The disk failed under us: say so for this message and go on with the others.
+                log::err(&format!(
+                    "FETCH: cannot read message {} of {}: {e} {who}",
+                    pos + 1,
+                    sel.mailbox.path().display()
+                ));
+                trouble.missing = true;
+                return Ok(false);
+            }
+        }
+    } else {
+        None
+    };
+    let wants_flags = items.contains(&FetchItem::Flags);
+    let info = &sel.mailbox.messages()[idx];
+    let newly_seen = sets_seen && !info.flags.contains(Flags::SEEN);
+    if newly_seen {
+        let (flags, keywords) = (info.flags.union(Flags::SEEN), info.keywords);
+        sel.set_flags(idx, flags, keywords);
+    }
+    write!(out, "* {} FETCH (", pos + 1)?;
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b" ")?;
+        }
+        write_item(out, sel, pos, idx, item, loaded.as_deref(), trouble)?;
+    }
+    out.write_all(b")\r\n")?;
+    if newly_seen && !wants_flags {
+        let flags = sel.current_flags(pos, idx);
+        write!(out, "* {} FETCH (FLAGS {flags})\r\n", pos + 1)?;
+    }
+    if newly_seen || wants_flags {
+        sel.note_told(pos, idx);
+    }
+    Ok(newly_seen)
 }
 
 /// Write one data item (name and value) of message `idx` (view position `pos`).
