@@ -212,6 +212,11 @@ pub trait Mailbox {
     /// since the index was read, fails with [`MailboxChanged`] (mbox: the reader holds a
     /// shared fcntl lock for its lifetime, so writers wait until it is dropped).
     fn open_message(&mut self, index: usize) -> io::Result<Box<dyn Read + '_>>;
+    /// [`Mailbox::open_message`] from presented offset `offset` on: yields the message's
+    /// bytes after the first `offset` (none when `offset` is past its end). Costs a count of
+    /// the bytes before `offset`, not their presentation, and a client reading one large
+    /// message in consecutive pieces costs about one pass over it.
+    fn open_message_at(&mut self, index: usize, offset: u64) -> io::Result<Box<dyn Read + '_>>;
     /// Make sure message `index` is still readable as indexed, and keep it so until
     /// [`Mailbox::release_message`]: until then `open_message(index)` yields its bytes and
     /// cannot fail with [`MailboxChanged`] or "expunged" (mbox: holds the shared lock, so

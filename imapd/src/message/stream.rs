@@ -85,15 +85,6 @@ pub trait Source {
     fn open_at(&mut self, offset: usize) -> io::Result<Box<dyn Read + '_>>;
 }
 
-/// Read and drop `count` octets of `reader`; an error when it ends first.
-pub fn skip(reader: &mut dyn Read, count: usize) -> io::Result<()> {
-    let wanted = count as u64;
-    if io::copy(&mut reader.take(wanted), &mut io::sink())? != wanted {
-        return Err(short_message());
-    }
-    Ok(())
-}
-
 fn short_message() -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,
@@ -786,6 +777,15 @@ mod tests {
             self.bytes = &self.bytes[n..];
             Ok(n)
         }
+    }
+
+    /// Read and drop `count` octets of `reader`; an error when it ends first.
+    fn skip(reader: &mut dyn Read, count: usize) -> io::Result<()> {
+        let wanted = count as u64;
+        if io::copy(&mut reader.take(wanted), &mut io::sink())? != wanted {
+            return Err(short_message());
+        }
+        Ok(())
     }
 
     struct Memory<'a> {

@@ -79,6 +79,88 @@ impl<R: Read> CrlfReader<R> {
     }
 }
 
+impl CrlfReader<ReadAt> {
+    /// The presented bytes of `file` (presented size `size`) from `offset` on, starting the
+    /// conversion at `point` (from [`seek_point`]) and dropping what lies between.
+    pub fn from_point(
+        file: File,
+        size: u64,
+        point: SeekPoint,
+        offset: u64,
+    ) -> io::Result<CrlfReader<ReadAt>> {
+        let mut reader = CrlfReader::new(
+            ReadAt {
+                file,
+                pos: point.raw,
+            },
+            size,
+        );
+        reader.remaining = size.saturating_sub(point.presented);
+        reader.state.prev_cr = point.prev_cr;
+        let gap = offset.saturating_sub(point.presented).min(reader.remaining);
+        let dropped = io::copy(&mut (&mut reader).take(gap), &mut io::sink())?;
+        if dropped < gap {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(reader)
+    }
+}
+
+/// A presented offset and the raw position of the byte it shows, with the state the
+/// conversion has there (was the raw byte before a CR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeekPoint {
+    pub presented: u64,
+    pub raw: u64,
+    pub prev_cr: bool,
+}
+
+const SEEK_CHUNK: usize = 256 * 1024;
+
+/// The start of the chunk of `file` that holds presented offset `offset`, found by counting
+/// (not converting) the bytes before it, from `known` when that is not past `offset`. At the
+/// end of the file when `offset` lies beyond it.
+pub fn seek_point(file: &File, offset: u64, known: Option<SeekPoint>) -> io::Result<SeekPoint> {
+    let mut at = known
+        .filter(|p| p.presented <= offset)
+        .unwrap_or(SeekPoint {
+            presented: 0,
+            raw: 0,
+            prev_cr: false,
+        });
+    let mut buf = vec![0u8; SEEK_CHUNK];
+    loop {
+        let n = file.read_at(&mut buf, at.raw)?;
+        if n == 0 {
+            return Ok(at);
+        }
+        let chunk = &buf[..n];
+        let presented = n as u64 + lf_without_cr(chunk, at.prev_cr);
+        if at.presented + presented > offset {
+            return Ok(at);
+        }
+        at = SeekPoint {
+            presented: at.presented + presented,
+            raw: at.raw + n as u64,
+            prev_cr: chunk[n - 1] == b'\r',
+        };
+    }
+}
+
+/// How many LFs in `chunk` have no CR before them (`prev_cr`: the byte before the chunk).
+fn lf_without_cr(chunk: &[u8], prev_cr: bool) -> u64 {
+    let cr_before = |at: usize| {
+        if at == 0 {
+            prev_cr
+        } else {
+            chunk[at - 1] == b'\r'
+        }
+    };
+    memchr::memchr_iter(b'\n', chunk)
+        .filter(|&at| !cr_before(at))
+        .count() as u64
+}
+
 /// Where a conversion stands between two reads.
 struct ConvertState {
     prev_cr: bool,
@@ -155,6 +237,7 @@ impl<R: Read> Read for CrlfReader<R> {
 mod tests {
     use super::*;
     use std::io::Cursor;
+    use std::path::PathBuf;
 
     fn stream(data: &[u8], size: u64, chunk: usize) -> io::Result<Vec<u8>> {
         let mut reader = CrlfReader::new(Cursor::new(data.to_vec()), size);
@@ -198,6 +281,79 @@ mod tests {
         assert_eq!(size, data.len() as u64 + 1);
         let streamed = stream(&data, size, 1000).unwrap();
         assert_eq!(streamed.len() as u64, size);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file whose bare LFs, CRLFs and a CR right at a chunk boundary all need care.
+    fn tricky_file(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let mut raw = Vec::new();
+        let mut n = 0;
+        while raw.len() < 3 * SEEK_CHUNK {
+            let line = format!("line {n} {}", "x".repeat(n % 90));
+            if raw.len() < SEEK_CHUNK && raw.len() + line.len() + 2 >= SEEK_CHUNK - 1 {
+                raw.resize(SEEK_CHUNK - 1, b'z');
+                raw.extend_from_slice(b"\r\n");
+            }
+            raw.extend_from_slice(line.as_bytes());
+            raw.extend_from_slice(if n % 3 == 0 { b"\r\n" } else { b"\n" });
+            n += 1;
+        }
+        assert_eq!(&raw[SEEK_CHUNK - 1..SEEK_CHUNK + 1], b"\r\n");
+        let path = dir.join("msg");
+        std::fs::write(&path, &raw).unwrap();
+        let size = presented_size(&path).unwrap();
+        let full = stream(&raw, size, 4096).unwrap();
+        assert_eq!(full.len() as u64, size);
+        (path, full)
+    }
+
+    fn read_from(
+        path: &Path,
+        size: u64,
+        offset: u64,
+        known: Option<SeekPoint>,
+    ) -> (Vec<u8>, SeekPoint) {
+        let file = File::open(path).unwrap();
+        let point = seek_point(&file, offset, known).unwrap();
+        let mut out = Vec::new();
+        CrlfReader::from_point(file, size, point, offset)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        (out, point)
+    }
+
+    #[test]
+    fn reading_from_an_offset_matches_the_whole_stream() {
+        let dir = std::env::temp_dir().join(format!("crlf-seek-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, full) = tricky_file(&dir);
+        let size = full.len() as u64;
+        let chunk = SEEK_CHUNK as u64;
+        let mut offsets = vec![0, 1, chunk - 2, chunk - 1, chunk, chunk + 1, chunk + 2];
+        offsets.extend([2 * chunk + 7, size - 1, size, size + 10]);
+        for offset in offsets {
+            let (got, _) = read_from(&path, size, offset, None);
+            let want = &full[full.len().min(offset as usize)..];
+            assert!(
+                got == want,
+                "offset {offset}: {} vs {} bytes",
+                got.len(),
+                want.len()
+            );
+        }
+        // Pieces in order, each starting from the point the last one found, then one behind.
+        let mut known = None;
+        let mut offset = 0;
+        while offset < size {
+            let (got, point) = read_from(&path, size, offset, known);
+            assert!(got == full[offset as usize..], "piece at {offset}");
+            assert!(point.presented <= offset && offset - point.presented < 2 * chunk);
+            known = Some(point);
+            offset += 65_536;
+        }
+        let (got, _) = read_from(&path, size, 5, known);
+        assert!(got == full[5..], "a point past the offset must not be used");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

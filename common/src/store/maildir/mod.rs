@@ -123,6 +123,8 @@ pub struct MaildirMailbox {
     unreported_flag_changes: Vec<u32>,
     /// The message [`Mailbox::hold_message`] keeps readable, and its open file.
     held: Option<(usize, File)>,
+    /// Where the last reader that skipped into a message started, by UID (files never change).
+    seek_hint: Option<(u32, body::SeekPoint)>,
     _session: Option<SessionLock>,
 }
 
@@ -173,6 +175,7 @@ impl MaildirMailbox {
             stamps,
             unreported_flag_changes: Vec::new(),
             held: None,
+            seek_hint: None,
             _session: session,
         };
         for entry in index.entries {
@@ -196,6 +199,7 @@ impl MaildirMailbox {
             stamps: Stamps::default(),
             unreported_flag_changes: Vec::new(),
             held: None,
+            seek_hint: None,
             _session: None,
         }
     }
@@ -282,6 +286,35 @@ impl MaildirMailbox {
         file.disk_flags = parsed.flags;
         file.kept = parsed.kept;
         Ok(true)
+    }
+
+    /// Message `index`'s file, opened: the held one, or wherever another session moved it.
+    fn message_file(&mut self, index: usize) -> io::Result<File> {
+        if let Some((held, file)) = &self.held {
+            if *held == index {
+                return file.try_clone();
+            }
+        }
+        let Some(info) = self.messages.get(index) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no message {index}"),
+            ));
+        };
+        let uid = info.uid;
+        for _ in 0..CHASE_ATTEMPTS {
+            match File::open(self.file_path(index)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => return other,
+            }
+            if !self.relocate(index)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("message UID {uid} was expunged by another session"),
+                ));
+            }
+        }
+        Err(moving_target())
     }
 
     /// Unlink message `index`'s file wherever it went. Gone already counts as done.
@@ -436,63 +469,29 @@ impl Mailbox for MaildirMailbox {
     }
 
     fn open_message(&mut self, index: usize) -> io::Result<Box<dyn Read + '_>> {
-        if let Some((held, file)) = &self.held {
-            if *held == index {
-                let size = self.messages[index].size;
-                let from_start = body::ReadAt::new(file.try_clone()?);
-                return Ok(Box::new(CrlfReader::new(from_start, size)));
-            }
+        self.open_message_at(index, 0)
+    }
+
+    fn open_message_at(&mut self, index: usize, offset: u64) -> io::Result<Box<dyn Read + '_>> {
+        let file = self.message_file(index)?;
+        let (uid, size) = (self.messages[index].uid, self.messages[index].size);
+        if offset == 0 {
+            return Ok(Box::new(CrlfReader::new(body::ReadAt::new(file), size)));
         }
-        let Some(info) = self.messages.get(index) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("no message {index}"),
-            ));
-        };
-        let (uid, size) = (info.uid, info.size);
-        for _ in 0..CHASE_ATTEMPTS {
-            match File::open(self.file_path(index)) {
-                Ok(file) => return Ok(Box::new(CrlfReader::new(file, size))),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            if !self.relocate(index)? {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("message UID {uid} was expunged by another session"),
-                ));
-            }
-        }
-        Err(moving_target())
+        let known = self.seek_hint.filter(|(of, _)| *of == uid).map(|(_, p)| p);
+        let point = body::seek_point(&file, offset, known)?;
+        self.seek_hint = Some((uid, point));
+        Ok(Box::new(body::CrlfReader::from_point(
+            file, size, point, offset,
+        )?))
     }
 
     /// Keeps the message's file open: another session may expunge or rename it meanwhile.
     fn hold_message(&mut self, index: usize) -> io::Result<()> {
         self.held = None;
-        let Some(info) = self.messages.get(index) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("no message {index}"),
-            ));
-        };
-        let uid = info.uid;
-        for _ in 0..CHASE_ATTEMPTS {
-            match File::open(self.file_path(index)) {
-                Ok(file) => {
-                    self.held = Some((index, file));
-                    return Ok(());
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            if !self.relocate(index)? {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("message UID {uid} was expunged by another session"),
-                ));
-            }
-        }
-        Err(moving_target())
+        let file = self.message_file(index)?;
+        self.held = Some((index, file));
+        Ok(())
     }
 
     fn release_message(&mut self) {

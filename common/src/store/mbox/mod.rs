@@ -106,7 +106,19 @@ pub struct MboxMailbox {
     claimed_by_append: Vec<u32>,
     /// The message [`Mailbox::hold_message`] keeps readable, and the read lock doing it.
     held: Option<(usize, ReadLock)>,
+    /// Where the last reader that skipped into a message's body started, so that the next
+    /// piece of the same message need not count from its start. Keyed by the message's UID
+    /// and the place of its body: a body never changes, so while these are the same (and the
+    /// reader checked the message is in place) the point holds, across refreshes too.
+    seek_hint: Option<(SeekKey, reader::SeekPoint)>,
     _session: Option<SessionLock>,
+}
+
+/// A message's UID and the start and end of its body in the file.
+type SeekKey = (u32, u64, u64);
+
+fn no_message(index: usize) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no message {}", index + 1))
 }
 
 /// Sleep until the clock reads a later second than `second` (at most one second).
@@ -268,6 +280,7 @@ impl MboxMailbox {
             own_append: None,
             claimed_by_append: Vec::new(),
             held: None,
+            seek_hint: None,
             _session: session,
         }
     }
@@ -907,6 +920,11 @@ impl MboxMailbox {
         Ok(())
     }
 
+    fn seek_key(&self, index: usize) -> Option<SeekKey> {
+        let (entry, info) = (self.entries.get(index)?, self.infos.get(index)?);
+        Some((info.uid, entry.body_off, entry.text_end))
+    }
+
     /// Message `index`'s entry, info and the open file, or `NotFound`.
     fn located(&self, index: usize) -> io::Result<(&Entry, &MessageInfo, &File)> {
         match (
@@ -915,10 +933,7 @@ impl MboxMailbox {
             self.file.as_ref(),
         ) {
             (Some(entry), Some(info), Some(file)) => Ok((entry, info, file)),
-            _ => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no message {}", index + 1),
-            )),
+            _ => Err(no_message(index)),
         }
     }
 
@@ -976,6 +991,10 @@ impl Mailbox for MboxMailbox {
     }
 
     fn open_message(&mut self, index: usize) -> io::Result<Box<dyn Read + '_>> {
+        self.open_message_at(index, 0)
+    }
+
+    fn open_message_at(&mut self, index: usize, offset: u64) -> io::Result<Box<dyn Read + '_>> {
         // Under a hold the read lock is already ours (and a second one on the same open file
         // would release it when dropped); the held message was checked when the hold began.
         let lock = match &self.held {
@@ -986,10 +1005,25 @@ impl Mailbox for MboxMailbox {
             }
             None => Some(self.lock_in_place(index)?),
         };
-        let (entry, info, file) = self.located(index)?;
-        Ok(Box::new(reader::MessageReader::new(
-            file, entry, info.size, lock,
-        )?))
+        let key = self.seek_key(index);
+        let known = match self.seek_hint {
+            Some((hint_key, point)) if Some(hint_key) == key => Some(point),
+            _ => None,
+        };
+        // Field by field, so that the reader's borrow of the file leaves `seek_hint` free.
+        let (Some(entry), Some(info), Some(file)) = (
+            self.entries.get(index),
+            self.infos.get(index),
+            self.file.as_ref(),
+        ) else {
+            return Err(no_message(index));
+        };
+        let (reader, start) =
+            reader::MessageReader::new_at(file, entry, info.size, lock, offset, known)?;
+        if let (Some(point), Some(key)) = (start, key) {
+            self.seek_hint = Some((key, point));
+        }
+        Ok(Box::new(reader))
     }
 
     fn hold_message(&mut self, index: usize) -> io::Result<()> {

@@ -29,6 +29,20 @@ pub(super) fn presented_header(file: &File, entry: &Entry) -> io::Result<Vec<u8>
     Ok(out)
 }
 
+/// A presented offset in a message and the raw file position of the body byte it shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SeekPoint {
+    pub presented: u64,
+    pub raw: u64,
+}
+
+/// Length of raw body bytes as presented: every CR dropped, every LF sent as CRLF.
+fn presented_len(raw: &[u8]) -> u64 {
+    let lf = memchr::memchr_iter(b'\n', raw).count();
+    let cr = memchr::memchr_iter(b'\r', raw).count();
+    (raw.len() + lf - cr) as u64
+}
+
 /// A `Read` over one presented message.
 pub(super) struct MessageReader<'f> {
     file: &'f File,
@@ -60,6 +74,55 @@ impl<'f> MessageReader<'f> {
             remaining: size,
             _lock: lock,
         })
+    }
+
+    /// A reader from presented offset `offset` on (`size - offset` bytes). The body bytes
+    /// before it are counted, not presented; `known` (a presented offset and its raw body
+    /// position, from an earlier call on this message) lets the count start there when it is
+    /// not past `offset`. Returns the reader and the point it started from, to pass as `known`
+    /// next time (a client reading a large message piece by piece then costs one pass).
+    pub fn new_at(
+        file: &'f File,
+        entry: &Entry,
+        size: u64,
+        lock: Option<ReadLock>,
+        offset: u64,
+        known: Option<SeekPoint>,
+    ) -> io::Result<(MessageReader<'f>, Option<SeekPoint>)> {
+        let mut reader = MessageReader::new(file, entry, size, lock)?;
+        reader.remaining = size.saturating_sub(offset);
+        let header_len = reader.out.len() as u64;
+        if reader.remaining == 0 || offset < header_len {
+            reader.out_pos = offset.min(header_len) as usize;
+            return Ok((reader, None));
+        }
+        let mut at = match known {
+            Some(p) if p.presented >= header_len && p.presented <= offset => p,
+            _ => SeekPoint {
+                presented: header_len,
+                raw: entry.body_off,
+            },
+        };
+        while at.raw < entry.text_end {
+            let want = (entry.text_end - at.raw).min(BODY_CHUNK as u64) as usize;
+            reader.raw.resize(want, 0);
+            file.read_exact_at(&mut reader.raw, at.raw)?;
+            let presented = presented_len(&reader.raw);
+            if at.presented + presented > offset {
+                reader.out.clear();
+                present_into(&reader.raw, &mut reader.out);
+                reader.out_pos = (offset - at.presented) as usize;
+                reader.body_pos = at.raw + want as u64;
+                return Ok((reader, Some(at)));
+            }
+            at.presented += presented;
+            at.raw += want as u64;
+        }
+        // Past the stored bytes: the index is stale; the first read says so.
+        reader.out.clear();
+        reader.out_pos = 0;
+        reader.body_pos = entry.text_end;
+        Ok((reader, None))
     }
 
     fn refill(&mut self) -> io::Result<()> {

@@ -1035,6 +1035,63 @@ fn hold_message_sees_a_rewrite_and_then_keeps_writers_out() {
     assert!(crate::store::is_mailbox_changed(&stale), "{stale}");
 }
 
+#[test]
+fn reading_from_an_offset_matches_the_whole_message() {
+    let dir = TempDir::new("offset");
+    let mut body = Vec::new();
+    let mut n = 0;
+    while body.len() < 700 * 1024 {
+        let end: &[u8] = if n % 4 == 0 { b"\r\n" } else { b"\n" };
+        body.extend_from_slice(format!("line {n} {}", "y".repeat(n % 77)).as_bytes());
+        body.extend_from_slice(end);
+        n += 1;
+    }
+    let mut mbox = b"From a@b Mon Jan  1 00:00:00 2024\nSubject: big\nStatus: RO\n\n".to_vec();
+    mbox.extend_from_slice(&body);
+    mbox.extend_from_slice(b"\nFrom c@d Mon Jan  1 00:00:01 2024\nSubject: small\n\nhi\n");
+    let path = mailbox_with(&dir, &mbox);
+    let mut mb = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    let full = read_all(&mut mb, 0);
+    let size = full.len() as u64;
+    assert_eq!(size, mb.messages()[0].size);
+    let header_len = full.windows(4).position(|w| w == b"\r\n\r\n").unwrap() as u64 + 4;
+    let chunk = 256 * 1024;
+    let mut offsets = vec![0, 1, header_len - 1, header_len, header_len + 1];
+    offsets.extend([
+        header_len + chunk - 1,
+        header_len + chunk,
+        size - 1,
+        size,
+        size + 3,
+    ]);
+    let from = |mb: &mut MboxMailbox, i: usize, offset: u64| {
+        let mut out = Vec::new();
+        mb.open_message_at(i, offset)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    };
+    for offset in offsets {
+        let want = &full[full.len().min(offset as usize)..];
+        assert!(from(&mut mb, 0, offset) == want, "offset {offset}");
+    }
+    // Pieces in order (each may start from where the last one did), then one far behind.
+    let mut offset = 0;
+    while offset < size {
+        assert!(
+            from(&mut mb, 0, offset) == full[offset as usize..],
+            "piece at {offset}"
+        );
+        offset += 65_536;
+    }
+    assert!(from(&mut mb, 0, header_len + 2) == full[header_len as usize + 2..]);
+    // A point found in one message is never used for another.
+    assert_eq!(from(&mut mb, 1, 0), read_all(&mut mb, 1));
+    let small = read_all(&mut mb, 1);
+    assert_eq!(from(&mut mb, 1, small.len() as u64 - 4), b"hi\r\n");
+}
+
 // ---- the index we compute after our own writes ---------------------------------------------
 
 /// After every rewrite in the tests: the index computed from what was written (instead of

@@ -65,9 +65,8 @@ pub(super) struct StoreMessage<'m> {
 
 impl Source for StoreMessage<'_> {
     fn open_at(&mut self, offset: usize) -> io::Result<Box<dyn Read + '_>> {
-        let mut reader = self.mailbox.open_message(self.index)?;
-        stream::skip(&mut reader, offset)?;
-        Ok(reader)
+        let offset = u64::try_from(offset).map_err(io::Error::other)?;
+        self.mailbox.open_message_at(self.index, offset)
     }
 }
 
