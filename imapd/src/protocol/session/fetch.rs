@@ -219,6 +219,19 @@ struct Trouble {
     unknown_cte: bool,
 }
 
+impl Trouble {
+    /// Message `pos` could not be read (the disk failed, or the mailbox kept changing): log
+    /// it, and answer NO after going on with the other messages.
+    fn unreadable(&mut self, sel: &Selected, pos: usize, e: &io::Error, who: &str) {
+        log::err(&format!(
+            "FETCH: cannot read message {} of {}: {e} {who}",
+            pos + 1,
+            sel.mailbox.path().display()
+        ));
+        self.missing = true;
+    }
+}
+
 impl<T: Transport, B: Backend> Session<'_, T, B> {
     pub(super) fn fetch(
         &mut self,
@@ -251,12 +264,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                     continue;
                 }
                 Err(e) => {
-                    log::err(&format!(
-                        "FETCH: cannot read message {} of {}: {e} {who}",
-                        pos + 1,
-                        sel.mailbox.path().display()
-                    ));
-                    trouble.missing = true;
+                    trouble.unreadable(sel, pos, &e, &who);
                     continue;
                 }
             };
@@ -328,13 +336,7 @@ fn fetch_one(
         match load(sel, idx) {
             Ok(l) => Some(l),
             Err(e) => {
-                // The disk failed under us: say so for this message and go on with the others.
-                log::err(&format!(
-                    "FETCH: cannot read message {} of {}: {e} {who}",
-                    pos + 1,
-                    sel.mailbox.path().display()
-                ));
-                trouble.missing = true;
+                trouble.unreadable(sel, pos, &e, who);
                 return Ok(false);
             }
         }
