@@ -223,6 +223,53 @@ pub struct UserMail {
     pub inbox: InboxLocation,
 }
 
+/// What a session knows of its connection and of the site's rules, fixed at start: the part
+/// of its policy that both servers share.
+#[derive(Clone, Debug)]
+pub struct ConnectionPolicy {
+    /// Our host name, for greetings, BYE, and the APOP and CRAM-MD5 challenges.
+    pub host: String,
+    /// The client as logs show it: `localhost [127.0.0.1]` or `UNKNOWN`.
+    pub peer: String,
+    pub peer_is_loopback: bool,
+    pub allow_plaintext: bool,
+    pub tls_available: bool,
+    pub cram_available: bool,
+    /// Running as a normal user: that user is logged in at once (IMAP `PREAUTH`) or may log in
+    /// without a password (POP3 AUTH EXTERNAL).
+    pub preauth_user: Option<String>,
+    pub failure_delay: Duration,
+    pub login_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub version: &'static str,
+}
+
+impl ConnectionPolicy {
+    /// From the options, the accepted client and its logins; `default_idle` applies unless
+    /// `--idle-timeout` was given.
+    pub fn new(
+        opts: &ServerOptions,
+        client: &Client,
+        logins: &Logins,
+        default_idle: Duration,
+        version: &'static str,
+    ) -> ConnectionPolicy {
+        ConnectionPolicy {
+            host: host_name(),
+            peer: client.peer.to_string(),
+            peer_is_loopback: client.peer.is_loopback(),
+            allow_plaintext: opts.allow_plaintext,
+            tls_available: client.tls_available(),
+            cram_available: logins.cram_available(),
+            preauth_user: logins.preauth_user(),
+            failure_delay: Duration::from_secs(opts.failure_delay),
+            login_timeout: Duration::from_secs(opts.login_timeout),
+            idle_timeout: opts.idle_timeout.map_or(default_idle, Duration::from_secs),
+            version,
+        }
+    }
+}
+
 /// The login sequence: credentials, account, privilege drop, mail location.
 pub struct Logins {
     authenticator: Authenticator,

@@ -10,7 +10,7 @@ mod backend;
 use clap::Parser;
 use common::config::ServerOptions;
 use common::net::launch;
-use common::server::{self, Client, Logins};
+use common::server::{self, Client, ConnectionPolicy, Logins};
 use imapd::protocol::session;
 use imapd::wire::reader::Limits;
 use std::time::Duration;
@@ -58,18 +58,14 @@ fn serve_one(args: &Args, program: &str) -> i32 {
         ..Limits::default()
     };
     let policy = session::Policy {
-        host: server::host_name(),
-        peer: client.peer.to_string(),
-        peer_is_loopback: client.peer.is_loopback(),
-        allow_plaintext: opts.allow_plaintext,
-        tls_available: client.tls_available(),
-        cram_available: logins.cram_available(),
-        preauth_user: logins.preauth_user(),
+        conn: ConnectionPolicy::new(
+            opts,
+            &client,
+            &logins,
+            Duration::from_secs(DEFAULT_IDLE_TIMEOUT),
+            VERSION,
+        ),
         show_hidden: opts.show_dotfiles,
-        failure_delay: Duration::from_secs(opts.failure_delay),
-        login_timeout: Duration::from_secs(opts.login_timeout),
-        idle_timeout: Duration::from_secs(opts.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)),
-        version: VERSION,
         limits,
     };
     let backend = backend::SystemBackend { logins };

@@ -14,7 +14,7 @@ use clap::Parser;
 use common::config::ServerOptions;
 use common::net::conn::Line;
 use common::net::launch;
-use common::server::{self, Client, Logins};
+use common::server::{self, Client, ConnectionPolicy, Logins};
 use std::io;
 use std::time::Duration;
 
@@ -61,19 +61,15 @@ fn serve_one(args: &Args, program: &str) -> i32 {
     };
     let logins = Logins::new(opts, PAM_SERVICE, &client.peer);
     let policy = session::Policy {
-        host: server::host_name(),
-        peer: client.peer.to_string(),
-        peer_is_loopback: client.peer.is_loopback(),
-        allow_plaintext: opts.allow_plaintext,
-        tls_available: client.tls_available(),
-        cram_available: logins.cram_available(),
-        preauth_user: logins.preauth_user(),
+        conn: ConnectionPolicy::new(
+            opts,
+            &client,
+            &logins,
+            Duration::from_secs(DEFAULT_IDLE_TIMEOUT),
+            VERSION,
+        ),
         login_delay: args.login_delay,
         expire: args.expire.clone(),
-        failure_delay: Duration::from_secs(opts.failure_delay),
-        login_timeout: Duration::from_secs(opts.login_timeout),
-        idle_timeout: Duration::from_secs(opts.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)),
-        version: VERSION,
     };
     let backend = backend::SystemBackend {
         logins,

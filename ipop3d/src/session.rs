@@ -11,7 +11,7 @@ use crate::wire::{self, Command, DotStuffer, MAX_LINE};
 use common::auth::sasl;
 use common::log;
 use common::net::conn::Line;
-pub use common::server::Credentials;
+pub use common::server::{ConnectionPolicy, Credentials};
 use common::store::Mailbox;
 use std::io::{self, Write};
 use std::time::Duration;
@@ -48,22 +48,10 @@ pub trait Backend {
 
 /// Site policy and facts about this connection, fixed at start.
 pub struct Policy {
-    /// Our host name, for the greeting and the APOP timestamp.
-    pub host: String,
-    /// The client as logs show it: `localhost [127.0.0.1]` or `UNKNOWN`.
-    pub peer: String,
-    pub peer_is_loopback: bool,
-    pub allow_plaintext: bool,
-    pub tls_available: bool,
-    pub cram_available: bool,
-    /// Running as a normal user: that user may log in without a password (AUTH EXTERNAL).
-    pub preauth_user: Option<String>,
+    /// The connection and the rules both servers share.
+    pub conn: ConnectionPolicy,
     pub login_delay: Option<u64>,
     pub expire: String,
-    pub failure_delay: Duration,
-    pub login_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub version: &'static str,
 }
 
 const MAX_LOGIN_FAILURES: u32 = 3;
@@ -88,12 +76,12 @@ pub struct Session<'a, T: Transport, B: Backend> {
 
 impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
     pub fn new(client: &'a mut T, backend: B, policy: Policy) -> Self {
-        let apop_timestamp = policy.cram_available.then(|| {
+        let apop_timestamp = policy.conn.cram_available.then(|| {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            format!("<{:x}.{:x}@{}>", std::process::id(), now, policy.host)
+            format!("<{:x}.{:x}@{}>", std::process::id(), now, policy.conn.host)
         });
         Session {
             client,
@@ -125,7 +113,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
     fn serve(&mut self) -> io::Result<()> {
         let mut greeting = format!(
             "POP3 {} ipop3d {} server ready",
-            self.policy.host, self.policy.version
+            self.policy.conn.host, self.policy.conn.version
         );
         if let Some(ts) = &self.apop_timestamp {
             greeting.push(' ');
@@ -135,9 +123,9 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         self.client.flush()?;
         loop {
             let timeout = if self.maildrop.is_some() {
-                self.policy.idle_timeout
+                self.policy.conn.idle_timeout
             } else {
-                self.policy.login_timeout
+                self.policy.conn.login_timeout
             };
             let next = match self.client.read_line(MAX_LINE, timeout)? {
                 Line::Complete(line) => self.dispatch(&line)?,
@@ -184,7 +172,9 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
     // ----- AUTHORIZATION state -------------------------------------------------------------
 
     fn plaintext_allowed(&self) -> bool {
-        self.policy.allow_plaintext || self.client.is_tls() || self.policy.peer_is_loopback
+        self.policy.conn.allow_plaintext
+            || self.client.is_tls()
+            || self.policy.conn.peer_is_loopback
     }
 
     fn authorization(&mut self, cmd: &Command) -> io::Result<Next> {
@@ -261,10 +251,10 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         if self.plaintext_allowed() {
             mechs.extend(["PLAIN", "LOGIN"]);
         }
-        if self.policy.cram_available {
+        if self.policy.conn.cram_available {
             mechs.push("CRAM-MD5");
         }
-        if self.policy.preauth_user.is_some() {
+        if self.policy.conn.preauth_user.is_some() {
             mechs.push("EXTERNAL");
         }
         mechs
@@ -313,7 +303,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         let Some(mech) = sasl::parse_mechanism(mech_name) else {
             return Ok(Err("[AUTH] Unsupported authentication mechanism"));
         };
-        let (mut exchange, mut step) = sasl::Exchange::start(mech, initial, &self.policy.host);
+        let (mut exchange, mut step) = sasl::Exchange::start(mech, initial, &self.policy.conn.host);
         loop {
             match step {
                 sasl::Step::Done(creds) => return Ok(Ok(creds.into())),
@@ -324,7 +314,10 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
                         .write_all(sasl::encode_challenge(&bytes).as_bytes())?;
                     self.client.write_all(b"\r\n")?;
                     self.client.flush()?;
-                    match self.client.read_line(MAX_LINE, self.policy.login_timeout)? {
+                    match self
+                        .client
+                        .read_line(MAX_LINE, self.policy.conn.login_timeout)?
+                    {
                         Line::Complete(line) => step = exchange.step(&line),
                         Line::TooLong => return Ok(Err("Command line too long")),
                         Line::Eof | Line::Timeout => {
@@ -345,7 +338,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         &mut self,
         initial: Option<&[u8]>,
     ) -> io::Result<Result<Credentials, &'static str>> {
-        let Some(user) = self.policy.preauth_user.clone() else {
+        let Some(user) = self.policy.conn.preauth_user.clone() else {
             return Ok(Err("[AUTH] Unsupported authentication mechanism"));
         };
         let response = match initial {
@@ -353,7 +346,10 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
             None => {
                 self.client.write_all(b"+ \r\n")?;
                 self.client.flush()?;
-                match self.client.read_line(MAX_LINE, self.policy.login_timeout)? {
+                match self
+                    .client
+                    .read_line(MAX_LINE, self.policy.conn.login_timeout)?
+                {
                     Line::Complete(line) => line,
                     _ => return Ok(Err("Authentication cancelled")),
                 }
@@ -381,7 +377,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         if self.client.is_tls() {
             return self.err("Already in TLS");
         }
-        if !self.policy.tls_available {
+        if !self.policy.conn.tls_available {
             return self.err("STLS not available");
         }
         self.ok("Begin TLS negotiation")?;
@@ -402,7 +398,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
                 let drop = Maildrop::new(mailbox);
                 log::info(&format!(
                     "Login user={user} host={} nmsgs={}/{}",
-                    self.policy.peer,
+                    self.policy.conn.peer,
                     drop.visible_count(),
                     drop.total_count()
                 ));
@@ -415,9 +411,9 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
                 self.failures += 1;
                 log::auth_notice(&format!(
                     "Login failed user={user} auth={user} host={} ({why}, mechanism {mech})",
-                    self.policy.peer
+                    self.policy.conn.peer
                 ));
-                std::thread::sleep(self.policy.failure_delay);
+                std::thread::sleep(self.policy.conn.failure_delay);
                 let text = if mech == "plain" || mech == "APOP" {
                     "[AUTH] Bad login"
                 } else {
@@ -561,11 +557,14 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
             if !mechs.is_empty() {
                 lines.push(format!("SASL {}", mechs.join(" ")));
             }
-            if self.policy.tls_available && !self.client.is_tls() {
+            if self.policy.conn.tls_available && !self.client.is_tls() {
                 lines.push("STLS".into());
             }
         }
-        lines.push(format!("IMPLEMENTATION ipop3d-{}", self.policy.version));
+        lines.push(format!(
+            "IMPLEMENTATION ipop3d-{}",
+            self.policy.conn.version
+        ));
         self.ok("Capability list follows")?;
         for line in lines {
             self.client.write_all(line.as_bytes())?;
@@ -580,7 +579,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         format!(
             "user={} host={}",
             self.user.as_deref().unwrap_or("???"),
-            self.policy.peer
+            self.policy.conn.peer
         )
     }
 

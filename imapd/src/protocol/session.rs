@@ -34,7 +34,7 @@ use crate::protocol::command::{parse_command, Command};
 use crate::wire::parser::ParseLimits;
 use crate::wire::reader::{CommandReader, Input, InputLine, Limits, ReadError, CONTINUATION};
 use common::log;
-pub use common::server::Credentials;
+pub use common::server::{ConnectionPolicy, Credentials};
 use common::store::MailStore;
 use select::Selected;
 use std::cell::RefCell;
@@ -76,22 +76,10 @@ pub trait Backend {
 
 /// Site policy and facts about this connection, fixed at start.
 pub struct Policy {
-    /// Our host name, for the greeting, BYE and the CRAM-MD5 challenge.
-    pub host: String,
-    /// The client as logs show it: `localhost [127.0.0.1]` or `UNKNOWN`.
-    pub peer: String,
-    pub peer_is_loopback: bool,
-    pub allow_plaintext: bool,
-    pub tls_available: bool,
-    pub cram_available: bool,
-    /// Running as a normal user: that user is logged in at once (`* PREAUTH`).
-    pub preauth_user: Option<String>,
+    /// The connection and the rules both servers share.
+    pub conn: ConnectionPolicy,
     /// Show dot-files in LIST.
     pub show_hidden: bool,
-    pub failure_delay: Duration,
-    pub login_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub version: &'static str,
     pub limits: Limits,
 }
 
@@ -257,9 +245,9 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         self.client.flush()?;
         loop {
             let timeout = if self.store.is_some() {
-                self.policy.idle_timeout
+                self.policy.conn.idle_timeout
             } else {
-                self.policy.login_timeout
+                self.policy.conn.login_timeout
             };
             let next = match self.read_command(timeout) {
                 Ok(raw) => match parse_command(raw, ParseLimits::default()) {
@@ -463,7 +451,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
     fn logout(&mut self) -> io::Result<Reply> {
         let bye = format!(
             "BYE {} IMAP4rev1 server terminating connection",
-            self.policy.host
+            self.policy.conn.host
         );
         self.untagged(&bye)?;
         self.leave_selected();
@@ -476,7 +464,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
     fn id(&mut self) -> io::Result<Reply> {
         let text = format!(
             "ID (\"name\" \"imapd\" \"version\" \"{}\")",
-            self.policy.version
+            self.policy.conn.version
         );
         self.untagged(&text)?;
         Ok(Reply::ok("ID completed"))
@@ -501,7 +489,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         format!(
             "user={} host={}",
             self.user.as_deref().unwrap_or("???"),
-            self.policy.peer
+            self.policy.conn.peer
         )
     }
 

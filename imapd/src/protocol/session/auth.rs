@@ -22,7 +22,9 @@ const MAX_SASL_LINE: usize = 16 * 1024;
 
 impl<T: Transport, B: Backend> Session<'_, T, B> {
     fn plaintext_allowed(&self) -> bool {
-        self.policy.allow_plaintext || self.client.is_tls() || self.policy.peer_is_loopback
+        self.policy.conn.allow_plaintext
+            || self.client.is_tls()
+            || self.policy.conn.peer_is_loopback
     }
 
     fn mechanisms(&self) -> Vec<&'static str> {
@@ -30,7 +32,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         if self.plaintext_allowed() {
             mechs.extend(["PLAIN", "LOGIN"]);
         }
-        if self.policy.cram_available {
+        if self.policy.conn.cram_available {
             mechs.push("CRAM-MD5");
         }
         mechs
@@ -43,7 +45,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
             return caps;
         }
         caps.push_str(" SASL-IR");
-        if self.policy.tls_available && !self.client.is_tls() {
+        if self.policy.conn.tls_available && !self.client.is_tls() {
             caps.push_str(" STARTTLS");
         }
         if !self.plaintext_allowed() {
@@ -58,7 +60,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
 
     /// `* OK [CAPABILITY ...]`, or `* PREAUTH` when the server runs as the user.
     pub(super) fn greet(&mut self) -> io::Result<()> {
-        if let Some(user) = self.policy.preauth_user.clone() {
+        if let Some(user) = self.policy.conn.preauth_user.clone() {
             match self
                 .backend
                 .login(&Credentials::External { user: user.clone() })
@@ -67,13 +69,13 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                     self.start_user_session(logged_in);
                     log::info(&format!(
                         "Preauthenticated user={user} host={}",
-                        self.policy.peer
+                        self.policy.conn.peer
                     ));
                     let text = format!(
                         "PREAUTH [CAPABILITY {}] {} IMAP4rev1 imapd {} pre-authenticated user {user}",
                         self.capabilities(),
-                        self.policy.host,
-                        self.policy.version
+                        self.policy.conn.host,
+                        self.policy.conn.version
                     );
                     return self.untagged(&text);
                 }
@@ -86,8 +88,8 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         let text = format!(
             "OK [CAPABILITY {}] {} IMAP4rev1 imapd {} ready",
             self.capabilities(),
-            self.policy.host,
-            self.policy.version
+            self.policy.conn.host,
+            self.policy.conn.version
         );
         self.untagged(&text)
     }
@@ -108,7 +110,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         if self.client.is_tls() {
             return Ok(Reply::bad("Already in TLS"));
         }
-        if !self.policy.tls_available {
+        if !self.policy.conn.tls_available {
             return Ok(Reply::no("STARTTLS not available: no certificate"));
         }
         if self.client.has_pending_input() {
@@ -166,7 +168,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         let (mut exchange, mut step) = sasl::Exchange::start(
             mech,
             initial.as_deref().map(str::as_bytes),
-            &self.policy.host,
+            &self.policy.conn.host,
         );
         loop {
             match step {
@@ -189,7 +191,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                     self.client.flush()?;
                     match self
                         .client
-                        .read_line(MAX_SASL_LINE, self.policy.login_timeout)?
+                        .read_line(MAX_SASL_LINE, self.policy.conn.login_timeout)?
                     {
                         InputLine::Complete(line) => step = exchange.step(&line),
                         InputLine::TooLong => {
@@ -218,7 +220,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         match self.backend.login(&credentials) {
             Ok(logged_in) => {
                 self.start_user_session(logged_in);
-                log::info(&format!("Login user={user} host={}", self.policy.peer));
+                log::info(&format!("Login user={user} host={}", self.policy.conn.peer));
                 Ok(Reply::ok(format!(
                     "[CAPABILITY {}] User {user} authenticated",
                     self.capabilities()
@@ -228,9 +230,9 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                 self.failures += 1;
                 log::auth_notice(&format!(
                     "Login failed user={user} auth={user} host={} ({why}, mechanism {mech})",
-                    self.policy.peer
+                    self.policy.conn.peer
                 ));
-                std::thread::sleep(self.policy.failure_delay);
+                std::thread::sleep(self.policy.conn.failure_delay);
                 let reply = Reply::no("[AUTHENTICATIONFAILED] Authentication failed");
                 Ok(if self.failures >= MAX_LOGIN_FAILURES {
                     reply.closing()
@@ -241,7 +243,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
             Err(LoginError::Unavailable(why)) => {
                 log::err(&format!(
                     "Login of user={user} host={} failed: {why}",
-                    self.policy.peer
+                    self.policy.conn.peer
                 ));
                 Ok(Reply::no(format!("[UNAVAILABLE] {why}")).closing())
             }

@@ -44,7 +44,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                     )),
                 };
             }
-            if started.elapsed() >= self.policy.idle_timeout {
+            if started.elapsed() >= self.policy.conn.idle_timeout {
                 self.untagged("BYE Autologout; idle for too long")?;
                 log::info(&format!("Autologout {}", self.who()));
                 return Ok(Reply::silent_close());
