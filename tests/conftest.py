@@ -19,11 +19,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mailtest import REPO, FIXTURES, PipeSession, read_file, write_file  # noqa: E402
+from mailtest import REPO, FIXTURES, PipeSession, read_file, server_argv, write_file  # noqa: E402
 # imapd's fixtures (imapd, pam_imap, imap_users, imap_args, imap_pipe), defined in imaptest.py
 from imaptest import imapd_built, imapd, pam_imap, imap_users, imap_args, imap_pipe  # noqa: E402,F401
 
-NO_CRAM_FILE = "/nonexistent/cram-md5.pwd"
 
 
 def is_root():
@@ -185,14 +184,8 @@ def uw_inbox():
 def server_args(ipop3d, spool, mlock_helper):
     """Command line for ipop3d serving the test spool: server_args(*extra) -> argv list."""
 
-    def make(*extra, binary=None, failure_delay=0, cram_file=NO_CRAM_FILE, spool_dir=None):
-        argv = [binary or ipop3d, "--spool-dir", spool_dir or spool]
-        if failure_delay is not None:
-            argv += ["--failure-delay", str(failure_delay)]
-        if cram_file is not None:
-            argv += ["--cram-file", cram_file]
-        argv += ["--dotlock-helper", mlock_helper or "/nonexistent/mlock"]
-        return argv + [str(x) for x in extra]
+    def make(*extra, binary=None, **options):
+        return server_argv(binary or ipop3d, spool, mlock_helper, extra, **options)
 
     return make
 

@@ -17,9 +17,8 @@ import time
 
 import pytest
 
-from mailtest import REPO, read_file, write_file
+from mailtest import REPO, read_file, server_argv, write_file
 
-NO_CRAM_FILE = "/nonexistent/cram-md5.pwd"
 LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}$")
 # A From_ line as UW writes and reads it, including the trailing zone UW's APPEND adds
 # ("From user@host Thu Feb  1 12:00:00 2024 +0000"); mailtest.FROM_LINE lacks that form.
@@ -101,14 +100,8 @@ def maildir_of(user, messages=(), sub="new"):
 def imap_args(imapd, spool, mlock_helper):
     """Command line for imapd serving the test spool: imap_args(*extra) -> argv list."""
 
-    def make(*extra, binary=None, failure_delay=0, cram_file=NO_CRAM_FILE, spool_dir=None):
-        argv = [binary or imapd, "--spool-dir", spool_dir or spool]
-        if failure_delay is not None:
-            argv += ["--failure-delay", str(failure_delay)]
-        if cram_file is not None:
-            argv += ["--cram-file", cram_file]
-        argv += ["--dotlock-helper", mlock_helper or "/nonexistent/mlock"]
-        return argv + [str(x) for x in extra]
+    def make(*extra, binary=None, **options):
+        return server_argv(binary or imapd, spool, mlock_helper, extra, **options)
 
     return make
 

@@ -347,3 +347,18 @@ def varied_messages():
         make_message(5, extra_headers=b"Status: RO\nX-Status: A\nX-Keywords: $Label1\nX-UID: 7\n"),
         make_message(6, body_lines=0),
     ]
+
+
+NO_CRAM_FILE = "/nonexistent/cram-md5.pwd"
+
+
+def server_argv(binary, spool, mlock_helper, extra, failure_delay=0, cram_file=NO_CRAM_FILE,
+                spool_dir=None):
+    """Command line for ipop3d or imapd serving `spool` (both take the same options)."""
+    argv = [binary, "--spool-dir", spool_dir or spool]
+    if failure_delay is not None:
+        argv += ["--failure-delay", str(failure_delay)]
+    if cram_file is not None:
+        argv += ["--cram-file", cram_file]
+    argv += ["--dotlock-helper", mlock_helper or "/nonexistent/mlock"]
+    return argv + [str(x) for x in extra]
