@@ -57,6 +57,10 @@ pub(super) struct Region {
     pub len: u64,
 }
 
+/// `read(i, offset, buf)` fills `buf` with the current mailbox bytes at `offset`, which lie
+/// in region `i`.
+type RegionReader<'a> = dyn Fn(usize, u64, &mut [u8]) -> io::Result<()> + 'a;
+
 /// A complete, fsynced journal for one rewrite.
 pub(super) struct Journal {
     path: PathBuf,
@@ -198,6 +202,46 @@ impl Journal {
         new_len: u64,
         regions: &[Region],
     ) -> io::Result<Journal> {
+        let read = |_: usize, offset: u64, buf: &mut [u8]| mailbox.read_exact_at(buf, offset);
+        Journal::create_from(mailbox_path, mailbox, orig_len, new_len, regions, &read)
+    }
+
+    /// [`Journal::create`] for regions whose current bytes the caller holds already (read
+    /// and verified under the same lock): `saved[i]` is the content of `regions[i]`.
+    pub fn create_saved(
+        mailbox_path: &Path,
+        mailbox: &File,
+        len: u64,
+        regions: &[Region],
+        saved: &[&[u8]],
+    ) -> io::Result<Journal> {
+        if saved.len() != regions.len()
+            || regions
+                .iter()
+                .zip(saved)
+                .any(|(r, b)| r.len != b.len() as u64)
+        {
+            return Err(io::Error::other(
+                "journal: saved bytes do not match regions",
+            ));
+        }
+        let read = |i: usize, offset: u64, buf: &mut [u8]| {
+            let start = (offset - regions[i].offset) as usize;
+            buf.copy_from_slice(&saved[i][start..start + buf.len()]);
+            Ok(())
+        };
+        Journal::create_from(mailbox_path, mailbox, len, len, regions, &read)
+    }
+
+    /// [`Journal::create`] with the saved bytes coming from `read`.
+    fn create_from(
+        mailbox_path: &Path,
+        mailbox: &File,
+        orig_len: u64,
+        new_len: u64,
+        regions: &[Region],
+        read: &RegionReader<'_>,
+    ) -> io::Result<Journal> {
         let id = FileId::of(mailbox)?;
         let mut last_err = io::Error::other("no place for a journal (no writable directory)");
         for path in journal_paths(mailbox_path, id) {
@@ -218,7 +262,8 @@ impl Journal {
                     continue;
                 }
             };
-            return match Journal::fill(&path, file, mailbox, id, orig_len, new_len, regions) {
+            let lengths = (orig_len, new_len);
+            return match Journal::fill(&path, file, id, lengths, regions, read) {
                 Ok(j) => Ok(j),
                 Err(e) => {
                     let _ = std::fs::remove_file(&path);
@@ -232,26 +277,28 @@ impl Journal {
     fn fill(
         path: &Path,
         file: File,
-        mailbox: &File,
         id: FileId,
-        orig_len: u64,
-        new_len: u64,
+        (orig_len, new_len): (u64, u64),
         regions: &[Region],
+        read: &RegionReader<'_>,
     ) -> io::Result<Journal> {
         let header = header_bytes(id, orig_len, new_len, regions);
         let mut sum = Checksum::new();
         sum.update(&header);
-        let mut out = io::BufWriter::with_capacity(COPY_CHUNK, &file);
+        // Buffers no larger than the data: a flag patch saves a few bytes per message.
+        let total = regions.iter().map(|r| r.len).sum::<u64>() + header.len() as u64 + TRAILER;
+        let widest = regions.iter().map(|r| r.len).max().unwrap_or(0);
+        let mut out = io::BufWriter::with_capacity(COPY_CHUNK.min(total as usize), &file);
         out.write_all(&header)?;
         let mut table = Vec::with_capacity(regions.len());
         let mut pos = header.len() as u64;
-        let mut buf = vec![0u8; COPY_CHUNK];
-        for r in regions {
+        let mut buf = vec![0u8; COPY_CHUNK.min(widest as usize)];
+        for (i, r) in regions.iter().enumerate() {
             table.push((*r, pos));
             let mut done = 0u64;
             while done < r.len {
                 let n = (r.len - done).min(COPY_CHUNK as u64) as usize;
-                mailbox.read_exact_at(&mut buf[..n], r.offset + done)?;
+                read(i, r.offset + done, &mut buf[..n])?;
                 sum.update(&buf[..n]);
                 out.write_all(&buf[..n])?;
                 done += n as u64;

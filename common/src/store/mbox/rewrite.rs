@@ -495,8 +495,16 @@ fn mark_as_read(file: &File) -> io::Result<()> {
     )
 }
 
-/// The bytes of each patch that differ (old and new share the rest): (offset, new bytes).
-pub(super) fn patch_spans(plan: &Plan) -> Vec<(u64, &[u8])> {
+/// The bytes of one patch that differ (old and new share the rest).
+pub(super) struct Span<'a> {
+    pub offset: u64,
+    /// What the file holds there now (verified when the plan was made).
+    pub old: &'a [u8],
+    pub new: &'a [u8],
+}
+
+/// The differing bytes of every patch of `plan`.
+pub(super) fn patch_spans(plan: &Plan) -> Vec<Span<'_>> {
     let mut spans = Vec::new();
     for piece in plan.pieces.iter().filter(|p| p.write) {
         if let Source::Patch {
@@ -512,7 +520,11 @@ pub(super) fn patch_spans(plan: &Plan) -> Vec<(u64, &[u8])> {
                 .count();
             let hi = new.len() - same_tail;
             if lo < hi {
-                spans.push((offset + lo as u64, &new[lo..hi]));
+                spans.push(Span {
+                    offset: offset + lo as u64,
+                    old: &old[lo..hi],
+                    new: &new[lo..hi],
+                });
             }
         }
     }
@@ -528,19 +540,21 @@ fn execute_patches(path: &Path, file: &File, plan: &Plan) -> io::Result<()> {
     let spans = patch_spans(plan);
     let regions: Vec<Region> = spans
         .iter()
-        .map(|(offset, bytes)| Region {
-            offset: *offset,
-            len: bytes.len() as u64,
+        .map(|span| Region {
+            offset: span.offset,
+            len: span.old.len() as u64,
         })
         .collect();
+    let saved: Vec<&[u8]> = spans.iter().map(|span| span.old).collect();
     let hooks = CrashHooks::from_env();
-    let journal = Journal::create(path, file, plan.old_len, plan.old_len, &regions)?;
+    let journal = Journal::create_saved(path, file, plan.old_len, &regions, &saved)?;
     if hooks.after_journal {
         std::process::abort();
     }
     let result = (|| {
         let mut written = 0u64;
-        for (offset, bytes) in &spans {
+        for Span { offset, new, .. } in &spans {
+            let (offset, bytes) = (offset, *new);
             if let Some(limit) = hooks.after_bytes {
                 let allowed = limit.saturating_sub(written);
                 if bytes.len() as u64 >= allowed {
@@ -555,7 +569,9 @@ fn execute_patches(path: &Path, file: &File, plan: &Plan) -> io::Result<()> {
             std::process::abort();
         }
         mark_as_read(file)?;
-        file.sync_all()
+        // Same length, same blocks: the patched bytes are all that must be durable before the
+        // journal goes (the timestamps just set need not survive a crash).
+        file.sync_data()
     })();
     match result {
         Ok(()) => journal.finish(),

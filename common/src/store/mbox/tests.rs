@@ -13,6 +13,9 @@ thread_local! {
     pub(crate) static PATCH_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Refreshes after our own append that read only the appended tail.
     pub(crate) static TAIL_ONLY: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Refreshes that took our own append's index without locking the mailbox.
+    pub(crate) static UNLOCKED_CATCH_UPS: std::cell::Cell<usize> =
+        const { std::cell::Cell::new(0) };
 }
 
 pub(crate) struct TempDir {
@@ -1318,4 +1321,92 @@ fn own_appends_need_no_parse_and_refresh_reads_only_the_tail() {
     mb.refresh().unwrap();
     assert_eq!(mb.messages()[0].flags, Flags::DELETED);
     assert_eq!(mb.messages().len(), 16);
+}
+
+#[test]
+fn refresh_after_own_append_skips_the_lock_only_while_the_file_is_as_left() {
+    let dir = TempDir::new("append-unlocked");
+    let path = prepared_mailbox(&dir);
+    let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let mut other = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let unlocked = || UNLOCKED_CATCH_UPS.with(|n| n.get());
+    let append_one = |mb: &mut MboxMailbox, subject: &str| {
+        let text = format!("Subject: {subject}\n\nbody\n");
+        let mut source = text.as_bytes();
+        let mut batch = [NewMessage {
+            source: &mut source,
+            len: Some(text.len() as u64),
+            flags: Flags::NONE,
+            keywords: &[],
+            internal_date: None,
+        }];
+        mb.append(&mut batch).unwrap()
+    };
+    let before = unlocked();
+    let uids = append_one(&mut mb, "first");
+    let changes = mb.refresh().unwrap();
+    assert_eq!((changes.appended, unlocked()), (1, before + 1));
+    assert_eq!(mb.messages().last().unwrap().uid, uids[0]);
+    assert!(
+        mb.messages().last().unwrap().recent,
+        "claimed by the appender"
+    );
+    // Another session's flag patch after our append changes the file: a locked refresh must
+    // see both our new message and that change.
+    let uids = append_one(&mut mb, "second");
+    other.refresh().unwrap();
+    other.set_flags(1, Flags::FLAGGED);
+    other.commit(false).unwrap();
+    let changes = mb.refresh().unwrap();
+    assert_eq!(unlocked(), before + 1, "the changed file was not re-read");
+    assert_eq!(changes.appended, 1);
+    assert_eq!(changes.flags_changed, vec![1]);
+    assert_eq!(mb.messages()[1].flags, Flags::FLAGGED);
+    assert_eq!(mb.messages().last().unwrap().uid, uids[0]);
+    assert_sizes_exact(&mut mb);
+}
+
+#[test]
+fn append_spools_in_memory_or_to_a_file_with_the_same_bytes() {
+    // The same message appended with a small known length (spooled in memory), with no known
+    // length and inside a batch too large for memory (both through the scratch file).
+    let dir = TempDir::new("append-spool");
+    let text = b"Subject: spool\r\nX-UID: 99\r\n\r\nFrom the start\r\nline\r\n".to_vec();
+    let filler = vec![b'x'; super::append::IN_MEMORY_SPOOL as usize];
+    let filler_text = [b"Subject: filler\r\n\r\n".as_slice(), &filler, b"\r\n"].concat();
+    let mut bodies = Vec::new();
+    for (name, known, with_filler) in [
+        ("mem", true, false),
+        ("none", false, false),
+        ("big", true, true),
+    ] {
+        let path = dir.path().join(name);
+        let mut source = &text[..];
+        let mut filler_source = &filler_text[..];
+        let mut batch = vec![NewMessage {
+            source: &mut source,
+            len: known.then_some(text.len() as u64),
+            flags: Flags::SEEN,
+            keywords: &[],
+            internal_date: Some((1_706_788_800, 0)),
+        }];
+        if with_filler {
+            batch.push(NewMessage {
+                source: &mut filler_source,
+                len: Some(filler_text.len() as u64),
+                flags: Flags::NONE,
+                keywords: &[],
+                internal_date: Some((1_706_788_800, 0)),
+            });
+        }
+        let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+        mb.append(&mut batch).unwrap();
+        mb.refresh().unwrap();
+        assert_sizes_exact(&mut mb);
+        bodies.push(read_all(&mut mb, 0));
+    }
+    let converted = b"Subject: spool\r\nX-Original-X-UID: 99\r\n\r\n>From the start\r\nline\r\n";
+    assert_eq!(bodies[0], converted, "metadata renamed, From escaped");
+    assert_eq!(bodies[1], bodies[0]);
+    assert_eq!(bodies[2], bodies[0]);
 }
