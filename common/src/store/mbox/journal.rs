@@ -19,6 +19,12 @@
 //! stop short of the old end: the `X-IMAPbase` patch an APPEND makes in the same step (a
 //! rewrite that grows the file always saves everything from its first moved byte to the end).
 //!
+//! A rewrite that shortens the file by a lot saves only the bytes it overwrites, not the old
+//! tail it cuts off: it writes [`CUT_MARK`] where the file is to end, and once the new bytes
+//! are durable it appends a commit record (`"MSJCUT1\n"` new_len) to the journal before it
+//! truncates. Recovery of a committed journal finishes the cut if the mark is still there
+//! (keeping mail delivered behind the old end since) and otherwise leaves the file alone.
+//!
 //! Owns the journal files only; never decides what a rewrite writes.
 
 use super::fromline::is_from_line;
@@ -32,6 +38,13 @@ const END_MAGIC: &[u8; 8] = b"MSJEND1\n";
 const FIXED_HEADER: u64 = 8 + 5 * 8;
 const TRAILER: u64 = 16;
 const COPY_CHUNK: usize = 1 << 20;
+const CUT_MAGIC: &[u8; 8] = b"MSJCUT1\n";
+const CUT_RECORD: u64 = 16;
+
+/// Written where a shortened mailbox is to end, over bytes the journal saved: until the file is
+/// truncated there, it tells recovery that the cut is still to do. An MTA never writes NULs at
+/// the start of a delivery, and a rewrite never writes this.
+pub(super) const CUT_MARK: &[u8] = b"\0\0MSJRNL1 cut here\0\0\n";
 
 /// Identity of the mailbox file a journal belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,6 +351,17 @@ impl Journal {
         self.finish()
     }
 
+    /// The new bytes (up to the new length, [`CUT_MARK`] after them) are durable: from now on
+    /// recovery finishes the cut at `new_len` instead of undoing the rewrite.
+    pub fn commit_cut(&self, new_len: u64) -> io::Result<()> {
+        let size = self.file.metadata()?.len();
+        let mut record = Vec::with_capacity(CUT_RECORD as usize);
+        record.extend_from_slice(CUT_MAGIC);
+        record.extend_from_slice(&new_len.to_le_bytes());
+        self.file.write_all_at(&record, size)?;
+        self.file.sync_data()
+    }
+
     /// The rewrite is durable: the journal is no longer needed.
     pub fn finish(self) -> io::Result<()> {
         std::fs::remove_file(&self.path)?;
@@ -380,6 +404,8 @@ struct Found {
     orig_len: u64,
     new_len: u64,
     table: Vec<(Region, u64)>,
+    /// The rewrite was complete and only the cut at `new_len` may remain to do.
+    cut_committed: bool,
 }
 
 impl Found {
@@ -427,9 +453,20 @@ fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
             None => return Ok(None),
         };
     }
-    if pos.checked_add(TRAILER) != Some(size) {
+    let Some(end) = pos.checked_add(TRAILER) else {
         return Ok(None);
-    }
+    };
+    // Bytes behind the trailer that are not a whole commit record are a commit cut short: the
+    // file was not truncated yet (that waits for the record to be durable), so undo it.
+    let cut_committed = match size.checked_sub(end) {
+        None => return Ok(None),
+        Some(CUT_RECORD) => {
+            let mut record = [0u8; CUT_RECORD as usize];
+            journal.read_exact_at(&mut record, end)?;
+            &record[..8] == CUT_MAGIC && read_u64(&record, 8) == Some(new_len)
+        }
+        Some(_) => false,
+    };
     let mut sum = Checksum::new();
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut done = 0u64;
@@ -448,6 +485,7 @@ fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
         orig_len,
         new_len,
         table,
+        cut_committed,
     }))
 }
 
@@ -505,6 +543,31 @@ fn appended_after_append(mailbox: &File, found: &Found) -> io::Result<Vec<u8>> {
     Ok(tail)
 }
 
+/// A committed shortening rewrite: the new bytes are all in place. When [`CUT_MARK`] still
+/// stands at the new length, the truncation never happened: cut there, keeping any mail an MTA
+/// delivered behind the old end since. Otherwise the file was cut already, and whatever follows
+/// the new length was delivered afterwards.
+fn finish_cut(mailbox: &File, writable: &File, found: &Found) -> io::Result<()> {
+    let now = mailbox.metadata()?.len();
+    let mark_len = CUT_MARK.len() as u64;
+    if now < found.new_len.saturating_add(mark_len) {
+        return Ok(());
+    }
+    let mut mark = vec![0u8; CUT_MARK.len()];
+    mailbox.read_exact_at(&mut mark, found.new_len)?;
+    if mark != CUT_MARK {
+        return Ok(());
+    }
+    let delivered_from = found.orig_len.max(found.new_len + mark_len);
+    let mut delivered = vec![0u8; now.saturating_sub(delivered_from) as usize];
+    mailbox.read_exact_at(&mut delivered, delivered_from)?;
+    writable.set_len(found.new_len)?;
+    if !delivered.is_empty() {
+        writable.write_all_at(&delivered, found.new_len)?;
+    }
+    writable.sync_all()
+}
+
 fn remove_if_present(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -551,6 +614,12 @@ pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
                 if is_ours_by_name || path.parent() == mailbox_path.parent() {
                     remove_if_present(&path)?;
                 }
+            }
+            Some(found) if found.cut_committed => {
+                let writable = OpenOptions::new().write(true).open(mailbox_path)?;
+                finish_cut(mailbox, &writable, &found)?;
+                remove_if_present(&path)?;
+                sync_dir(&path);
             }
             Some(found) => {
                 let writable = OpenOptions::new().write(true).open(mailbox_path)?;
@@ -599,6 +668,60 @@ mod tests {
         assert!(recover(&path, &f).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), b"XX234XXXXXabcdef");
         assert!(!journal_file(dir.path()).exists());
+    }
+
+    /// A mailbox of 64 bytes being shortened to 8 ("new-text"), [`CUT_MARK`] written behind.
+    fn half_done_cut(dir: &Path) -> (PathBuf, File, Journal) {
+        let path = dir.join("box");
+        let original: Vec<u8> = (0..64u8).map(|i| b'a' + i % 26).collect();
+        std::fs::write(&path, &original).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let saved = Region {
+            offset: 0,
+            len: 8 + CUT_MARK.len() as u64,
+        };
+        let j = Journal::create(&path, &f, 64, 8, &[saved]).unwrap();
+        f.write_all_at(b"new-text", 0).unwrap();
+        f.write_all_at(CUT_MARK, 8).unwrap();
+        (path, f, j)
+    }
+
+    #[test]
+    fn committed_cut_is_finished_and_keeps_later_mail() {
+        let dir = TempDir::new("journal-cut");
+        let (path, f, j) = half_done_cut(dir.path());
+        j.commit_cut(8).unwrap();
+        drop(j);
+        f.write_all_at(b"From late\n", 64).unwrap();
+        assert!(!recover(&path, &f).unwrap(), "finished, not rolled back");
+        assert_eq!(std::fs::read(&path).unwrap(), b"new-textFrom late\n");
+        assert!(!journal_file(dir.path()).exists());
+        // Once cut, a committed journal found again changes nothing.
+        let (path, f, j) = half_done_cut(dir.path());
+        j.commit_cut(8).unwrap();
+        drop(j);
+        f.set_len(8).unwrap();
+        f.write_all_at(b"From later\n", 8).unwrap();
+        recover(&path, &f).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new-textFrom later\n");
+    }
+
+    #[test]
+    fn cut_with_a_torn_commit_record_is_undone() {
+        let dir = TempDir::new("journal-cut-torn");
+        let (path, f, j) = half_done_cut(dir.path());
+        let original: Vec<u8> = (0..64u8).map(|i| b'a' + i % 26).collect();
+        drop(j);
+        let jp = journal_file(dir.path());
+        let mut journal = OpenOptions::new().append(true).open(&jp).unwrap();
+        journal.write_all(&CUT_MAGIC[..5]).unwrap();
+        assert!(recover(&path, &f).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), original);
+        assert!(!jp.exists());
     }
 
     #[test]

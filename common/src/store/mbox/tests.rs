@@ -577,9 +577,15 @@ fn commit_survives_a_kill_at_any_point() {
     let scratch_path = mailbox_with(&scratch, &prepared);
     crash_commit(&scratch_path);
     let final_len = std::fs::metadata(&scratch_path).unwrap().len();
-    let mut points: Vec<Option<u64>> = vec![None];
-    points.extend((0..30).map(|k| Some(k * final_len / 29)));
-    points.push(Some(final_len * 2));
+    let at = |point: &str| ("MAILSUITE_CRASH_AT", point.to_string());
+    let mut points = vec![at("journal"), at("cut-committed"), at("cut-done")];
+    points.extend((0..30).map(|k| {
+        (
+            "MAILSUITE_CRASH_AFTER_BYTES",
+            (k * final_len / 29).to_string(),
+        )
+    }));
+    points.push(("MAILSUITE_CRASH_AFTER_BYTES", (final_len * 2).to_string()));
     let exe = std::env::current_exe().unwrap();
     for (n, point) in points.into_iter().enumerate() {
         std::fs::write(&path, &prepared).unwrap();
@@ -592,12 +598,9 @@ fn commit_survives_a_kill_at_any_point() {
                 "--test-threads=1",
             ])
             .env(CRASH_DIR_ENV, dir.path())
+            .env(point.0, &point.1)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        match point {
-            None => child.env("MAILSUITE_CRASH_AT", "journal"),
-            Some(n) => child.env("MAILSUITE_CRASH_AFTER_BYTES", n.to_string()),
-        };
         let status = child.status().unwrap();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
@@ -626,6 +629,68 @@ fn commit_survives_a_kill_at_any_point() {
             }
         }
         assert!(!dir.path().join(".user.mbox-journal").exists());
+    }
+}
+
+#[test]
+fn cut_left_undone_by_a_kill_is_finished_keeping_mail_delivered_since() {
+    let dir = TempDir::new("cut-crash");
+    let path = mailbox_with(&dir, &crash_fixture());
+    drop(MboxMailbox::open(&path, Access::Exclusive, helper()).unwrap());
+    let mut original = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    let originals = message_ids(&mut original);
+    drop(original);
+    let exe = std::env::current_exe().unwrap();
+    for point in ["cut-committed", "cut-done"] {
+        let before = std::fs::read(&path).unwrap();
+        let status = std::process::Command::new(&exe)
+            .args([
+                "store::mbox::tests::crash_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR_ENV, dir.path())
+            .env("MAILSUITE_CRASH_AT", point)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGABRT)
+        );
+        let _ = std::fs::remove_file(dir.path().join("user.lock"));
+        let left = std::fs::read(&path).unwrap();
+        assert_eq!(
+            left.len() == before.len(),
+            point == "cut-committed",
+            "the file is cut only after the commit record"
+        );
+        // An MTA delivers before any of our sessions runs the recovery.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(
+            b"From mta@example.com Tue Jan  2 10:00:00 2024\nMessage-ID: <late@x>\n\nlate\n\n",
+        )
+        .unwrap();
+        drop(file);
+        let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+        let now = message_ids(&mut mb);
+        let ids: Vec<&str> = now.iter().map(|(id, _)| id.as_str()).collect();
+        let mut want: Vec<&str> = originals
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !CRASH_DELETED.contains(i))
+            .map(|(_, (id, _))| id.as_str())
+            .collect();
+        want.push("<late@x>");
+        assert_eq!(ids, want, "after a kill at {point}");
+        assert!(!dir.path().join(".user.mbox-journal").exists());
+        drop(mb);
+        std::fs::write(&path, &before).unwrap();
     }
 }
 
