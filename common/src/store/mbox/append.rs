@@ -222,7 +222,7 @@ pub(super) fn append_known(
                 first_meta: w.first_meta,
                 needs_persist: false,
             };
-            catch_up_under_lock(&file, &base, tail_off)
+            catch_up_under_lock(&file, base, tail_off)
         }
         _ => None,
     };
@@ -237,7 +237,7 @@ pub(super) fn append_known(
 /// The index after our append, parsed from the appended tail while the lock is still ours, so
 /// that the session's next refresh needs neither the lock nor a read while the file keeps the
 /// stamp it has now. `None` (a full refresh later) on any doubt: the append itself is done.
-fn catch_up_under_lock(file: &File, base: &Parsed, tail_off: u64) -> Option<CatchUp> {
+fn catch_up_under_lock(file: &File, base: Parsed, tail_off: u64) -> Option<CatchUp> {
     let after = FileStamp::of(file).ok()?;
     let parsed = super::incremental::after_own_append(file, base, tail_off, after.len, now())
         .ok()
@@ -293,6 +293,9 @@ fn raise_uid_last(
     new_last: u32,
     keywords: &[String],
 ) -> io::Result<Raised> {
+    if let Some(raised) = raise_in_first_message(file, parsed, style, new_last, keywords)? {
+        return Ok(raised);
+    }
     let keep = vec![true; parsed.entries.len()];
     let snapshot = Snapshot {
         file,
@@ -321,6 +324,59 @@ fn raise_uid_last(
         rewrite::execute(path, file, &snapshot, &plan)?;
     }
     Ok(Raised { written, patches })
+}
+
+/// The usual case of step 1 in a spool INBOX whose messages all have their UIDs stored:
+/// `X-IMAPbase` of the first message takes the new UID-last in its padding. Planned on the
+/// first message alone, so the cost does not grow with the mailbox (the other messages are
+/// not touched). `None` when that is not a same-length patch (a pseudo-message, a first
+/// message to rewrite, UIDs to store): the caller plans the whole file.
+fn raise_in_first_message(
+    file: &File,
+    parsed: &Parsed,
+    style: Style,
+    new_last: u32,
+    keywords: &[String],
+) -> io::Result<Option<Raised>> {
+    let Some(first) = parsed.entries.first() else {
+        return Ok(None);
+    };
+    // Messages without a stored UID (mail delivered since) get theirs in the same step, in
+    // order, before any appended one: that is a rewrite of them, planned in full.
+    if style != Style::Base || parsed.pseudo.is_some() || parsed.needs_persist {
+        return Ok(None);
+    }
+    let snapshot = Snapshot {
+        file,
+        len: first.next_off,
+        entries: &parsed.entries[..1],
+        infos: &parsed.infos[..1],
+        keep: &[true],
+        style,
+        uid_validity: parsed.uid_validity,
+        uid_last: new_last,
+        keywords,
+        pseudo: None,
+        first_meta: parsed.first_meta.as_deref(),
+        now: now(),
+        claim_recent: false,
+    };
+    let plan = rewrite::plan(&snapshot, &host_name())?;
+    if !plan.patches_only() {
+        return Ok(None);
+    }
+    let Some(mut written) = rewrite::written_index(&snapshot, &plan) else {
+        return Ok(None);
+    };
+    written.entries.extend_from_slice(&parsed.entries[1..]);
+    let patches = rewrite::patch_spans(&plan)
+        .into_iter()
+        .map(|span| (span.offset, span.new.to_vec()))
+        .collect();
+    Ok(Some(Raised {
+        written: Some(written),
+        patches,
+    }))
 }
 
 /// Mailbox-wide facts the appended bytes depend on.

@@ -1475,3 +1475,48 @@ fn append_spools_in_memory_or_to_a_file_with_the_same_bytes() {
     assert_eq!(bodies[1], bodies[0]);
     assert_eq!(bodies[2], bodies[0]);
 }
+
+#[test]
+fn append_touches_no_other_message_than_the_first() {
+    // The third message's metadata is stored in another order than ours (as other programs
+    // write it): an APPEND raises UID-last in the first message and leaves the rest alone.
+    let dir = TempDir::new("append-untouched");
+    let path = mailbox_with(&dir, &big_mailbox(4, 300));
+    drop(MboxMailbox::open(&path, Access::Shared, helper()).unwrap());
+    let text = std::fs::read(&path).unwrap();
+    let block_start = memchr::memmem::find_iter(&text, b"\nStatus: ")
+        .nth(2)
+        .unwrap()
+        + 1;
+    let uid_line = memchr::memmem::find(&text[block_start..], b"X-UID: 3\n").unwrap() + block_start;
+    let mut reordered = text[..block_start].to_vec();
+    reordered.extend_from_slice(b"X-UID: 3\n");
+    reordered.extend_from_slice(&text[block_start..uid_line]);
+    reordered.extend_from_slice(&text[uid_line + 9..]);
+    assert_eq!(reordered.len(), text.len());
+    std::fs::write(&path, &reordered).unwrap();
+    let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let first_end = mb.entries[0].next_off as usize;
+    let before = std::fs::read(&path).unwrap();
+    let body = b"Subject: new\n\nnew\n";
+    let mut source = &body[..];
+    let mut batch = [NewMessage {
+        source: &mut source,
+        len: Some(body.len() as u64),
+        flags: Flags::NONE,
+        keywords: &[],
+        internal_date: None,
+    }];
+    assert_eq!(mb.append(&mut batch).unwrap(), vec![5]);
+    let after = std::fs::read(&path).unwrap();
+    assert!(
+        after[first_end..before.len()] == before[first_end..],
+        "messages after the first were rewritten"
+    );
+    mb.refresh().unwrap();
+    assert_eq!(
+        mb.messages().iter().map(|m| m.uid).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_sizes_exact(&mut mb);
+}
