@@ -3,7 +3,8 @@
 //! line, the header with UW's metadata block (Status, X-Status, padded X-Keywords, X-UID) at its
 //! end, the body with `From ` lines escaped as `>From `, LF line ends, a blank separator line.
 //!
-//! Messages are first converted into an unlinked spool file (never held in memory), then
+//! Messages are first converted into a spool (in memory for a batch of small literals, else an
+//! unlinked scratch file: a large message is never held in memory), then
 //! written under the mailbox lock in two crash-safe steps:
 //! 1. the mailbox-wide UID-last (and any new keyword names) is raised in `X-IMAPbase` or the
 //!    pseudo-message. Usually UW's padding lets that be a same-length patch of one header,
@@ -52,9 +53,35 @@ struct Spooled {
     date: (i64, i32),
 }
 
-/// The converted messages, in an unlinked temporary file.
+/// A batch whose literals total at most this many octets is converted in memory; larger ones
+/// (and messages of unknown length) go to an unlinked scratch file.
+pub(super) const IN_MEMORY_SPOOL: u64 = 256 * 1024;
+
+/// Where the converted text waits for the lock.
+enum SpoolText {
+    Memory(Vec<u8>),
+    File(File),
+}
+
+impl SpoolText {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self {
+            SpoolText::File(file) => file.read_exact_at(buf, offset),
+            SpoolText::Memory(text) => {
+                let held = usize::try_from(offset)
+                    .ok()
+                    .and_then(|start| text.get(start..start.checked_add(buf.len())?))
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                buf.copy_from_slice(held);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The converted messages.
 struct Spool {
-    file: File,
+    text: SpoolText,
     messages: Vec<Spooled>,
 }
 
@@ -98,10 +125,11 @@ pub(super) struct Appended {
     pub catch_up: Option<CatchUp>,
 }
 
+/// The whole file's index right after our append, read under the append's own lock: only
+/// the appended tail was parsed. Valid while the file still has the stamp `after`.
 pub(super) struct CatchUp {
     pub after: FileStamp,
-    pub base: Parsed,
-    pub tail_off: u64,
+    pub parsed: Parsed,
 }
 
 /// [`append`], skipping the parse when `known` still describes the file.
@@ -182,9 +210,8 @@ pub(super) fn append_known(
     let (tail_off, prefix_len) =
         write_messages(target.path, &file, &spool, &layout, &patches).map_err(io_err)?;
     let catch_up = match written {
-        Some(w) if knew && prefix_len == 0 => Some(CatchUp {
-            after: FileStamp::of(&file).map_err(io_err)?,
-            base: Parsed {
+        Some(w) if knew && prefix_len == 0 => {
+            let base = Parsed {
                 has_base: w.pseudo.is_none(),
                 entries: w.entries,
                 infos: parsed.infos,
@@ -194,9 +221,9 @@ pub(super) fn append_known(
                 pseudo: w.pseudo,
                 first_meta: w.first_meta,
                 needs_persist: false,
-            },
-            tail_off,
-        }),
+            };
+            catch_up_under_lock(&file, base, tail_off)
+        }
         _ => None,
     };
     Ok(Appended {
@@ -205,6 +232,19 @@ pub(super) fn append_known(
         claimed: claim,
         catch_up,
     })
+}
+
+/// The index after our append, parsed from the appended tail while the lock is still ours, so
+/// that the session's next refresh needs neither the lock nor a read while the file keeps the
+/// stamp it has now. `None` (a full refresh later) on any doubt: the append itself is done.
+fn catch_up_under_lock(file: &File, base: Parsed, tail_off: u64) -> Option<CatchUp> {
+    let after = FileStamp::of(file).ok()?;
+    let parsed = super::incremental::after_own_append(file, base, tail_off, after.len, now())
+        .ok()
+        .flatten()?;
+    #[cfg(test)]
+    super::tests::assert_matches_disk(file, after.len, &parsed);
+    Some(CatchUp { after, parsed })
 }
 
 fn full_parse(file: &File, len: u64) -> Result<Parsed, ParseError> {
@@ -253,6 +293,9 @@ fn raise_uid_last(
     new_last: u32,
     keywords: &[String],
 ) -> io::Result<Raised> {
+    if let Some(raised) = raise_in_first_message(file, parsed, style, new_last, keywords)? {
+        return Ok(raised);
+    }
     let keep = vec![true; parsed.entries.len()];
     let snapshot = Snapshot {
         file,
@@ -275,12 +318,65 @@ fn raise_uid_last(
     if plan.patches_only() {
         patches = rewrite::patch_spans(&plan)
             .into_iter()
-            .map(|(offset, bytes)| (offset, bytes.to_vec()))
+            .map(|span| (span.offset, span.new.to_vec()))
             .collect();
     } else if !plan.is_noop() {
         rewrite::execute(path, file, &snapshot, &plan)?;
     }
     Ok(Raised { written, patches })
+}
+
+/// The usual case of step 1 in a spool INBOX whose messages all have their UIDs stored:
+/// `X-IMAPbase` of the first message takes the new UID-last in its padding. Planned on the
+/// first message alone, so the cost does not grow with the mailbox (the other messages are
+/// not touched). `None` when that is not a same-length patch (a pseudo-message, a first
+/// message to rewrite, UIDs to store): the caller plans the whole file.
+fn raise_in_first_message(
+    file: &File,
+    parsed: &Parsed,
+    style: Style,
+    new_last: u32,
+    keywords: &[String],
+) -> io::Result<Option<Raised>> {
+    let Some(first) = parsed.entries.first() else {
+        return Ok(None);
+    };
+    // Messages without a stored UID (mail delivered since) get theirs in the same step, in
+    // order, before any appended one: that is a rewrite of them, planned in full.
+    if style != Style::Base || parsed.pseudo.is_some() || parsed.needs_persist {
+        return Ok(None);
+    }
+    let snapshot = Snapshot {
+        file,
+        len: first.next_off,
+        entries: &parsed.entries[..1],
+        infos: &parsed.infos[..1],
+        keep: &[true],
+        style,
+        uid_validity: parsed.uid_validity,
+        uid_last: new_last,
+        keywords,
+        pseudo: None,
+        first_meta: parsed.first_meta.as_deref(),
+        now: now(),
+        claim_recent: false,
+    };
+    let plan = rewrite::plan(&snapshot, &host_name())?;
+    if !plan.patches_only() {
+        return Ok(None);
+    }
+    let Some(mut written) = rewrite::written_index(&snapshot, &plan) else {
+        return Ok(None);
+    };
+    written.entries.extend_from_slice(&parsed.entries[1..]);
+    let patches = rewrite::patch_spans(&plan)
+        .into_iter()
+        .map(|span| (span.offset, span.new.to_vec()))
+        .collect();
+    Ok(Some(Raised {
+        written: Some(written),
+        patches,
+    }))
 }
 
 /// Mailbox-wide facts the appended bytes depend on.
@@ -387,13 +483,13 @@ fn write_messages(
         out.put(&framing.prefix)?;
         for (m, (from, block)) in spool.messages.iter().zip(&framing.messages) {
             out.put(from)?;
-            out.copy_from(&spool.file, m.header_off, m.header_len)?;
+            out.copy_from(&spool.text, m.header_off, m.header_len)?;
             if crash_half {
                 out.flush()?;
                 std::process::abort();
             }
             out.put(block)?;
-            out.copy_from(&spool.file, m.header_off + m.header_len, m.body_len)?;
+            out.copy_from(&spool.text, m.header_off + m.header_len, m.body_len)?;
             out.put(b"\n")?;
         }
         out.flush()?;
@@ -426,13 +522,18 @@ fn mark_new_mail(file: &File) -> io::Result<()> {
     )
 }
 
+/// The From line's sender: our user's name, looked up once (a process serves one user).
 pub(super) fn user_name() -> String {
-    nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "MAILER-DAEMON".to_string())
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "MAILER-DAEMON".to_string())
+    })
+    .clone()
 }
 
 /// Buffered `pwrite`s from a starting offset.
@@ -459,7 +560,7 @@ impl<'f> PositionalWriter<'f> {
         Ok(())
     }
 
-    fn copy_from(&mut self, source: &File, mut off: u64, len: u64) -> io::Result<()> {
+    fn copy_from(&mut self, source: &SpoolText, mut off: u64, len: u64) -> io::Result<()> {
         let end = off + len;
         let mut chunk = vec![0u8; COPY_CHUNK.min(len as usize)];
         while off < end {
@@ -512,26 +613,28 @@ fn scratch_file() -> Result<File, StoreError> {
 }
 
 fn spool_messages(messages: &mut [NewMessage<'_>]) -> Result<Spool, StoreError> {
-    let file = scratch_file()?;
+    let literal_total = messages
+        .iter()
+        .try_fold(0u64, |sum, m| sum.checked_add(m.len?));
+    let mut text = match literal_total {
+        Some(total) if total <= IN_MEMORY_SPOOL => {
+            SpoolText::Memory(Vec::with_capacity(total as usize + 64))
+        }
+        _ => SpoolText::File(scratch_file()?),
+    };
     let scratch_err = |e| StoreError::Io(std::env::temp_dir(), e);
     let mut spooled = Vec::with_capacity(messages.len());
     let mut offset = 0u64;
     for m in messages.iter_mut() {
-        let mut out = io::BufWriter::with_capacity(COPY_CHUNK, &file);
-        let mut converter = Converter::new(&mut out);
-        let mut buf = vec![0u8; COPY_CHUNK];
-        loop {
-            let n = match m.source.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(StoreError::Io(PathBuf::from("<append source>"), e)),
-            };
-            converter.feed(&buf[..n]).map_err(scratch_err)?;
-        }
-        let (header_len, body_len) = converter.finish().map_err(scratch_err)?;
-        out.flush().map_err(scratch_err)?;
-        drop(out);
+        let (header_len, body_len) = match &mut text {
+            SpoolText::Memory(held) => convert(m, held)?,
+            SpoolText::File(file) => {
+                let mut out = io::BufWriter::with_capacity(COPY_CHUNK, &*file);
+                let lengths = convert(m, &mut out)?;
+                out.flush().map_err(scratch_err)?;
+                lengths
+            }
+        };
         if header_len + body_len == 0 {
             return Err(StoreError::Refused("Append of zero-length message".into()));
         }
@@ -546,9 +649,29 @@ fn spool_messages(messages: &mut [NewMessage<'_>]) -> Result<Spool, StoreError> 
         offset += header_len + body_len;
     }
     Ok(Spool {
-        file,
+        text,
         messages: spooled,
     })
+}
+
+/// Convert message `m` into mbox form at the end of `out`: (header length, body length).
+fn convert<W: Write>(m: &mut NewMessage<'_>, out: &mut W) -> Result<(u64, u64), StoreError> {
+    let scratch_err = |e| StoreError::Io(std::env::temp_dir(), e);
+    let mut converter = Converter::new(out);
+    let chunk = m.len.map_or(COPY_CHUNK, |len| {
+        usize::try_from(len).map_or(COPY_CHUNK, |l| l.clamp(1, COPY_CHUNK))
+    });
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = match m.source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StoreError::Io(PathBuf::from("<append source>"), e)),
+        };
+        converter.feed(&buf[..n]).map_err(scratch_err)?;
+    }
+    converter.finish().map_err(scratch_err)
 }
 
 /// Streams one message into mbox form, line by line.

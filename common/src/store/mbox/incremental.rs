@@ -172,7 +172,7 @@ pub(super) fn reparse_known(
 /// `None` when only a full parse can tell.
 pub(super) fn after_own_append(
     file: &File,
-    base: &Parsed,
+    base: Parsed,
     tail_off: u64,
     len: u64,
     now: i64,
@@ -191,22 +191,13 @@ pub(super) fn after_own_append(
     if tail.entries.first().map(|e| e.from_off) != Some(tail_off) {
         return Ok(None);
     }
+    let mut out = base;
     // The first message's block is the first appended one's when there was none before.
-    let first_meta = if base.entries.is_empty() {
-        tail.first_meta
-    } else {
-        base.first_meta.clone()
-    };
-    let mut out = Parsed {
-        entries: base.entries.clone(),
-        infos: base.infos.clone(),
-        keywords: base.keywords.clone(),
-        pseudo: base.pseudo.clone(),
-        first_meta,
-        uid_last: tail.uid_last,
-        needs_persist: tail.needs_persist,
-        ..*base
-    };
+    if out.entries.is_empty() {
+        out.first_meta = tail.first_meta;
+    }
+    out.uid_last = tail.uid_last;
+    out.needs_persist = tail.needs_persist;
     out.entries.extend(tail.entries);
     out.infos.extend(tail.infos);
     Ok(Some(out))

@@ -19,6 +19,12 @@
 //! stop short of the old end: the `X-IMAPbase` patch an APPEND makes in the same step (a
 //! rewrite that grows the file always saves everything from its first moved byte to the end).
 //!
+//! A rewrite that shortens the file by a lot saves only the bytes it overwrites, not the old
+//! tail it cuts off: it writes [`CUT_MARK`] where the file is to end, and once the new bytes
+//! are durable it appends a commit record (`"MSJCUT1\n"` new_len) to the journal before it
+//! truncates. Recovery of a committed journal finishes the cut if the mark is still there
+//! (keeping mail delivered behind the old end since) and otherwise leaves the file alone.
+//!
 //! Owns the journal files only; never decides what a rewrite writes.
 
 use super::fromline::is_from_line;
@@ -32,6 +38,13 @@ const END_MAGIC: &[u8; 8] = b"MSJEND1\n";
 const FIXED_HEADER: u64 = 8 + 5 * 8;
 const TRAILER: u64 = 16;
 const COPY_CHUNK: usize = 1 << 20;
+const CUT_MAGIC: &[u8; 8] = b"MSJCUT1\n";
+const CUT_RECORD: u64 = 16;
+
+/// Written where a shortened mailbox is to end, over bytes the journal saved: until the file is
+/// truncated there, it tells recovery that the cut is still to do. An MTA never writes NULs at
+/// the start of a delivery, and a rewrite never writes this.
+pub(super) const CUT_MARK: &[u8] = b"\0\0MSJRNL1 cut here\0\0\n";
 
 /// Identity of the mailbox file a journal belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +69,10 @@ pub(super) struct Region {
     pub offset: u64,
     pub len: u64,
 }
+
+/// `read(i, offset, buf)` fills `buf` with the current mailbox bytes at `offset`, which lie
+/// in region `i`.
+type RegionReader<'a> = dyn Fn(usize, u64, &mut [u8]) -> io::Result<()> + 'a;
 
 /// A complete, fsynced journal for one rewrite.
 pub(super) struct Journal {
@@ -198,6 +215,46 @@ impl Journal {
         new_len: u64,
         regions: &[Region],
     ) -> io::Result<Journal> {
+        let read = |_: usize, offset: u64, buf: &mut [u8]| mailbox.read_exact_at(buf, offset);
+        Journal::create_from(mailbox_path, mailbox, orig_len, new_len, regions, &read)
+    }
+
+    /// [`Journal::create`] for regions whose current bytes the caller holds already (read
+    /// and verified under the same lock): `saved[i]` is the content of `regions[i]`.
+    pub fn create_saved(
+        mailbox_path: &Path,
+        mailbox: &File,
+        len: u64,
+        regions: &[Region],
+        saved: &[&[u8]],
+    ) -> io::Result<Journal> {
+        if saved.len() != regions.len()
+            || regions
+                .iter()
+                .zip(saved)
+                .any(|(r, b)| r.len != b.len() as u64)
+        {
+            return Err(io::Error::other(
+                "journal: saved bytes do not match regions",
+            ));
+        }
+        let read = |i: usize, offset: u64, buf: &mut [u8]| {
+            let start = (offset - regions[i].offset) as usize;
+            buf.copy_from_slice(&saved[i][start..start + buf.len()]);
+            Ok(())
+        };
+        Journal::create_from(mailbox_path, mailbox, len, len, regions, &read)
+    }
+
+    /// [`Journal::create`] with the saved bytes coming from `read`.
+    fn create_from(
+        mailbox_path: &Path,
+        mailbox: &File,
+        orig_len: u64,
+        new_len: u64,
+        regions: &[Region],
+        read: &RegionReader<'_>,
+    ) -> io::Result<Journal> {
         let id = FileId::of(mailbox)?;
         let mut last_err = io::Error::other("no place for a journal (no writable directory)");
         for path in journal_paths(mailbox_path, id) {
@@ -218,7 +275,8 @@ impl Journal {
                     continue;
                 }
             };
-            return match Journal::fill(&path, file, mailbox, id, orig_len, new_len, regions) {
+            let lengths = (orig_len, new_len);
+            return match Journal::fill(&path, file, id, lengths, regions, read) {
                 Ok(j) => Ok(j),
                 Err(e) => {
                     let _ = std::fs::remove_file(&path);
@@ -232,26 +290,28 @@ impl Journal {
     fn fill(
         path: &Path,
         file: File,
-        mailbox: &File,
         id: FileId,
-        orig_len: u64,
-        new_len: u64,
+        (orig_len, new_len): (u64, u64),
         regions: &[Region],
+        read: &RegionReader<'_>,
     ) -> io::Result<Journal> {
         let header = header_bytes(id, orig_len, new_len, regions);
         let mut sum = Checksum::new();
         sum.update(&header);
-        let mut out = io::BufWriter::with_capacity(COPY_CHUNK, &file);
+        // Buffers no larger than the data: a flag patch saves a few bytes per message.
+        let total = regions.iter().map(|r| r.len).sum::<u64>() + header.len() as u64 + TRAILER;
+        let widest = regions.iter().map(|r| r.len).max().unwrap_or(0);
+        let mut out = io::BufWriter::with_capacity(COPY_CHUNK.min(total as usize), &file);
         out.write_all(&header)?;
         let mut table = Vec::with_capacity(regions.len());
         let mut pos = header.len() as u64;
-        let mut buf = vec![0u8; COPY_CHUNK];
-        for r in regions {
+        let mut buf = vec![0u8; COPY_CHUNK.min(widest as usize)];
+        for (i, r) in regions.iter().enumerate() {
             table.push((*r, pos));
             let mut done = 0u64;
             while done < r.len {
                 let n = (r.len - done).min(COPY_CHUNK as u64) as usize;
-                mailbox.read_exact_at(&mut buf[..n], r.offset + done)?;
+                read(i, r.offset + done, &mut buf[..n])?;
                 sum.update(&buf[..n]);
                 out.write_all(&buf[..n])?;
                 done += n as u64;
@@ -289,6 +349,17 @@ impl Journal {
     pub fn restore(self, mailbox: &File) -> io::Result<()> {
         restore_regions(&self.file, &self.table, mailbox, self.orig_len, &[])?;
         self.finish()
+    }
+
+    /// The new bytes (up to the new length, [`CUT_MARK`] after them) are durable: from now on
+    /// recovery finishes the cut at `new_len` instead of undoing the rewrite.
+    pub fn commit_cut(&self, new_len: u64) -> io::Result<()> {
+        let size = self.file.metadata()?.len();
+        let mut record = Vec::with_capacity(CUT_RECORD as usize);
+        record.extend_from_slice(CUT_MAGIC);
+        record.extend_from_slice(&new_len.to_le_bytes());
+        self.file.write_all_at(&record, size)?;
+        self.file.sync_data()
     }
 
     /// The rewrite is durable: the journal is no longer needed.
@@ -333,6 +404,8 @@ struct Found {
     orig_len: u64,
     new_len: u64,
     table: Vec<(Region, u64)>,
+    /// The rewrite was complete and only the cut at `new_len` may remain to do.
+    cut_committed: bool,
 }
 
 impl Found {
@@ -380,9 +453,20 @@ fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
             None => return Ok(None),
         };
     }
-    if pos.checked_add(TRAILER) != Some(size) {
+    let Some(end) = pos.checked_add(TRAILER) else {
         return Ok(None);
-    }
+    };
+    // Bytes behind the trailer that are not a whole commit record are a commit cut short: the
+    // file was not truncated yet (that waits for the record to be durable), so undo it.
+    let cut_committed = match size.checked_sub(end) {
+        None => return Ok(None),
+        Some(CUT_RECORD) => {
+            let mut record = [0u8; CUT_RECORD as usize];
+            journal.read_exact_at(&mut record, end)?;
+            &record[..8] == CUT_MAGIC && read_u64(&record, 8) == Some(new_len)
+        }
+        Some(_) => false,
+    };
     let mut sum = Checksum::new();
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut done = 0u64;
@@ -401,6 +485,7 @@ fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
         orig_len,
         new_len,
         table,
+        cut_committed,
     }))
 }
 
@@ -458,6 +543,31 @@ fn appended_after_append(mailbox: &File, found: &Found) -> io::Result<Vec<u8>> {
     Ok(tail)
 }
 
+/// A committed shortening rewrite: the new bytes are all in place. When [`CUT_MARK`] still
+/// stands at the new length, the truncation never happened: cut there, keeping any mail an MTA
+/// delivered behind the old end since. Otherwise the file was cut already, and whatever follows
+/// the new length was delivered afterwards.
+fn finish_cut(mailbox: &File, writable: &File, found: &Found) -> io::Result<()> {
+    let now = mailbox.metadata()?.len();
+    let mark_len = CUT_MARK.len() as u64;
+    if now < found.new_len.saturating_add(mark_len) {
+        return Ok(());
+    }
+    let mut mark = vec![0u8; CUT_MARK.len()];
+    mailbox.read_exact_at(&mut mark, found.new_len)?;
+    if mark != CUT_MARK {
+        return Ok(());
+    }
+    let delivered_from = found.orig_len.max(found.new_len + mark_len);
+    let mut delivered = vec![0u8; now.saturating_sub(delivered_from) as usize];
+    mailbox.read_exact_at(&mut delivered, delivered_from)?;
+    writable.set_len(found.new_len)?;
+    if !delivered.is_empty() {
+        writable.write_all_at(&delivered, found.new_len)?;
+    }
+    writable.sync_all()
+}
+
 fn remove_if_present(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -504,6 +614,12 @@ pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
                 if is_ours_by_name || path.parent() == mailbox_path.parent() {
                     remove_if_present(&path)?;
                 }
+            }
+            Some(found) if found.cut_committed => {
+                let writable = OpenOptions::new().write(true).open(mailbox_path)?;
+                finish_cut(mailbox, &writable, &found)?;
+                remove_if_present(&path)?;
+                sync_dir(&path);
             }
             Some(found) => {
                 let writable = OpenOptions::new().write(true).open(mailbox_path)?;
@@ -552,6 +668,60 @@ mod tests {
         assert!(recover(&path, &f).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), b"XX234XXXXXabcdef");
         assert!(!journal_file(dir.path()).exists());
+    }
+
+    /// A mailbox of 64 bytes being shortened to 8 ("new-text"), [`CUT_MARK`] written behind.
+    fn half_done_cut(dir: &Path) -> (PathBuf, File, Journal) {
+        let path = dir.join("box");
+        let original: Vec<u8> = (0..64u8).map(|i| b'a' + i % 26).collect();
+        std::fs::write(&path, &original).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let saved = Region {
+            offset: 0,
+            len: 8 + CUT_MARK.len() as u64,
+        };
+        let j = Journal::create(&path, &f, 64, 8, &[saved]).unwrap();
+        f.write_all_at(b"new-text", 0).unwrap();
+        f.write_all_at(CUT_MARK, 8).unwrap();
+        (path, f, j)
+    }
+
+    #[test]
+    fn committed_cut_is_finished_and_keeps_later_mail() {
+        let dir = TempDir::new("journal-cut");
+        let (path, f, j) = half_done_cut(dir.path());
+        j.commit_cut(8).unwrap();
+        drop(j);
+        f.write_all_at(b"From late\n", 64).unwrap();
+        assert!(!recover(&path, &f).unwrap(), "finished, not rolled back");
+        assert_eq!(std::fs::read(&path).unwrap(), b"new-textFrom late\n");
+        assert!(!journal_file(dir.path()).exists());
+        // Once cut, a committed journal found again changes nothing.
+        let (path, f, j) = half_done_cut(dir.path());
+        j.commit_cut(8).unwrap();
+        drop(j);
+        f.set_len(8).unwrap();
+        f.write_all_at(b"From later\n", 8).unwrap();
+        recover(&path, &f).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new-textFrom later\n");
+    }
+
+    #[test]
+    fn cut_with_a_torn_commit_record_is_undone() {
+        let dir = TempDir::new("journal-cut-torn");
+        let (path, f, j) = half_done_cut(dir.path());
+        let original: Vec<u8> = (0..64u8).map(|i| b'a' + i % 26).collect();
+        drop(j);
+        let jp = journal_file(dir.path());
+        let mut journal = OpenOptions::new().append(true).open(&jp).unwrap();
+        journal.write_all(&CUT_MAGIC[..5]).unwrap();
+        assert!(recover(&path, &f).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), original);
+        assert!(!jp.exists());
     }
 
     #[test]

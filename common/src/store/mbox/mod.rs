@@ -371,8 +371,8 @@ impl MboxMailbox {
     /// The file as it is now (`stamp`), which has changed since `self.stamp`. When it is the
     /// same file, what is still in place of what we knew is re-read cheaply and only the rest
     /// parsed (see [`incremental`]); otherwise the whole file.
-    fn parse_changed(&self, file: &File, stamp: FileStamp) -> Result<Parsed, StoreError> {
-        if let Some(parsed) = self.parse_own_append(file, stamp)? {
+    fn parse_changed(&mut self, file: &File, stamp: FileStamp) -> Result<Parsed, StoreError> {
+        if let Some(parsed) = self.parse_own_append(file, stamp) {
             return Ok(parsed);
         }
         if let Some(old) = self
@@ -395,36 +395,34 @@ impl MboxMailbox {
         self.parse_file(file, stamp.len)
     }
 
-    /// The file is as our own append left it, and we were up to date before it: parse only
-    /// the appended tail.
-    fn parse_own_append(
-        &self,
-        file: &File,
-        stamp: FileStamp,
-    ) -> Result<Option<Parsed>, StoreError> {
-        let Some((before, catch_up)) = &self.own_append else {
-            return Ok(None);
-        };
-        if self.stamp != Some(*before) || stamp != catch_up.after {
-            return Ok(None);
+    /// The file is as our own append left it, and we were up to date before it: the index the
+    /// append computed under its lock (it parsed only the appended tail).
+    fn parse_own_append(&mut self, file: &File, stamp: FileStamp) -> Option<Parsed> {
+        let (before, catch_up) = self.own_append.take()?;
+        if self.stamp != Some(before) || stamp != catch_up.after {
+            return None;
         }
-        let parsed = incremental::after_own_append(
-            file,
-            &catch_up.base,
-            catch_up.tail_off,
-            stamp.len,
-            now(),
-        );
         #[cfg(test)]
-        if let Ok(Some(p)) = &parsed {
-            tests::assert_matches_disk(file, stamp.len, p);
+        {
+            tests::assert_matches_disk(file, stamp.len, &catch_up.parsed);
             tests::TAIL_ONLY.with(|n| n.set(n.get() + 1));
         }
-        match parsed {
-            Ok(p) => Ok(p),
-            Err(ParseError::NotMbox(..)) => Ok(None),
-            Err(ParseError::Io(e)) => Err(self.io_error(e)),
-        }
+        #[cfg(not(test))]
+        let _ = file;
+        Some(catch_up.parsed)
+    }
+
+    /// Whether the next refresh can take our own append's index without the lock: the file
+    /// still has the stamp the append left (the same test as "unchanged" in
+    /// [`Mailbox::refresh`]), and no message awaits our `O`, so nothing is to be written.
+    fn own_append_is_current(&self, current: FileStamp) -> bool {
+        let Some((before, catch_up)) = &self.own_append else {
+            return false;
+        };
+        let nothing_to_claim = self.access == Access::ReadOnly
+            || !self.claim_recent
+            || catch_up.parsed.entries.iter().all(|e| e.disk_old);
+        self.stamp == Some(*before) && catch_up.after == current && nothing_to_claim
     }
 
     /// Our index as the file holds it (disk flags, keywords and `O`), for an append that needs
@@ -654,6 +652,7 @@ impl MboxMailbox {
         let written = rewrite::written_index(&snapshot, &plan);
         rewrite::execute(&self.path, file, &snapshot, &plan).map_err(|e| self.io_error(e))?;
         let stamp = FileStamp::of(file).map_err(|e| self.io_error(e))?;
+        let file = &file.try_clone().map_err(|e| self.io_error(e))?;
         let session: Vec<MessageInfo> = self
             .infos
             .iter()
@@ -958,6 +957,28 @@ impl MboxMailbox {
         Ok(())
     }
 
+    /// [`Mailbox::refresh`] after our own append, when [`MboxMailbox::own_append_is_current`]:
+    /// the merge reads nothing and writes nothing, so it needs no lock.
+    fn merge_unlocked(&mut self, current: FileStamp) -> Result<Changes, StoreError> {
+        let Some(file) = self.file.as_ref() else {
+            return Ok(Changes::default());
+        };
+        let file = file.try_clone().map_err(|e| self.io_error(e))?;
+        #[cfg(test)]
+        tests::UNLOCKED_CATCH_UPS.with(|n| n.set(n.get() + 1));
+        let before = self.infos.clone();
+        let before_names = self.keywords.clone();
+        let merge = self.merge_fresh(&file, current)?;
+        self.stamp = Some(current);
+        Ok(changes_between(
+            &before,
+            &before_names,
+            &self.infos,
+            &self.keywords,
+            &merge,
+        ))
+    }
+
     /// Whether message `info` goes in a commit that expunges `which`.
     fn expunge_picks(info: &MessageInfo, which: &Expunge<'_>, sorted_uids: &[u32]) -> bool {
         info.flags.contains(Flags::DELETED)
@@ -1109,6 +1130,9 @@ impl Mailbox for MboxMailbox {
         };
         if self.stamp == Some(current) {
             return Ok(Changes::default());
+        }
+        if self.own_append_is_current(current) {
+            return self.merge_unlocked(current);
         }
         let file = match self.open_file() {
             Ok(f) => f,

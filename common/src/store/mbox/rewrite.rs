@@ -15,7 +15,7 @@
 //! message now is, so the caller need not parse the file again. Owns the write plan and its
 //! execution; never takes locks itself.
 
-use super::journal::{Journal, Region};
+use super::journal::{Journal, Region, CUT_MARK};
 use super::meta::{
     for_each_header_line, pseudo_message, write_xstatus, BaseInfo, LineKind, MessageMeta,
 };
@@ -28,6 +28,14 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 const WRITE_CHUNK: usize = 1 << 20;
+/// A rewrite that shortens the file by at least this much saves only what it overwrites and
+/// cuts the rest off behind a commit record (see [`journal`](super::journal)): two small
+/// syncs more, in exchange for not copying the old tail into the journal. (Tests use the
+/// smallest value, so that every crash test goes through the cut.)
+#[cfg(not(test))]
+const MIN_CUT: u64 = 256 * 1024;
+#[cfg(test)]
+const MIN_CUT: u64 = CUT_MARK.len() as u64;
 
 /// Whether mailbox-wide data lives in `X-IMAPbase` of the first message (spool INBOX) or in the
 /// pseudo-message (other folders, and any file that already has one).
@@ -325,8 +333,33 @@ pub(super) fn plan(s: &Snapshot<'_>, host: &str) -> io::Result<Plan> {
     })
 }
 
+impl Plan {
+    /// Where the file is cut behind [`CUT_MARK`] after the rewrite, when it shrinks enough.
+    fn cut(&self) -> Option<u64> {
+        (self.old_len >= self.new_len.saturating_add(MIN_CUT)).then_some(self.new_len)
+    }
+
+    /// Old bytes from here on are never overwritten: the journal need not save them, and
+    /// pieces moved from there are read from the mailbox itself.
+    fn untouched_from(&self) -> u64 {
+        self.cut()
+            .map_or(self.old_len, |cut| cut + CUT_MARK.len() as u64)
+    }
+}
+
 /// Maximal runs of pieces to write, and the old regions they overwrite.
 fn runs(plan: &Plan) -> Vec<(std::ops::Range<usize>, Region)> {
+    let untouched_from = plan.untouched_from();
+    let mut out = all_runs(plan);
+    for (_, region) in &mut out {
+        let end = (region.offset + region.len).min(untouched_from);
+        region.len = end.saturating_sub(region.offset);
+    }
+    out
+}
+
+/// [`runs`], with regions reaching the old end of the file.
+fn all_runs(plan: &Plan) -> Vec<(std::ops::Range<usize>, Region)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < plan.pieces.len() {
@@ -421,12 +454,38 @@ impl MailboxWriter<'_> {
     }
 }
 
-fn copy_old(journal: &Journal, w: &mut MailboxWriter<'_>, from: u64, len: u64) -> io::Result<()> {
+/// The mailbox as it was before the rewrite: from the journal where the rewrite overwrites
+/// it, from the file itself behind the last overwritten byte.
+struct OldBytes<'a> {
+    journal: &'a Journal,
+    mailbox: &'a File,
+    untouched_from: u64,
+}
+
+impl OldBytes<'_> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let split = self
+            .untouched_from
+            .saturating_sub(offset)
+            .min(buf.len() as u64) as usize;
+        let (saved, untouched) = buf.split_at_mut(split);
+        if !saved.is_empty() {
+            self.journal.read_old(offset, saved)?;
+        }
+        if !untouched.is_empty() {
+            self.mailbox
+                .read_exact_at(untouched, offset + split as u64)?;
+        }
+        Ok(())
+    }
+}
+
+fn copy_old(old: &OldBytes<'_>, w: &mut MailboxWriter<'_>, from: u64, len: u64) -> io::Result<()> {
     let mut buf = vec![0u8; WRITE_CHUNK.min(len as usize)];
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;
-        journal.read_old(from + done, &mut buf[..n])?;
+        old.read(from + done, &mut buf[..n])?;
         w.put(&buf[..n])?;
         done += n as u64;
     }
@@ -435,7 +494,7 @@ fn copy_old(journal: &Journal, w: &mut MailboxWriter<'_>, from: u64, len: u64) -
 
 fn write_piece(
     s: &Snapshot<'_>,
-    journal: &Journal,
+    journal: &OldBytes<'_>,
     w: &mut MailboxWriter<'_>,
     piece: &Piece,
 ) -> io::Result<()> {
@@ -457,7 +516,7 @@ fn write_piece(
             let e = &s.entries[*index];
             copy_old(journal, w, e.from_off, e.hdr_off - e.from_off)?;
             let mut header = Vec::new();
-            filtered_header(&mut |off, buf| journal.read_old(off, buf), e, &mut header)?;
+            filtered_header(&mut |off, buf| journal.read(off, buf), e, &mut header)?;
             w.put(&header)?;
             w.put(&xstatus_bytes(s, *index, *first))?;
             copy_old(journal, w, e.body_off, e.text_end - e.body_off)?;
@@ -495,8 +554,16 @@ fn mark_as_read(file: &File) -> io::Result<()> {
     )
 }
 
-/// The bytes of each patch that differ (old and new share the rest): (offset, new bytes).
-pub(super) fn patch_spans(plan: &Plan) -> Vec<(u64, &[u8])> {
+/// The bytes of one patch that differ (old and new share the rest).
+pub(super) struct Span<'a> {
+    pub offset: u64,
+    /// What the file holds there now (verified when the plan was made).
+    pub old: &'a [u8],
+    pub new: &'a [u8],
+}
+
+/// The differing bytes of every patch of `plan`.
+pub(super) fn patch_spans(plan: &Plan) -> Vec<Span<'_>> {
     let mut spans = Vec::new();
     for piece in plan.pieces.iter().filter(|p| p.write) {
         if let Source::Patch {
@@ -512,7 +579,11 @@ pub(super) fn patch_spans(plan: &Plan) -> Vec<(u64, &[u8])> {
                 .count();
             let hi = new.len() - same_tail;
             if lo < hi {
-                spans.push((offset + lo as u64, &new[lo..hi]));
+                spans.push(Span {
+                    offset: offset + lo as u64,
+                    old: &old[lo..hi],
+                    new: &new[lo..hi],
+                });
             }
         }
     }
@@ -528,19 +599,21 @@ fn execute_patches(path: &Path, file: &File, plan: &Plan) -> io::Result<()> {
     let spans = patch_spans(plan);
     let regions: Vec<Region> = spans
         .iter()
-        .map(|(offset, bytes)| Region {
-            offset: *offset,
-            len: bytes.len() as u64,
+        .map(|span| Region {
+            offset: span.offset,
+            len: span.old.len() as u64,
         })
         .collect();
+    let saved: Vec<&[u8]> = spans.iter().map(|span| span.old).collect();
     let hooks = CrashHooks::from_env();
-    let journal = Journal::create(path, file, plan.old_len, plan.old_len, &regions)?;
+    let journal = Journal::create_saved(path, file, plan.old_len, &regions, &saved)?;
     if hooks.after_journal {
         std::process::abort();
     }
     let result = (|| {
         let mut written = 0u64;
-        for (offset, bytes) in &spans {
+        for Span { offset, new, .. } in &spans {
+            let (offset, bytes) = (offset, *new);
             if let Some(limit) = hooks.after_bytes {
                 let allowed = limit.saturating_sub(written);
                 if bytes.len() as u64 >= allowed {
@@ -555,7 +628,9 @@ fn execute_patches(path: &Path, file: &File, plan: &Plan) -> io::Result<()> {
             std::process::abort();
         }
         mark_as_read(file)?;
-        file.sync_all()
+        // Same length, same blocks: the patched bytes are all that must be durable before the
+        // journal goes (the timestamps just set need not survive a crash).
+        file.sync_data()
     })();
     match result {
         Ok(()) => journal.finish(),
@@ -690,6 +765,11 @@ pub(super) fn execute(path: &Path, file: &File, s: &Snapshot<'_>, plan: &Plan) -
     if hooks.after_journal {
         std::process::abort();
     }
+    let old = OldBytes {
+        journal: &journal,
+        mailbox: file,
+        untouched_from: plan.untouched_from(),
+    };
     let result = (|| {
         grow(file, plan.old_len, plan.new_len)?;
         let mut w = MailboxWriter {
@@ -704,23 +784,43 @@ pub(super) fn execute(path: &Path, file: &File, s: &Snapshot<'_>, plan: &Plan) -
                 w.seek(first.new_off)?;
             }
             for piece in &plan.pieces[range.clone()] {
-                write_piece(s, &journal, &mut w, piece)?;
+                write_piece(s, &old, &mut w, piece)?;
             }
+        }
+        if let Some(cut) = plan.cut() {
+            w.seek(cut)?;
+            w.put(CUT_MARK)?;
         }
         w.flush()?;
         if w.crash_after.is_some() {
             // The hook asked for more bytes than this rewrite writes: die at the end instead.
             std::process::abort();
         }
-        file.set_len(plan.new_len)?;
-        mark_as_read(file)?;
+        if plan.cut().is_none() {
+            file.set_len(plan.new_len)?;
+            mark_as_read(file)?;
+        }
         file.sync_all()
     })();
-    match result {
-        Ok(()) => journal.finish(),
-        Err(e) => {
-            journal.restore(file)?;
-            Err(e)
-        }
+    if let Err(e) = result {
+        journal.restore(file)?;
+        return Err(e);
+    }
+    if let Some(cut) = plan.cut() {
+        // Committed: from here on a failure leaves the journal for recovery to finish the cut.
+        journal.commit_cut(cut)?;
+        crash_hook("cut-committed");
+        file.set_len(cut)?;
+        mark_as_read(file)?;
+        file.sync_all()?;
+        crash_hook("cut-done");
+    }
+    journal.finish()
+}
+
+/// Abort here when the crash test asks for it (`MAILSUITE_CRASH_AT=<point>`).
+fn crash_hook(point: &str) {
+    if std::env::var("MAILSUITE_CRASH_AT").is_ok_and(|v| v == point) {
+        std::process::abort();
     }
 }

@@ -13,6 +13,9 @@ thread_local! {
     pub(crate) static PATCH_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Refreshes after our own append that read only the appended tail.
     pub(crate) static TAIL_ONLY: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Refreshes that took our own append's index without locking the mailbox.
+    pub(crate) static UNLOCKED_CATCH_UPS: std::cell::Cell<usize> =
+        const { std::cell::Cell::new(0) };
 }
 
 pub(crate) struct TempDir {
@@ -575,9 +578,15 @@ fn commit_survives_a_kill_at_any_point() {
     let scratch_path = mailbox_with(&scratch, &prepared);
     crash_commit(&scratch_path);
     let final_len = std::fs::metadata(&scratch_path).unwrap().len();
-    let mut points: Vec<Option<u64>> = vec![None];
-    points.extend((0..30).map(|k| Some(k * final_len / 29)));
-    points.push(Some(final_len * 2));
+    let at = |point: &str| ("MAILSUITE_CRASH_AT", point.to_string());
+    let mut points = vec![at("journal"), at("cut-committed"), at("cut-done")];
+    points.extend((0..30).map(|k| {
+        (
+            "MAILSUITE_CRASH_AFTER_BYTES",
+            (k * final_len / 29).to_string(),
+        )
+    }));
+    points.push(("MAILSUITE_CRASH_AFTER_BYTES", (final_len * 2).to_string()));
     let exe = std::env::current_exe().unwrap();
     for (n, point) in points.into_iter().enumerate() {
         std::fs::write(&path, &prepared).unwrap();
@@ -590,12 +599,9 @@ fn commit_survives_a_kill_at_any_point() {
                 "--test-threads=1",
             ])
             .env(CRASH_DIR_ENV, dir.path())
+            .env(point.0, &point.1)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        match point {
-            None => child.env("MAILSUITE_CRASH_AT", "journal"),
-            Some(n) => child.env("MAILSUITE_CRASH_AFTER_BYTES", n.to_string()),
-        };
         let status = child.status().unwrap();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
@@ -624,6 +630,68 @@ fn commit_survives_a_kill_at_any_point() {
             }
         }
         assert!(!dir.path().join(".user.mbox-journal").exists());
+    }
+}
+
+#[test]
+fn cut_left_undone_by_a_kill_is_finished_keeping_mail_delivered_since() {
+    let dir = TempDir::new("cut-crash");
+    let path = mailbox_with(&dir, &crash_fixture());
+    drop(MboxMailbox::open(&path, Access::Exclusive, helper()).unwrap());
+    let mut original = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    let originals = message_ids(&mut original);
+    drop(original);
+    let exe = std::env::current_exe().unwrap();
+    for point in ["cut-committed", "cut-done"] {
+        let before = std::fs::read(&path).unwrap();
+        let status = std::process::Command::new(&exe)
+            .args([
+                "store::mbox::tests::crash_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR_ENV, dir.path())
+            .env("MAILSUITE_CRASH_AT", point)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGABRT)
+        );
+        let _ = std::fs::remove_file(dir.path().join("user.lock"));
+        let left = std::fs::read(&path).unwrap();
+        assert_eq!(
+            left.len() == before.len(),
+            point == "cut-committed",
+            "the file is cut only after the commit record"
+        );
+        // An MTA delivers before any of our sessions runs the recovery.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(
+            b"From mta@example.com Tue Jan  2 10:00:00 2024\nMessage-ID: <late@x>\n\nlate\n\n",
+        )
+        .unwrap();
+        drop(file);
+        let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+        let now = message_ids(&mut mb);
+        let ids: Vec<&str> = now.iter().map(|(id, _)| id.as_str()).collect();
+        let mut want: Vec<&str> = originals
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !CRASH_DELETED.contains(i))
+            .map(|(_, (id, _))| id.as_str())
+            .collect();
+        want.push("<late@x>");
+        assert_eq!(ids, want, "after a kill at {point}");
+        assert!(!dir.path().join(".user.mbox-journal").exists());
+        drop(mb);
+        std::fs::write(&path, &before).unwrap();
     }
 }
 
@@ -1415,4 +1483,137 @@ fn own_appends_need_no_parse_and_refresh_reads_only_the_tail() {
     mb.refresh().unwrap();
     assert_eq!(mb.messages()[0].flags, Flags::DELETED);
     assert_eq!(mb.messages().len(), 16);
+}
+
+#[test]
+fn refresh_after_own_append_skips_the_lock_only_while_the_file_is_as_left() {
+    let dir = TempDir::new("append-unlocked");
+    let path = prepared_mailbox(&dir);
+    let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let mut other = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let unlocked = || UNLOCKED_CATCH_UPS.with(|n| n.get());
+    let append_one = |mb: &mut MboxMailbox, subject: &str| {
+        let text = format!("Subject: {subject}\n\nbody\n");
+        let mut source = text.as_bytes();
+        let mut batch = [NewMessage {
+            source: &mut source,
+            len: Some(text.len() as u64),
+            flags: Flags::NONE,
+            keywords: &[],
+            internal_date: None,
+        }];
+        mb.append(&mut batch).unwrap()
+    };
+    let before = unlocked();
+    let uids = append_one(&mut mb, "first");
+    let changes = mb.refresh().unwrap();
+    assert_eq!((changes.appended, unlocked()), (1, before + 1));
+    assert_eq!(mb.messages().last().unwrap().uid, uids[0]);
+    assert!(
+        mb.messages().last().unwrap().recent,
+        "claimed by the appender"
+    );
+    // Another session's flag patch after our append changes the file: a locked refresh must
+    // see both our new message and that change.
+    let uids = append_one(&mut mb, "second");
+    other.refresh().unwrap();
+    other.set_flags(1, Flags::FLAGGED);
+    other.commit(false).unwrap();
+    let changes = mb.refresh().unwrap();
+    assert_eq!(unlocked(), before + 1, "the changed file was not re-read");
+    assert_eq!(changes.appended, 1);
+    assert_eq!(changes.flags_changed, vec![1]);
+    assert_eq!(mb.messages()[1].flags, Flags::FLAGGED);
+    assert_eq!(mb.messages().last().unwrap().uid, uids[0]);
+    assert_sizes_exact(&mut mb);
+}
+
+#[test]
+fn append_spools_in_memory_or_to_a_file_with_the_same_bytes() {
+    // The same message appended with a small known length (spooled in memory), with no known
+    // length and inside a batch too large for memory (both through the scratch file).
+    let dir = TempDir::new("append-spool");
+    let text = b"Subject: spool\r\nX-UID: 99\r\n\r\nFrom the start\r\nline\r\n".to_vec();
+    let filler = vec![b'x'; super::append::IN_MEMORY_SPOOL as usize];
+    let filler_text = [b"Subject: filler\r\n\r\n".as_slice(), &filler, b"\r\n"].concat();
+    let mut bodies = Vec::new();
+    for (name, known, with_filler) in [
+        ("mem", true, false),
+        ("none", false, false),
+        ("big", true, true),
+    ] {
+        let path = dir.path().join(name);
+        let mut source = &text[..];
+        let mut filler_source = &filler_text[..];
+        let mut batch = vec![NewMessage {
+            source: &mut source,
+            len: known.then_some(text.len() as u64),
+            flags: Flags::SEEN,
+            keywords: &[],
+            internal_date: Some((1_706_788_800, 0)),
+        }];
+        if with_filler {
+            batch.push(NewMessage {
+                source: &mut filler_source,
+                len: Some(filler_text.len() as u64),
+                flags: Flags::NONE,
+                keywords: &[],
+                internal_date: Some((1_706_788_800, 0)),
+            });
+        }
+        let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+        mb.append(&mut batch).unwrap();
+        mb.refresh().unwrap();
+        assert_sizes_exact(&mut mb);
+        bodies.push(read_all(&mut mb, 0));
+    }
+    let converted = b"Subject: spool\r\nX-Original-X-UID: 99\r\n\r\n>From the start\r\nline\r\n";
+    assert_eq!(bodies[0], converted, "metadata renamed, From escaped");
+    assert_eq!(bodies[1], bodies[0]);
+    assert_eq!(bodies[2], bodies[0]);
+}
+
+#[test]
+fn append_touches_no_other_message_than_the_first() {
+    // The third message's metadata is stored in another order than ours (as other programs
+    // write it): an APPEND raises UID-last in the first message and leaves the rest alone.
+    let dir = TempDir::new("append-untouched");
+    let path = mailbox_with(&dir, &big_mailbox(4, 300));
+    drop(MboxMailbox::open(&path, Access::Shared, helper()).unwrap());
+    let text = std::fs::read(&path).unwrap();
+    let block_start = memchr::memmem::find_iter(&text, b"\nStatus: ")
+        .nth(2)
+        .unwrap()
+        + 1;
+    let uid_line = memchr::memmem::find(&text[block_start..], b"X-UID: 3\n").unwrap() + block_start;
+    let mut reordered = text[..block_start].to_vec();
+    reordered.extend_from_slice(b"X-UID: 3\n");
+    reordered.extend_from_slice(&text[block_start..uid_line]);
+    reordered.extend_from_slice(&text[uid_line + 9..]);
+    assert_eq!(reordered.len(), text.len());
+    std::fs::write(&path, &reordered).unwrap();
+    let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    let first_end = mb.entries[0].next_off as usize;
+    let before = std::fs::read(&path).unwrap();
+    let body = b"Subject: new\n\nnew\n";
+    let mut source = &body[..];
+    let mut batch = [NewMessage {
+        source: &mut source,
+        len: Some(body.len() as u64),
+        flags: Flags::NONE,
+        keywords: &[],
+        internal_date: None,
+    }];
+    assert_eq!(mb.append(&mut batch).unwrap(), vec![5]);
+    let after = std::fs::read(&path).unwrap();
+    assert!(
+        after[first_end..before.len()] == before[first_end..],
+        "messages after the first were rewritten"
+    );
+    mb.refresh().unwrap();
+    assert_eq!(
+        mb.messages().iter().map(|m| m.uid).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_sizes_exact(&mut mb);
 }
