@@ -132,19 +132,25 @@ fn stage(root: &Path, message: &mut NewMessage<'_>, letters: &str) -> Result<Sta
     })
 }
 
-/// Under the uidlist lock: rename every staged message into place, then list them.
+/// Under the uidlist lock: rename every staged message into place, then list them: appended
+/// to `dovecot-uidlist` in place as Dovecot does, or by rewriting it when it cannot be appended
+/// to (none yet, an old version, a torn last line).
 fn place_and_number(root: &Path, staged: &[Staged]) -> Result<(u32, Vec<u32>), StoreError> {
     let list_path = root.join(uidlist::UIDLIST_NAME);
     let lock = UidlistLock::acquire(root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER)
         .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
-    let mut list = match uidlist::read(root) {
-        Ok(Some(list)) => list,
-        Ok(None) => Uidlist::new(validity::next(root)),
+    let read = match uidlist::read_for_append(root) {
+        Ok(read) => read,
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
             return Err(StoreError::Damaged(format!("{}: {e}", list_path.display())))
         }
         Err(e) => return Err(StoreError::Io(list_path, e)),
     };
+    let (mut list, file) = match read {
+        Some((list, file)) => (list, Some(file)),
+        None => (Uidlist::new(validity::next(root)), None),
+    };
+    let first_new = list.records.len();
     let mut uids = Vec::with_capacity(staged.len());
     for message in staged {
         let uid = list.next_uid;
@@ -164,13 +170,24 @@ fn place_and_number(root: &Path, staged: &[Staged]) -> Result<(u32, Vec<u32>), S
             fs::rename(&message.tmp, message.target(root)).map_err(io_at(message.tmp.clone()))?;
             placed += 1;
         }
-        for subdir in [Subdir::New, Subdir::Cur] {
-            let dir = root.join(subdir.name());
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_at(dir))?;
+        // Only new/ gained entries: cur/ is untouched, so it needs no flush.
+        let dir = root.join(Subdir::New.name());
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_at(dir))?;
+        let new_records = &list.records[first_new..];
+        let appended = match &file {
+            Some(file) => file
+                .append_in_place(root, new_records)
+                .map_err(io_at(list_path.clone()))?,
+            None => false,
+        };
+        if appended {
+            drop(lock);
+            Ok(())
+        } else {
+            lock.replace(&list).map_err(io_at(list_path.clone()))
         }
-        lock.replace(&list).map_err(io_at(list_path.clone()))
     })();
     if let Err(e) = outcome {
         // Not listed: take back what was placed so that none of the group is visible.
@@ -462,6 +479,42 @@ mod tests {
         let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
         assert_eq!(uids(&mailbox), all);
         assert_eq!(mailbox.uid_next(), 41);
+    }
+
+    #[test]
+    fn uidlist_grows_in_place_and_a_torn_last_line_is_rewritten() {
+        let (_tmp, root) = maildir();
+        let mut keywords = Keywords::default();
+        let list_path = root.join(uidlist::UIDLIST_NAME);
+        let mut append_one = || {
+            let mut body: &'static [u8] = b"x\n";
+            let mut batch = [message(&mut body, Flags::NONE)];
+            append(&root, &mut keywords, &mut batch).unwrap().1
+        };
+        assert_eq!(append_one(), [1]);
+        let before = fs::read(&list_path).unwrap();
+        let inode = fs::metadata(&list_path).unwrap().ino();
+        assert_eq!(append_one(), [2]);
+        let after = fs::read(&list_path).unwrap();
+        assert_eq!(
+            fs::metadata(&list_path).unwrap().ino(),
+            inode,
+            "appended in place"
+        );
+        assert!(after.starts_with(&before) && after.len() > before.len());
+        assert!(!root.join(uidlist::LOCK_NAME).exists());
+
+        // A crash mid-append left half a line: the next append rewrites the list whole.
+        let mut torn = after.clone();
+        torn.extend_from_slice(b"3 :1700000000.M1P1.gone,S=");
+        fs::write(&list_path, &torn).unwrap();
+        assert_eq!(append_one(), [4]);
+        let list = uidlist::read(&root).unwrap().unwrap();
+        let listed: Vec<u32> = list.records.iter().map(|r| r.uid).collect();
+        assert_eq!(listed, [1, 2, 3, 4]);
+        assert!(fs::read(&list_path).unwrap().ends_with(b"\n"));
+        let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&mailbox), [1, 2, 4]);
     }
 
     #[test]

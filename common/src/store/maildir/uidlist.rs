@@ -16,7 +16,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, SystemTime};
@@ -103,16 +103,64 @@ impl Uidlist {
         }
         out.push('\n');
         for record in &self.records {
-            out.push_str(&record.uid.to_string());
-            for extension in &record.extensions {
-                out.push(' ');
-                out.push_str(extension);
-            }
-            out.push_str(" :");
-            out.push_str(&record.base);
-            out.push('\n');
+            record.write_line(&mut out);
         }
         out
+    }
+}
+
+impl Record {
+    /// Add this record's version 3 line (`<uid> [<ext> ...] :<base>\n`) to `out`.
+    fn write_line(&self, out: &mut String) {
+        out.push_str(&self.uid.to_string());
+        for extension in &self.extensions {
+            out.push(' ');
+            out.push_str(extension);
+        }
+        out.push_str(" :");
+        out.push_str(&self.base);
+        out.push('\n');
+    }
+}
+
+/// What an in-place append needs to know about the list file's text as it was read.
+pub struct ListFile {
+    /// Length in bytes of the text parsed.
+    len: u64,
+    /// The text is version 3 and ends with a complete line: records may be appended to it.
+    appendable: bool,
+}
+
+impl ListFile {
+    /// Append `records` (new UIDs above every listed one) to the file this was read from, as
+    /// Dovecot does when it only adds messages: one write at the end, flushed to disk. The
+    /// caller holds the [`UidlistLock`], so the file is still the one read. A crash mid-write
+    /// can leave at most a torn last line; readers skip it or find it matches no file, and the
+    /// next append or rewrite starts from a whole line (`appendable`). On error the
+    /// file is cut back to its old length (best effort) and the caller must treat the records
+    /// as not written. False (nothing written) when the text cannot be appended to.
+    pub fn append_in_place(&self, maildir: &Path, records: &[Record]) -> io::Result<bool> {
+        if !self.appendable {
+            return Ok(false);
+        }
+        let mut lines = String::with_capacity(records.len() * 64);
+        for record in records {
+            record.write_line(&mut lines);
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(maildir.join(UIDLIST_NAME))?;
+        if file.metadata()?.len() != self.len {
+            return Ok(false);
+        }
+        let written = file
+            .write_all_at(lines.as_bytes(), self.len)
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            let _ = file.set_len(self.len);
+            return Err(e);
+        }
+        Ok(true)
     }
 }
 
@@ -186,6 +234,11 @@ fn parse_record(line: &str, version3: bool) -> Option<Record> {
 
 /// Read `<maildir>/dovecot-uidlist`; `Ok(None)` when there is none.
 pub fn read(maildir: &Path) -> io::Result<Option<Uidlist>> {
+    Ok(read_for_append(maildir)?.map(|(list, _)| list))
+}
+
+/// [`read`], with what [`ListFile::append_in_place`] needs.
+pub fn read_for_append(maildir: &Path) -> io::Result<Option<(Uidlist, ListFile)>> {
     let path = maildir.join(UIDLIST_NAME);
     let mut text = String::new();
     match File::open(&path) {
@@ -193,9 +246,14 @@ pub fn read(maildir: &Path) -> io::Result<Option<Uidlist>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    Uidlist::parse(&text)
-        .map(Some)
-        .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))
+    let list =
+        Uidlist::parse(&text).map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))?;
+    let appendable = !list.outdated && text.ends_with('\n');
+    let file = ListFile {
+        len: text.len() as u64,
+        appendable,
+    };
+    Ok(Some((list, file)))
 }
 
 /// A 128-bit hexadecimal mailbox GUID, as Dovecot puts in the `G` header field.
