@@ -42,7 +42,8 @@ use refresh::Stamps;
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use uidlist::{Record, Uidlist, UidlistLock};
@@ -117,8 +118,13 @@ pub struct MaildirMailbox {
     /// Parallel to `messages`.
     files: Vec<MessageFile>,
     keywords: Keywords,
-    /// The directories and files as they were before our last full scan.
+    /// The directories and files as they were before our last scan (or after our own changes,
+    /// see [`MaildirMailbox::adopt_own_changes`]).
     stamps: Stamps,
+    /// When `stamps` were adopted after our own changes without a scan to confirm them.
+    unverified_since: Option<std::time::Instant>,
+    /// This session changed the Maildir since `stamps` were taken.
+    own_changes: bool,
     /// UIDs whose flags changed on disk under a commit of ours: the next refresh reports them.
     unreported_flag_changes: Vec<u32>,
     _session: Option<SessionLock>,
@@ -159,7 +165,7 @@ impl MaildirMailbox {
         };
         let stamps = Stamps::take(&root)?;
         let keywords = Keywords::read(&root).map_err(io_at(root.join(keywords::KEYWORDS_NAME)))?;
-        let index = load_index(&root, writes, &KnownFiles::new())?;
+        let index = load_index(&root, writes, &KnownFiles::new(), None)?;
         let mut mailbox = MaildirMailbox {
             path: root,
             access,
@@ -169,6 +175,8 @@ impl MaildirMailbox {
             files: Vec::with_capacity(index.entries.len()),
             keywords,
             stamps,
+            unverified_since: None,
+            own_changes: index.written,
             unreported_flag_changes: Vec::new(),
             _session: session,
         };
@@ -178,6 +186,7 @@ impl MaildirMailbox {
         if access == Access::Shared {
             mailbox.claim_recent(0);
         }
+        mailbox.adopt_own_changes();
         Ok(mailbox)
     }
 
@@ -191,6 +200,8 @@ impl MaildirMailbox {
             files: Vec::new(),
             keywords: Keywords::default(),
             stamps: Stamps::default(),
+            unverified_since: None,
+            own_changes: false,
             unreported_flag_changes: Vec::new(),
             _session: None,
         }
@@ -232,6 +243,7 @@ impl MaildirMailbox {
             let to = self.path.join(Subdir::Cur.name()).join(&claimed);
             match fs::rename(self.file_path(index), to) {
                 Ok(()) => {
+                    self.own_changes = true;
                     let file = &mut self.files[index];
                     file.subdir = Subdir::Cur;
                     file.name = claimed;
@@ -285,6 +297,10 @@ impl MaildirMailbox {
         for _ in 0..CHASE_ATTEMPTS {
             match fs::remove_file(self.file_path(index)) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Ok(()) => {
+                    self.own_changes = true;
+                    return Ok(());
+                }
                 other => return other,
             }
             if !self.relocate(index)? {
@@ -336,6 +352,7 @@ impl MaildirMailbox {
             let to = self.path.join(Subdir::Cur.name()).join(&new_name);
             match fs::rename(self.file_path(index), to) {
                 Ok(()) => {
+                    self.own_changes = true;
                     let file = &mut self.files[index];
                     file.subdir = Subdir::Cur;
                     file.name = new_name;
@@ -469,6 +486,9 @@ impl Mailbox for MaildirMailbox {
         if self.access == Access::ReadOnly {
             return Ok(CommitReport::default());
         }
+        // Others' changes already visible are left for the next refresh to scan: only a
+        // Maildir that looks as we last saw it may have its stamps moved past our renames.
+        let others_pending = Stamps::take(&self.path).ok().as_ref() != Some(&self.stamps);
         let mut expunged = Vec::new();
         for index in 0..self.messages.len() {
             let (flags, _) = self.merged_target(index);
@@ -485,6 +505,10 @@ impl Mailbox for MaildirMailbox {
             }
         }
         self.forget(&expunged);
+        if others_pending {
+            self.own_changes = false;
+        }
+        self.adopt_own_changes();
         let present: Vec<u32> = self.messages.iter().map(|m| m.uid).collect();
         self.unreported_flag_changes
             .retain(|uid| present.binary_search(uid).is_ok());
@@ -532,8 +556,10 @@ impl Mailbox for MaildirMailbox {
         Ok(uids)
     }
 
+    /// Also changes once adopted stamps are due for verification, so that IDLE refreshes.
     fn change_token(&self) -> io::Result<u64> {
-        Ok(Stamps::take(&self.path).map_err(into_io)?.token())
+        let token = Stamps::take(&self.path).map_err(into_io)?.token();
+        Ok(token ^ u64::from(self.verification_due()))
     }
 }
 
@@ -569,44 +595,65 @@ impl UidWrites {
 }
 
 /// Scan and match `root` against its uidlist; write what `writes` allows of it under the
-/// uidlist lock (scanning again under it: another writer may have just done so).
-fn load_index(root: &Path, writes: UidWrites, known: &KnownFiles) -> Result<Index, StoreError> {
-    let index = Index::build(root, known)?;
+/// uidlist lock (scanning again under it when anything changed since: another writer may have
+/// just done so). `cur_listing`: `cur/` as the caller knows it unchanged, instead of reading it.
+fn load_index(
+    root: &Path,
+    writes: UidWrites,
+    known: &KnownFiles,
+    cur_listing: Option<&[Found]>,
+) -> Result<Index, StoreError> {
+    let before = Stamps::take(root)?;
+    let index = Index::build(root, known, cur_listing)?;
     if !writes.wants(&index) {
         return Ok(index);
     }
-    match write_index(root, writes, &index, known) {
-        Ok(written) => Ok(written),
+    let lock = match UidlistLock::acquire(root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER) {
+        Ok(lock) => lock,
         // A read-only session may lack the right to write: the UIDs stay provisional.
+        Err(_) if writes != UidWrites::All => return Ok(index),
+        Err(e) => return Err(StoreError::Io(root.join(uidlist::LOCK_NAME), e)),
+    };
+    let mut index = match Stamps::take(root) {
+        Ok(now) if now == before => index,
+        _ => {
+            let mut known_now = index.known_files();
+            known_now.extend(known.iter().map(|(k, v)| (*k, *v)));
+            Index::build(root, &known_now, None)?
+        }
+    };
+    match write_index(root, writes, &mut index, lock) {
+        Ok(()) => Ok(index),
+        // As above: provisional UIDs, and the UIDVALIDITY of the list we could not write.
         Err(_) if writes != UidWrites::All => Ok(index),
         Err(e) => Err(e),
     }
 }
 
-/// [`load_index`]'s write, under the uidlist lock.
+/// [`load_index`]'s write of `index`, made under the uidlist `lock`.
 fn write_index(
     root: &Path,
     writes: UidWrites,
-    scanned: &Index,
-    known: &KnownFiles,
-) -> Result<Index, StoreError> {
-    let lock = UidlistLock::acquire(root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER)
-        .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
-    let mut known_now = scanned.known_files();
-    known_now.extend(known.iter().map(|(k, v)| (*k, *v)));
-    let mut index = Index::build(root, &known_now)?;
-    if index.needs_write && writes.wants(&index) {
-        // The first uidlist fixes the UIDVALIDITY: one never handed out before here.
-        if !index.had_uidlist {
-            index.list.uid_validity = validity::next(root);
-        }
-        lock.replace(&index.list)
-            .map_err(io_at(root.join(uidlist::UIDLIST_NAME)))?;
-        index.had_uidlist = true;
-        index.assigned_uids = false;
-        index.needs_write = false;
+    index: &mut Index,
+    lock: UidlistLock,
+) -> Result<(), StoreError> {
+    if !(index.needs_write && writes.wants(index)) {
+        return Ok(());
     }
-    Ok(index)
+    // The first uidlist fixes the UIDVALIDITY: one never handed out before here.
+    let uid_validity = index.list.uid_validity;
+    if !index.had_uidlist {
+        index.list.uid_validity = validity::next(root);
+    }
+    if let Err(e) = lock.replace(&index.list) {
+        index.list.uid_validity = uid_validity;
+        return Err(StoreError::Io(root.join(uidlist::UIDLIST_NAME), e));
+    }
+    index.had_uidlist = true;
+    index.assigned_uids = false;
+    index.needs_write = false;
+    index.written = true;
+    Ok(())
 }
 
 /// A message as the index assigns it.
@@ -629,12 +676,18 @@ struct Index {
     had_uidlist: bool,
     /// Some message got a UID the file does not hold.
     assigned_uids: bool,
+    /// This load wrote the uidlist.
+    written: bool,
 }
 
 impl Index {
     /// Scan `root` and match it against its uidlist. `known` (by base name) spares reading
-    /// bodies and stat()ing files an earlier pass looked at.
-    fn build(root: &Path, known: &KnownFiles) -> Result<Index, StoreError> {
+    /// bodies and stat()ing files an earlier pass looked at; `cur_listing` spares reading `cur/`.
+    fn build(
+        root: &Path,
+        known: &KnownFiles,
+        cur_listing: Option<&[Found]>,
+    ) -> Result<Index, StoreError> {
         let list_path = root.join(uidlist::UIDLIST_NAME);
         let existing = uidlist::read(root).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => {
@@ -649,7 +702,7 @@ impl Index {
             None => true,
         };
         let mut list = existing.unwrap_or_else(|| Uidlist::new(validity::peek(root)));
-        let scanned = scan(root, known)?;
+        let scanned = scan(root, known, cur_listing)?;
 
         // Pair each record with its file; a base seen twice (new/ and cur/ mid-rename) counts once.
         let mut by_base: HashMap<&str, usize> = HashMap::with_capacity(scanned.len());
@@ -707,6 +760,7 @@ impl Index {
             needs_write,
             had_uidlist,
             assigned_uids,
+            written: false,
         })
     }
 
@@ -763,15 +817,22 @@ fn size_entry(
 }
 
 /// Every message file in `new/` then `cur/`, rescanning when either directory changed during
-/// the scan (a rename racing readdir could otherwise be missed).
-fn scan(root: &Path, known: &KnownFiles) -> Result<Vec<Found>, StoreError> {
+/// the scan (a rename racing readdir could otherwise be missed). `cur_listing` stands in for
+/// reading `cur/` on the first attempt; a retry reads it.
+fn scan(
+    root: &Path,
+    known: &KnownFiles,
+    cur_listing: Option<&[Found]>,
+) -> Result<Vec<Found>, StoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let before = dir_stamps(root)?;
         let mut found = Vec::new();
-        for subdir in Subdir::ALL {
-            scan_subdir(root, subdir, known, &mut found)?;
+        scan_subdir(root, Subdir::New, known, &mut found)?;
+        match cur_listing {
+            Some(listing) if attempt == 1 => found.extend_from_slice(listing),
+            _ => scan_subdir(root, Subdir::Cur, known, &mut found)?,
         }
         if attempt >= SCAN_ATTEMPTS || dir_stamps(root)? == before {
             return Ok(found);
@@ -780,7 +841,8 @@ fn scan(root: &Path, known: &KnownFiles) -> Result<Vec<Found>, StoreError> {
 }
 
 /// The files of one subdirectory. The directory entry's type (d_type) tells files apart
-/// without a stat; a file is stat()ed only for its mtime, and only when `known` lacks it.
+/// without a stat; a file is stat()ed only for its mtime, and only when `known` lacks it,
+/// relative to the directory (no path to build and resolve per file).
 fn scan_subdir(
     root: &Path,
     subdir: Subdir,
@@ -793,6 +855,7 @@ fn scan_subdir(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(StoreError::Io(dir, e)),
     };
+    let mut dir_handle = None;
     for entry in entries {
         let entry = entry.map_err(io_at(dir.clone()))?;
         // Maildir names are ASCII; anything else is not a message we could list in the uidlist.
@@ -812,13 +875,19 @@ fn scan_subdir(
         }
         let mtime = match known.get(name::base_of(&name)) {
             Some(known) if file_type.is_file() => known.mtime,
-            _ => match fs::metadata(entry.path()) {
-                Ok(meta) if meta.is_file() => meta.mtime(),
-                Ok(_) => continue,
-                // Renamed or expunged since readdir: the rescan or the other directory has it.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::Io(entry.path(), e)),
-            },
+            _ => {
+                let handle = match &dir_handle {
+                    Some(handle) => handle,
+                    None => dir_handle.insert(File::open(&dir).map_err(io_at(dir.clone()))?),
+                };
+                match regular_file_mtime(handle, &name) {
+                    Ok(Some(mtime)) => mtime,
+                    Ok(None) => continue,
+                    // Renamed or expunged since readdir: the rescan or the other directory has it.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::Io(entry.path(), e)),
+                }
+            }
         };
         found.push(Found {
             subdir,
@@ -827,6 +896,16 @@ fn scan_subdir(
         });
     }
     Ok(())
+}
+
+/// The mtime of `name` in the open directory `dir` (following symlinks, as open() does);
+/// `None` when it is not a regular file.
+fn regular_file_mtime(dir: &File, name: &str) -> io::Result<Option<i64>> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::{fstatat, SFlag};
+    let stat = fstatat(Some(dir.as_raw_fd()), name, AtFlags::empty()).map_err(io::Error::from)?;
+    let is_file = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+    Ok(is_file.then_some(stat.st_mtime))
 }
 
 /// The modification times of `new/` and `cur/`.

@@ -18,9 +18,12 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The files whose change means the mailbox may have changed.
 const WATCHED: [&str; 4] = ["new", "cur", UIDLIST_NAME, KEYWORDS_NAME];
+/// Where `cur/` is in [`WATCHED`].
+const CUR_AT: usize = 1;
 
 /// Identity and change times of the watched files (`None` when absent).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -62,11 +65,24 @@ impl Stamps {
     }
 }
 
+/// How long stamps adopted after our own changes go unverified: the next refresh after this
+/// rescans everything once (see [`MaildirMailbox::adopt_own_changes`]). Dovecot's
+/// MAILDIR_SYNC_SECS plays the same part.
+pub(super) const VERIFY_AFTER: Duration = Duration::from_secs(1);
+
+impl Stamps {
+    /// Whether `cur/` looks the same in both.
+    fn same_cur(&self, other: &Stamps) -> bool {
+        self.0[CUR_AT] == other.0[CUR_AT]
+    }
+}
+
 impl MaildirMailbox {
     /// [`crate::store::Mailbox::refresh`]: a stat of the watched files, and a rescan only when
-    /// one changed.
+    /// one changed: of `new/` alone when `cur/` did not (its listing is taken from the index).
     pub(super) fn catch_up(&mut self) -> Result<Changes, StoreError> {
         let stamps = Stamps::take(&self.path)?;
+        let verify = self.verification_due();
         let mut changes = Changes::default();
         if stamps != self.stamps && !self.path.is_dir() {
             // Deleted (or renamed away) under us: every message is gone.
@@ -75,14 +91,18 @@ impl MaildirMailbox {
             self.messages.clear();
             self.files.clear();
             self.unreported_flag_changes.clear();
-        } else if stamps != self.stamps {
+        } else if stamps != self.stamps || verify {
+            self.unverified_since = None;
             self.keywords
                 .reload(&self.path)
                 .map_err(io_at(self.path.join(KEYWORDS_NAME)))?;
+            let cur_listing =
+                (!verify && stamps.same_cur(&self.stamps)).then(|| self.cur_listing());
             let index = load_index(
                 &self.path,
                 UidWrites::for_access(self.access),
                 &self.known_files(),
+                cur_listing.as_deref(),
             )?;
             if index.list.uid_validity != self.uid_validity && !self.messages.is_empty() {
                 return Err(StoreError::Damaged(format!(
@@ -93,10 +113,48 @@ impl MaildirMailbox {
                 )));
             }
             self.stamps = stamps;
+            self.own_changes |= index.written;
             changes = self.absorb(index);
+            self.adopt_own_changes();
         }
         self.report_unreported(&mut changes);
         Ok(changes)
+    }
+
+    /// `cur/` as the index knows it: what a scan would find when the directory is unchanged.
+    fn cur_listing(&self) -> Vec<super::Found> {
+        self.files
+            .iter()
+            .zip(&self.messages)
+            .filter(|(file, _)| file.subdir == super::Subdir::Cur)
+            .map(|(file, info)| super::Found {
+                subdir: super::Subdir::Cur,
+                name: file.name.clone(),
+                mtime: info.internal_date,
+            })
+            .collect()
+    }
+
+    /// After this session changed the Maildir itself (claimed `\Recent`, renamed, unlinked,
+    /// wrote the uidlist), take the stamps as they are now, so that our own changes do not
+    /// cost a full rescan at the next refresh. Another process's change made between our last
+    /// scan and now would hide behind them: the first refresh [`VERIFY_AFTER`] from now rescans
+    /// everything once, so such a change is reported late, never lost. Nothing is adopted when
+    /// the stamps cannot be read.
+    pub(super) fn adopt_own_changes(&mut self) {
+        if !std::mem::take(&mut self.own_changes) {
+            return;
+        }
+        if let Ok(now) = Stamps::take(&self.path) {
+            self.stamps = now;
+            self.unverified_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Whether adopted stamps are old enough to be checked by a full rescan.
+    pub(super) fn verification_due(&self) -> bool {
+        self.unverified_since
+            .is_some_and(|since| since.elapsed() >= VERIFY_AFTER)
     }
 
     /// Replace the index by `index`, reporting the differences.
@@ -401,6 +459,54 @@ mod tests {
         assert_eq!(mailbox.refresh().unwrap().expunged, [0, 1]);
         assert!(mailbox.messages().is_empty());
         assert!(mailbox.refresh().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_change_hidden_behind_adopted_stamps_is_found_by_the_verification_rescan() {
+        let (_tmp, root) = numbered(2);
+        deliver(&root, "new", "1800000000.M1P9.mta", b"x\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        // Our claim moved a file into cur/: its stamps were adopted, not rescanned.
+        assert!(mailbox.unverified_since.is_some());
+        assert!(mailbox.refresh().unwrap().is_empty());
+        // Another session's rename lands in the window before our adopted stamps were taken.
+        fs::rename(
+            root.join("cur/1700000001.M1P1.host:2,"),
+            root.join("cur/1700000001.M1P1.host:2,F"),
+        )
+        .unwrap();
+        mailbox.stamps = Stamps::take(&root).unwrap();
+        mailbox.unverified_since = Some(Instant::now());
+        let token = mailbox.change_token().unwrap();
+        assert!(
+            mailbox.refresh().unwrap().is_empty(),
+            "hidden until verified"
+        );
+        // Once due, IDLE's token changes and the refresh rescans.
+        mailbox.unverified_since = Some(Instant::now() - VERIFY_AFTER);
+        assert_ne!(mailbox.change_token().unwrap(), token);
+        assert_eq!(mailbox.refresh().unwrap().flags_changed, [0]);
+        assert_eq!(mailbox.messages[0].flags, Flags::FLAGGED);
+        assert!(mailbox.unverified_since.is_none());
+    }
+
+    #[test]
+    fn a_refresh_reads_only_new_when_cur_is_unchanged() {
+        let (_tmp, root) = numbered(3);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        // A file the index does not know appears in cur/; we make cur/ look unchanged.
+        deliver(&root, "cur", "1700000009.M1P1.host:2,", b"unseen\n");
+        deliver(&root, "new", "1800000000.M1P9.mta", b"x\n");
+        mailbox.stamps.0[CUR_AT] = Stamps::take(&root).unwrap().0[CUR_AT];
+        let changes = mailbox.refresh().unwrap();
+        // Only new/ was read: the cur/ listing came from the index.
+        assert_eq!(changes.appended, 1);
+        assert_eq!(uids(&mailbox), [1, 2, 3, 4]);
+        assert_eq!(names_in(&root, "new"), Vec::<String>::new());
+        // A full rescan (here: the verification) finds the other one.
+        mailbox.unverified_since = Some(Instant::now() - VERIFY_AFTER);
+        assert_eq!(mailbox.refresh().unwrap().appended, 1);
+        assert_eq!(uids(&mailbox), [1, 2, 3, 4, 5]);
     }
 
     #[test]
