@@ -15,7 +15,7 @@
 //! duplicated. Never touches existing messages.
 
 use super::keywords::{self, Keywords};
-use super::uidlist::{self, Record, Uidlist, UidlistLock};
+use super::uidlist::{self, ListCursor, ListFile, Record, Uidlist, UidlistLock};
 use super::{io_at, name, validity, Subdir, UIDLIST_LOCK_WAIT};
 use crate::store::{Flags, NewMessage, StoreError};
 use std::fs::{self, File, FileTimes, OpenOptions};
@@ -47,9 +47,20 @@ pub fn append(
     keywords: &mut Keywords,
     messages: &mut [NewMessage<'_>],
 ) -> Result<(u32, Vec<u32>), StoreError> {
+    append_at(root, keywords, messages, None)
+}
+
+/// [`append`] by a session that read `dovecot-uidlist` up to `cursor`: when the file has only
+/// grown since, just the new end is read.
+pub fn append_at(
+    root: &Path,
+    keywords: &mut Keywords,
+    messages: &mut [NewMessage<'_>],
+    cursor: Option<&ListCursor>,
+) -> Result<(u32, Vec<u32>), StoreError> {
     let mut staged: Vec<Staged> = Vec::with_capacity(messages.len());
     let result = stage_all(root, keywords, messages, &mut staged)
-        .and_then(|()| place_and_number(root, &staged));
+        .and_then(|()| place_and_number(root, &staged, cursor));
     if result.is_err() {
         for message in &staged {
             // Best effort: a leftover tmp/ file is invisible and Dovecot sweeps old ones.
@@ -135,21 +146,15 @@ fn stage(root: &Path, message: &mut NewMessage<'_>, letters: &str) -> Result<Sta
 /// Under the uidlist lock: rename every staged message into place, then list them: appended
 /// to `dovecot-uidlist` in place as Dovecot does, or by rewriting it when it cannot be appended
 /// to (none yet, an old version, a torn last line).
-fn place_and_number(root: &Path, staged: &[Staged]) -> Result<(u32, Vec<u32>), StoreError> {
+fn place_and_number(
+    root: &Path,
+    staged: &[Staged],
+    cursor: Option<&ListCursor>,
+) -> Result<(u32, Vec<u32>), StoreError> {
     let list_path = root.join(uidlist::UIDLIST_NAME);
     let lock = UidlistLock::acquire(root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER)
         .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
-    let read = match uidlist::read_for_append(root) {
-        Ok(read) => read,
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            return Err(StoreError::Damaged(format!("{}: {e}", list_path.display())))
-        }
-        Err(e) => return Err(StoreError::Io(list_path, e)),
-    };
-    let (mut list, file) = match read {
-        Some((list, file)) => (list, Some(file)),
-        None => (Uidlist::new(validity::next(root)), None),
-    };
+    let (mut list, file, list_is_partial) = read_list(root, cursor)?;
     let first_new = list.records.len();
     let mut uids = Vec::with_capacity(staged.len());
     for message in staged {
@@ -185,8 +190,16 @@ fn place_and_number(root: &Path, staged: &[Staged]) -> Result<(u32, Vec<u32>), S
         if appended {
             drop(lock);
             Ok(())
+        } else if list_is_partial {
+            // Only its end was read: never write that over the whole list.
+            Err(StoreError::Io(
+                list_path.clone(),
+                io::Error::other("dovecot-uidlist changed while locked"),
+            ))
         } else {
-            lock.replace(&list).map_err(io_at(list_path.clone()))
+            lock.replace(&list)
+                .map(|_| ())
+                .map_err(io_at(list_path.clone()))
         }
     })();
     if let Err(e) = outcome {
@@ -197,6 +210,31 @@ fn place_and_number(root: &Path, staged: &[Staged]) -> Result<(u32, Vec<u32>), S
         return Err(e);
     }
     Ok((list.uid_validity, uids))
+}
+
+/// The list as it is now (under its lock), and whether it is partial: from `cursor` on when
+/// only its end is new (UIDVALIDITY and the next UID, no records: to be appended to, never
+/// written whole), else read whole; a fresh one when there is none.
+fn read_list(
+    root: &Path,
+    cursor: Option<&ListCursor>,
+) -> Result<(Uidlist, Option<ListFile>, bool), StoreError> {
+    let list_path = root.join(uidlist::UIDLIST_NAME);
+    if let Some(cursor) = cursor {
+        if let Ok(Some((_, now))) = uidlist::read_since(root, cursor) {
+            let mut list = Uidlist::new(now.uid_validity);
+            list.next_uid = now.next_uid;
+            return Ok((list, Some(ListFile::at(&now)), true));
+        }
+    }
+    match uidlist::read_for_append(root) {
+        Ok(Some((list, file))) => Ok((list, Some(file), false)),
+        Ok(None) => Ok((Uidlist::new(validity::next(root)), None, false)),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(StoreError::Damaged(format!("{}: {e}", list_path.display())))
+        }
+        Err(e) => Err(StoreError::Io(list_path, e)),
+    }
 }
 
 /// Copy `source` to `out` with CRLF turned into LF. Returns the stored size and the size as

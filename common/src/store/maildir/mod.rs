@@ -46,7 +46,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use uidlist::{Record, Uidlist, UidlistLock};
+use uidlist::{ListCursor, Record, Uidlist, UidlistLock};
 
 /// How long to wait for `dovecot-uidlist.lock`: long enough to outlast a stale one.
 const UIDLIST_LOCK_WAIT: Duration = Duration::from_secs(uidlist::STALE_AFTER.as_secs() + 10);
@@ -125,6 +125,8 @@ pub struct MaildirMailbox {
     unverified_since: Option<std::time::Instant>,
     /// This session changed the Maildir since `stamps` were taken.
     own_changes: bool,
+    /// How far this session has read `dovecot-uidlist`.
+    list_cursor: Option<ListCursor>,
     /// UIDs whose flags changed on disk under a commit of ours: the next refresh reports them.
     unreported_flag_changes: Vec<u32>,
     _session: Option<SessionLock>,
@@ -177,6 +179,7 @@ impl MaildirMailbox {
             stamps,
             unverified_since: None,
             own_changes: index.written,
+            list_cursor: index.cursor,
             unreported_flag_changes: Vec::new(),
             _session: session,
         };
@@ -202,6 +205,7 @@ impl MaildirMailbox {
             stamps: Stamps::default(),
             unverified_since: None,
             own_changes: false,
+            list_cursor: None,
             unreported_flag_changes: Vec::new(),
             _session: None,
         }
@@ -552,7 +556,8 @@ impl Mailbox for MaildirMailbox {
         if self.access == Access::ReadOnly {
             return Err(StoreError::Refused("Mailbox is read-only".into()));
         }
-        let (_, uids) = append::append(&self.path, &mut self.keywords, messages)?;
+        let cursor = self.list_cursor.as_ref();
+        let (_, uids) = append::append_at(&self.path, &mut self.keywords, messages, cursor)?;
         Ok(uids)
     }
 
@@ -645,9 +650,12 @@ fn write_index(
     if !index.had_uidlist {
         index.list.uid_validity = validity::next(root);
     }
-    if let Err(e) = lock.replace(&index.list) {
-        index.list.uid_validity = uid_validity;
-        return Err(StoreError::Io(root.join(uidlist::UIDLIST_NAME), e));
+    match lock.replace(&index.list) {
+        Ok(cursor) => index.cursor = Some(cursor),
+        Err(e) => {
+            index.list.uid_validity = uid_validity;
+            return Err(StoreError::Io(root.join(uidlist::UIDLIST_NAME), e));
+        }
     }
     index.had_uidlist = true;
     index.assigned_uids = false;
@@ -678,6 +686,8 @@ struct Index {
     assigned_uids: bool,
     /// This load wrote the uidlist.
     written: bool,
+    /// Where a reader of the list file as it now is stands (see [`uidlist::read_since`]).
+    cursor: Option<ListCursor>,
 }
 
 impl Index {
@@ -689,13 +699,17 @@ impl Index {
         cur_listing: Option<&[Found]>,
     ) -> Result<Index, StoreError> {
         let list_path = root.join(uidlist::UIDLIST_NAME);
-        let existing = uidlist::read(root).map_err(|e| match e.kind() {
+        let existing = uidlist::read_for_append(root).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => {
                 StoreError::Damaged(format!("{}: {e}", list_path.display()))
             }
             _ => StoreError::Io(list_path.clone(), e),
         })?;
         let had_uidlist = existing.is_some();
+        let (existing, cursor) = match existing {
+            Some((list, file)) => (Some(list), file.cursor),
+            None => (None, None),
+        };
         let mut assigned_uids = false;
         let mut needs_write = match &existing {
             Some(list) => list.outdated,
@@ -761,6 +775,7 @@ impl Index {
             had_uidlist,
             assigned_uids,
             written: false,
+            cursor,
         })
     }
 

@@ -10,7 +10,9 @@
 
 use super::keywords::KEYWORDS_NAME;
 use super::uidlist::UIDLIST_NAME;
-use super::{io_at, load_index, Index, MaildirMailbox, UidWrites};
+use super::uidlist::{read_since, Record};
+use super::{io_at, load_index, name, scan_subdir, Entry, Index, KnownFiles, MaildirMailbox};
+use super::{Subdir, UidWrites};
 use crate::store::{Access, Changes, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -22,8 +24,9 @@ use std::time::{Duration, Instant};
 
 /// The files whose change means the mailbox may have changed.
 const WATCHED: [&str; 4] = ["new", "cur", UIDLIST_NAME, KEYWORDS_NAME];
-/// Where `cur/` is in [`WATCHED`].
+/// Where `cur/` and `dovecot-keywords` are in [`WATCHED`].
 const CUR_AT: usize = 1;
+const KEYWORDS_AT: usize = 3;
 
 /// Identity and change times of the watched files (`None` when absent).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -91,6 +94,9 @@ impl MaildirMailbox {
             self.messages.clear();
             self.files.clear();
             self.unreported_flag_changes.clear();
+        } else if !verify && self.quick_catch_up(&stamps, &mut changes)? {
+            self.stamps = stamps;
+            self.adopt_own_changes();
         } else if stamps != self.stamps || verify {
             self.unverified_since = None;
             self.keywords
@@ -114,11 +120,75 @@ impl MaildirMailbox {
             }
             self.stamps = stamps;
             self.own_changes |= index.written;
+            self.list_cursor = index.cursor;
             changes = self.absorb(index);
             self.adopt_own_changes();
         }
         self.report_unreported(&mut changes);
         Ok(changes)
+    }
+
+    /// The common case in O(new messages): `cur/` and the keywords unchanged, every indexed
+    /// file in `cur/`, and `dovecot-uidlist` only grown since we read it (Dovecot's and our
+    /// APPEND add lines at its end). Reads the new end of the list and `new/`; every file in
+    /// `new/` must have a UID there above all we show, with its size in its name or record.
+    /// False (nothing changed) when the full rescan is needed instead.
+    fn quick_catch_up(
+        &mut self,
+        stamps: &Stamps,
+        changes: &mut Changes,
+    ) -> Result<bool, StoreError> {
+        if stamps == &self.stamps {
+            return Ok(true);
+        }
+        let same_keywords = stamps.0[KEYWORDS_AT] == self.stamps.0[KEYWORDS_AT];
+        let Some(cursor) = self.list_cursor else {
+            return Ok(false);
+        };
+        if !stamps.same_cur(&self.stamps)
+            || !same_keywords
+            || self.files.iter().any(|f| f.subdir == Subdir::New)
+        {
+            return Ok(false);
+        }
+        let list_path = self.path.join(UIDLIST_NAME);
+        let Some((records, cursor)) = read_since(&self.path, &cursor).map_err(io_at(list_path))?
+        else {
+            return Ok(false);
+        };
+        let mut found = Vec::new();
+        scan_subdir(&self.path, Subdir::New, &KnownFiles::new(), &mut found)?;
+        let last_uid = self.messages.last().map_or(0, |m| m.uid);
+        let by_base: HashMap<&str, &Record> =
+            records.iter().map(|r| (r.base.as_str(), r)).collect();
+        let mut entries = Vec::with_capacity(found.len());
+        for found in found {
+            let Some(record) = by_base.get(name::base_of(&found.name)) else {
+                return Ok(false);
+            };
+            let size = name::size_field(&record.base, 'W')
+                .or_else(|| record.extension('W').and_then(|w| w.parse().ok()));
+            let (Some(size), true) = (size, record.uid > last_uid) else {
+                return Ok(false);
+            };
+            entries.push(Entry {
+                uid: record.uid,
+                found,
+                size,
+            });
+        }
+        entries.sort_unstable_by_key(|e| e.uid);
+        self.list_cursor = Some(cursor);
+        self.uid_next = self.uid_next.max(cursor.next_uid);
+        let before = self.messages.len();
+        for entry in entries {
+            self.push_entry(entry);
+        }
+        if self.access == Access::Shared {
+            self.claim_recent(before);
+        }
+        changes.appended = self.messages.len() - before;
+        Ok(true)
     }
 
     /// `cur/` as the index knows it: what a scan would find when the directory is unchanged.
@@ -507,6 +577,47 @@ mod tests {
         mailbox.unverified_since = Some(Instant::now() - VERIFY_AFTER);
         assert_eq!(mailbox.refresh().unwrap().appended, 1);
         assert_eq!(uids(&mailbox), [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn appends_are_taken_from_the_end_of_the_uidlist_and_new_alone() {
+        let (_tmp, root) = numbered(2);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut other = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut body: &[u8] = b"Subject: a\r\n\r\nx\r\n";
+        let mut batch = [crate::store::NewMessage {
+            len: Some(body.len() as u64),
+            source: &mut body,
+            flags: Flags::SEEN,
+            keywords: &[],
+            internal_date: None,
+        }];
+        assert_eq!(other.append(&mut batch).unwrap(), [3]);
+        // Spoil the header in place: a whole read would now fail, reading on does not.
+        let list_file = fs::OpenOptions::new()
+            .write(true)
+            .open(root.join(UIDLIST_NAME))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&list_file, b"9", 0).unwrap();
+        let cursor = mailbox.list_cursor.unwrap();
+        let changes = mailbox.refresh().unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&list_file, b"3", 0).unwrap();
+        assert_eq!(changes.appended, 1);
+        assert_eq!(uids(&mailbox), [1, 2, 3]);
+        assert_eq!(mailbox.messages[2].flags, Flags::SEEN);
+        assert!(mailbox.messages[2].recent);
+        assert_ne!(
+            mailbox.list_cursor.unwrap(),
+            cursor,
+            "read on from the cursor"
+        );
+        // A file in new/ without a record at the end of the list needs the full path: it
+        // gets its UID there, all the same.
+        deliver(&root, "new", "1800000000.M1P9.mta", b"x\n");
+        assert_eq!(mailbox.refresh().unwrap().appended, 1);
+        assert_eq!(uids(&mailbox), [1, 2, 3, 4]);
+        assert_eq!(other.refresh().unwrap().appended, 2);
+        assert_eq!(uids(&other), [1, 2, 3, 4]);
     }
 
     #[test]

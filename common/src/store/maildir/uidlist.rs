@@ -123,15 +123,103 @@ impl Record {
     }
 }
 
+/// Where a reader of the list file stopped: enough to read later only the records appended
+/// since (Dovecot adds records at the end; it replaces the file, a new inode, for any other
+/// change). Only taken at the end of a complete line of a version 3 list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListCursor {
+    ino: u64,
+    len: u64,
+    pub uid_validity: u32,
+    /// The next UID as the list read so far says (header `N`, raised past every record).
+    pub next_uid: u32,
+    /// The highest UID read so far (0: none).
+    last_uid: u32,
+}
+
+impl ListCursor {
+    fn after(list: &Uidlist, ino: u64, len: u64) -> ListCursor {
+        ListCursor {
+            ino,
+            len,
+            uid_validity: list.uid_validity,
+            next_uid: list.next_uid,
+            last_uid: list.records.last().map_or(0, |r| r.uid),
+        }
+    }
+}
+
+/// The records appended to the list file since `cursor`, and the cursor after them. `None`
+/// when the file cannot be read that way: replaced (another inode), shorter, not ending where
+/// the cursor stood on a line end, or ending in an incomplete line (a writer at work, or a torn
+/// write): read it whole then.
+pub fn read_since(
+    maildir: &Path,
+    cursor: &ListCursor,
+) -> io::Result<Option<(Vec<Record>, ListCursor)>> {
+    use std::os::unix::fs::MetadataExt;
+    let file = match File::open(maildir.join(UIDLIST_NAME)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if meta.ino() != cursor.ino || meta.len() < cursor.len || cursor.len == 0 {
+        return Ok(None);
+    }
+    if meta.len() == cursor.len {
+        return Ok(Some((Vec::new(), *cursor)));
+    }
+    // One byte before the cursor too: it must still be the line end the cursor stood after.
+    let mut bytes = vec![0u8; usize::try_from(meta.len() - cursor.len + 1).unwrap_or(0)];
+    file.read_exact_at(&mut bytes, cursor.len - 1)?;
+    let Some(text) = bytes.strip_prefix(b"\n") else {
+        return Ok(None);
+    };
+    let Ok(text) = std::str::from_utf8(text) else {
+        return Ok(None);
+    };
+    if !text.ends_with('\n') {
+        return Ok(None);
+    }
+    let mut after = *cursor;
+    let mut records = Vec::new();
+    for line in text.lines() {
+        match parse_record(line, true) {
+            Some(record) if record.uid > after.last_uid => {
+                after.last_uid = record.uid;
+                records.push(record);
+            }
+            _ => {}
+        }
+    }
+    after.len = meta.len();
+    if after.next_uid <= after.last_uid {
+        after.next_uid = after.last_uid.saturating_add(1);
+    }
+    Ok(Some((records, after)))
+}
+
 /// What an in-place append needs to know about the list file's text as it was read.
 pub struct ListFile {
     /// Length in bytes of the text parsed.
     len: u64,
     /// The text is version 3 and ends with a complete line: records may be appended to it.
     appendable: bool,
+    /// Where this read stopped, when the text is appendable.
+    pub cursor: Option<ListCursor>,
 }
 
 impl ListFile {
+    /// The file as `cursor` last saw it, for [`ListFile::append_in_place`].
+    pub fn at(cursor: &ListCursor) -> ListFile {
+        ListFile {
+            len: cursor.len,
+            appendable: true,
+            cursor: Some(*cursor),
+        }
+    }
+
     /// Append `records` (new UIDs above every listed one) to the file this was read from, as
     /// Dovecot does when it only adds messages: one write at the end, flushed to disk. The
     /// caller holds the [`UidlistLock`], so the file is still the one read. A crash mid-write
@@ -233,25 +321,32 @@ fn parse_record(line: &str, version3: bool) -> Option<Record> {
 }
 
 /// Read `<maildir>/dovecot-uidlist`; `Ok(None)` when there is none.
+#[cfg(test)]
 pub fn read(maildir: &Path) -> io::Result<Option<Uidlist>> {
     Ok(read_for_append(maildir)?.map(|(list, _)| list))
 }
 
 /// [`read`], with what [`ListFile::append_in_place`] needs.
 pub fn read_for_append(maildir: &Path) -> io::Result<Option<(Uidlist, ListFile)>> {
+    use std::os::unix::fs::MetadataExt;
     let path = maildir.join(UIDLIST_NAME);
     let mut text = String::new();
-    match File::open(&path) {
-        Ok(mut file) => file.read_to_string(&mut text)?,
+    let ino = match File::open(&path) {
+        Ok(mut file) => {
+            file.read_to_string(&mut text)?;
+            file.metadata()?.ino()
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let list =
         Uidlist::parse(&text).map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))?;
     let appendable = !list.outdated && text.ends_with('\n');
+    let len = text.len() as u64;
     let file = ListFile {
-        len: text.len() as u64,
+        len,
         appendable,
+        cursor: appendable.then(|| ListCursor::after(&list, ino, len)),
     };
     Ok(Some((list, file)))
 }
@@ -329,8 +424,18 @@ impl UidlistLock {
 
     /// Write `list` into the lock file, flush it to disk and rename it over the list: readers
     /// see the old or the new list, never a partial one. Releases the lock.
-    pub fn replace(self, list: &Uidlist) -> io::Result<()> {
-        self.replace_with(list.serialize().as_bytes())
+    /// Returns where a reader of the new list stands after reading it whole.
+    pub fn replace(self, list: &Uidlist) -> io::Result<ListCursor> {
+        use std::os::unix::fs::MetadataExt;
+        let text = list.serialize();
+        let ino = self
+            .file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("uidlist lock already used"))?
+            .metadata()?
+            .ino();
+        self.replace_with(text.as_bytes())?;
+        Ok(ListCursor::after(list, ino, text.len() as u64))
     }
 
     /// Write `contents` into the lock file, flush it and rename it over the locked file.
