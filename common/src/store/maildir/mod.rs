@@ -58,8 +58,8 @@ const CHASE_ATTEMPTS: usize = 5;
 /// The two directories messages live in (`tmp/` holds deliveries in progress and is ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Subdir {
-    New,
-    Cur,
+    New = 0,
+    Cur = 1,
 }
 
 impl Subdir {
@@ -81,21 +81,43 @@ struct Found {
     mtime: i64,
 }
 
-/// Where a message's file is, and what its name said when we last looked.
+/// Where a message's file is, and what its name said when we last looked. Kept small: one
+/// of these per message stays in memory for the whole session.
 #[derive(Clone, Debug)]
 struct MessageFile {
-    base: String,
+    /// The name in `subdir`: the base name (the message's identity across renames), then
+    /// `:2,` and its info letters; the letters other than flags (keywords, `P`, unknown ones)
+    /// are carried through renames.
+    name: Box<str>,
     subdir: Subdir,
-    name: String,
     /// The system flags in `name`.
     disk_flags: Flags,
-    /// The other info letters in `name` (keywords, `P`, unknown), carried through renames.
-    kept: String,
     /// The flags this session last agreed with the disk on: changes made since are ours to
     /// write, everything else on disk (changed by other sessions) is left as it is.
     baseline: Flags,
     /// The same for keyword bits.
     keyword_baseline: u64,
+    /// Its flags or keywords were set, or its file was found renamed, since the last commit:
+    /// a commit need not look at any other message in `cur/` it does not expunge.
+    touched: bool,
+}
+
+impl MessageFile {
+    fn base(&self) -> &str {
+        name::base_of(&self.name)
+    }
+
+    /// The info letters of the name other than the system flags.
+    fn kept(&self) -> String {
+        name::kept_of(&self.name)
+    }
+
+    /// Now called `name` in `subdir`.
+    fn moved(&mut self, subdir: Subdir, name: String) {
+        self.subdir = subdir;
+        self.disk_flags = name::flags_of(&name);
+        self.name = name.into_boxed_str();
+    }
 }
 
 /// What is already known about a message file, by base name: spares reading bodies and
@@ -213,11 +235,11 @@ impl MaildirMailbox {
 
     /// Add an indexed message at the end of the index.
     fn push_entry(&mut self, entry: Entry) {
-        let parsed = name::parse(&entry.found.name);
-        let keywords = self.keywords.bits(&parsed.kept);
+        let flags = name::flags_of(&entry.found.name);
+        let keywords = self.keywords.bits(name::info_letters(&entry.found.name));
         self.messages.push(MessageInfo {
             uid: entry.uid,
-            flags: parsed.flags,
+            flags,
             keywords,
             recent: entry.found.subdir == Subdir::New,
             size: entry.size,
@@ -225,32 +247,29 @@ impl MaildirMailbox {
             internal_tz_minutes: 0,
         });
         self.files.push(MessageFile {
-            base: parsed.base,
+            name: entry.found.name.into_boxed_str(),
             subdir: entry.found.subdir,
-            name: entry.found.name,
-            disk_flags: parsed.flags,
-            kept: parsed.kept,
-            baseline: parsed.flags,
+            disk_flags: flags,
+            baseline: flags,
             keyword_baseline: keywords,
+            touched: false,
         });
     }
 
     /// Claim `\Recent` for the messages from `first` on that are in `new/`: rename them into
     /// `cur/` (flags unchanged). One another session claimed first is not recent for us.
     fn claim_recent(&mut self, first: usize) {
+        let mut dirs = Dirs::new(&self.path);
         for index in first..self.files.len() {
             if self.files[index].subdir != Subdir::New {
                 continue;
             }
             let file = &self.files[index];
-            let claimed = name::build(&file.base, file.disk_flags, &file.kept);
-            let to = self.path.join(Subdir::Cur.name()).join(&claimed);
-            match fs::rename(self.file_path(index), to) {
+            let claimed = name::build(file.base(), file.disk_flags, &file.kept());
+            match dirs.rename((Subdir::New, &file.name), (Subdir::Cur, &claimed)) {
                 Ok(()) => {
                     self.own_changes = true;
-                    let file = &mut self.files[index];
-                    file.subdir = Subdir::Cur;
-                    file.name = claimed;
+                    self.files[index].moved(Subdir::Cur, claimed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.messages[index].recent = false;
@@ -272,34 +291,32 @@ impl MaildirMailbox {
                     size: info.size,
                     mtime: info.internal_date,
                 };
-                (file.base.as_str(), known)
+                (file.base(), known)
             })
             .collect()
     }
 
     fn file_path(&self, index: usize) -> PathBuf {
         let file = &self.files[index];
-        self.path.join(file.subdir.name()).join(&file.name)
+        self.path.join(file.subdir.name()).join(&*file.name)
     }
 
     /// Find message `index` again after another process renamed it. False when it is gone.
     fn relocate(&mut self, index: usize) -> io::Result<bool> {
-        let Some((subdir, name)) = find_by_base(&self.path, &self.files[index].base)? else {
+        let Some((subdir, name)) = find_by_base(&self.path, self.files[index].base())? else {
             return Ok(false);
         };
-        let parsed = name::parse(&name);
         let file = &mut self.files[index];
-        file.subdir = subdir;
-        file.name = name;
-        file.disk_flags = parsed.flags;
-        file.kept = parsed.kept;
+        file.moved(subdir, name);
+        file.touched = true;
         Ok(true)
     }
 
     /// Unlink message `index`'s file wherever it went. Gone already counts as done.
-    fn unlink(&mut self, index: usize) -> io::Result<()> {
+    fn unlink(&mut self, index: usize, dirs: &mut Dirs) -> io::Result<()> {
         for _ in 0..CHASE_ATTEMPTS {
-            match fs::remove_file(self.file_path(index)) {
+            let file = &self.files[index];
+            match dirs.unlink((file.subdir, &file.name)) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Ok(()) => {
                     self.own_changes = true;
@@ -324,7 +341,7 @@ impl MaildirMailbox {
             u64::from(file.baseline.bits()),
             u64::from(info.flags.bits()),
         ) as u8);
-        let disk_keywords = self.keywords.bits(&file.kept);
+        let disk_keywords = self.keywords.bits(name::info_letters(&file.name));
         let keywords = apply_changes(disk_keywords, file.keyword_baseline, info.keywords);
         (flags, keywords)
     }
@@ -332,7 +349,7 @@ impl MaildirMailbox {
     /// The kept letters of message `index` with its keyword letters replaced by `keywords`'.
     fn kept_with(&self, index: usize, keywords: u64) -> String {
         let mut kept: String = self.files[index]
-            .kept
+            .kept()
             .chars()
             .filter(|c| !self.keywords.knows_letter(*c))
             .collect();
@@ -342,26 +359,22 @@ impl MaildirMailbox {
 
     /// Rename message `index` into `cur/` with this session's flag and keyword changes applied
     /// on top of its name now. False when the file is gone (expunged by another session).
-    fn write_changes(&mut self, index: usize) -> io::Result<bool> {
+    fn write_changes(&mut self, index: usize, dirs: &mut Dirs) -> io::Result<bool> {
         for _ in 0..CHASE_ATTEMPTS {
             let (flags, keywords) = self.merged_target(index);
             let file = &self.files[index];
-            let disk_keywords = self.keywords.bits(&file.kept);
+            let disk_keywords = self.keywords.bits(name::info_letters(&file.name));
             if file.subdir == Subdir::Cur && flags == file.disk_flags && keywords == disk_keywords {
                 self.settle(index, flags, keywords);
                 return Ok(true);
             }
             let kept = self.kept_with(index, keywords);
-            let new_name = name::build(&self.files[index].base, flags, &kept);
-            let to = self.path.join(Subdir::Cur.name()).join(&new_name);
-            match fs::rename(self.file_path(index), to) {
+            let file = &self.files[index];
+            let new_name = name::build(file.base(), flags, &kept);
+            match dirs.rename((file.subdir, &file.name), (Subdir::Cur, &new_name)) {
                 Ok(()) => {
                     self.own_changes = true;
-                    let file = &mut self.files[index];
-                    file.subdir = Subdir::Cur;
-                    file.name = new_name;
-                    file.disk_flags = flags;
-                    file.kept = kept;
+                    self.files[index].moved(Subdir::Cur, new_name);
                     self.settle(index, flags, keywords);
                     return Ok(true);
                 }
@@ -423,6 +436,46 @@ impl MaildirMailbox {
     }
 }
 
+/// `new/` and `cur/` of one Maildir, opened when first needed, for renames by name within
+/// them: no path to build and walk per message. Kept only for one batch of renames (a claim,
+/// a commit), so a folder renamed or recreated meanwhile is never written through a stale one.
+struct Dirs {
+    root: PathBuf,
+    open: [Option<File>; 2],
+}
+
+impl Dirs {
+    fn new(root: &Path) -> Dirs {
+        Dirs {
+            root: root.to_path_buf(),
+            open: [None, None],
+        }
+    }
+
+    fn handle(&mut self, subdir: Subdir) -> io::Result<std::os::fd::RawFd> {
+        let slot = &mut self.open[subdir as usize];
+        if let Some(dir) = slot {
+            return Ok(dir.as_raw_fd());
+        }
+        let dir = File::open(self.root.join(subdir.name()))?;
+        Ok(slot.insert(dir).as_raw_fd())
+    }
+
+    /// unlink(2) of a name in one of the two directories.
+    fn unlink(&mut self, file: (Subdir, &str)) -> io::Result<()> {
+        let dir = self.handle(file.0)?;
+        nix::unistd::unlinkat(Some(dir), file.1, nix::unistd::UnlinkatFlags::NoRemoveDir)
+            .map_err(io::Error::from)
+    }
+
+    /// rename(2) of `from` to `to`, each a name in one of the two directories.
+    fn rename(&mut self, from: (Subdir, &str), to: (Subdir, &str)) -> io::Result<()> {
+        let from_dir = self.handle(from.0)?;
+        let to_dir = self.handle(to.0)?;
+        nix::fcntl::renameat(Some(from_dir), from.1, Some(to_dir), to.1).map_err(io::Error::from)
+    }
+}
+
 /// `disk` with the bits set in `wanted` but not in `baseline` added and those cleared removed:
 /// this session's changes on top of whatever others made.
 fn apply_changes(disk: u64, baseline: u64, wanted: u64) -> u64 {
@@ -477,8 +530,10 @@ impl Mailbox for MaildirMailbox {
     }
 
     fn set_flags(&mut self, index: usize, flags: Flags) {
-        if let Some(info) = self.messages.get_mut(index) {
+        if let (Some(info), Some(file)) = (self.messages.get_mut(index), self.files.get_mut(index))
+        {
             info.flags = flags;
+            file.touched = true;
         }
     }
 
@@ -493,16 +548,25 @@ impl Mailbox for MaildirMailbox {
         // Others' changes already visible are left for the next refresh to scan: only a
         // Maildir that looks as we last saw it may have its stamps moved past our renames.
         let others_pending = Stamps::take(&self.path).ok().as_ref() != Some(&self.stamps);
+        let mut dirs = Dirs::new(&self.path);
         let mut expunged = Vec::new();
         for index in 0..self.messages.len() {
+            let file = &self.files[index];
+            if !file.touched && file.subdir == Subdir::Cur {
+                // Unchanged since it was last written or read, here or by a refresh.
+                let flags = self.messages[index].flags;
+                if !self.expunges(expunge, index, flags) {
+                    continue;
+                }
+            }
             let (flags, _) = self.merged_target(index);
             let still_there = if self.expunges(expunge, index, flags) {
-                self.unlink(index).map(|()| false)
+                self.unlink(index, &mut dirs).map(|()| false)
             } else {
-                self.write_changes(index)
+                self.write_changes(index, &mut dirs)
             };
             match still_there {
-                Ok(true) => {}
+                Ok(true) => self.files[index].touched = false,
                 Ok(false) => expunged.push(index),
                 // Files already unlinked stay in the index; the next commit finds them gone.
                 Err(e) => return Err(StoreError::Io(self.file_path(index), e)),
@@ -530,8 +594,10 @@ impl Mailbox for MaildirMailbox {
         } else {
             (1 << known) - 1
         };
-        if let Some(info) = self.messages.get_mut(index) {
+        if let (Some(info), Some(file)) = (self.messages.get_mut(index), self.files.get_mut(index))
+        {
             info.keywords = keywords & mask;
+            file.touched = true;
         }
     }
 
@@ -1503,7 +1569,7 @@ pub(crate) mod tests {
                         .files
                         .iter()
                         .zip(mailbox.messages())
-                        .map(|(f, m)| (m.uid, f.base.clone()))
+                        .map(|(f, m)| (m.uid, f.base().to_string()))
                         .collect();
                     seen
                 })

@@ -199,7 +199,7 @@ impl MaildirMailbox {
             .filter(|(file, _)| file.subdir == super::Subdir::Cur)
             .map(|(file, info)| super::Found {
                 subdir: super::Subdir::Cur,
-                name: file.name.clone(),
+                name: file.name.to_string(),
                 mtime: info.internal_date,
             })
             .collect()
@@ -245,7 +245,7 @@ impl MaildirMailbox {
         let mut expunged = Vec::new();
         for (at, file) in self.files.iter().enumerate() {
             let uid = self.messages[at].uid;
-            match position_of.get(file.base.as_str()) {
+            match position_of.get(file.base()) {
                 Some(&p) if entries[p].as_ref().is_some_and(|e| e.uid == uid) => {
                     survivors.push((at, p));
                 }
@@ -297,21 +297,22 @@ impl MaildirMailbox {
     /// Take in message `at`'s name as found now, keeping this session's pending changes on
     /// top. True when the flags or keywords the session shows changed.
     fn update_survivor(&mut self, at: usize, found: &super::Found) -> bool {
-        let parsed = super::name::parse(&found.name);
-        let disk_keywords = self.keywords.bits(&parsed.kept);
+        let disk_flags = name::flags_of(&found.name);
+        let disk_keywords = self.keywords.bits(name::info_letters(&found.name));
         let file = &mut self.files[at];
         let info = &mut self.messages[at];
         let flags = crate::store::Flags::from_bits(super::apply_changes(
-            u64::from(parsed.flags.bits()),
+            u64::from(disk_flags.bits()),
             u64::from(file.baseline.bits()),
             u64::from(info.flags.bits()),
         ) as u8);
         let keywords = super::apply_changes(disk_keywords, file.keyword_baseline, info.keywords);
+        if *file.name != *found.name {
+            file.name = found.name.as_str().into();
+        }
         file.subdir = found.subdir;
-        file.name = found.name.clone();
-        file.disk_flags = parsed.flags;
-        file.kept = parsed.kept;
-        file.baseline = parsed.flags;
+        file.disk_flags = disk_flags;
+        file.baseline = disk_flags;
         file.keyword_baseline = disk_keywords;
         let changed = info.flags != flags || info.keywords != keywords;
         info.flags = flags;
@@ -516,8 +517,8 @@ mod tests {
         assert_eq!(changes.expunged, [1]);
         assert_eq!(changes.appended, 2);
         assert_eq!(uids(&examiner), [1, 2, 3]);
-        let bases: Vec<&str> = examiner.files.iter().map(|f| f.base.as_str()).collect();
-        let writer_bases: Vec<&str> = writer.files.iter().map(|f| f.base.as_str()).collect();
+        let bases: Vec<&str> = examiner.files.iter().map(|f| f.base()).collect();
+        let writer_bases: Vec<&str> = writer.files.iter().map(|f| f.base()).collect();
         assert_eq!(bases, writer_bases);
     }
 
