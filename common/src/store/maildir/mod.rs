@@ -812,11 +812,29 @@ impl Index {
                 None => needs_write = true,
             }
         }
-        let mut found_fresh: Vec<Found> = fresh_at
+        let found_fresh: Vec<Found> = fresh_at
             .into_iter()
             .filter_map(|at| scanned[at].take())
             .collect();
-        found_fresh.sort_by_cached_key(|f| name::delivery_key(name::base_of(&f.name), f.mtime));
+        // Keyed by time without copying names: the name itself only breaks ties.
+        let mut order: Vec<(i64, u64, usize)> = found_fresh
+            .iter()
+            .enumerate()
+            .map(|(at, f)| {
+                let (secs, micros, _) = name::delivery_key(name::base_of(&f.name), f.mtime);
+                (secs, micros, at)
+            })
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            let base = |at: usize| name::base_of(&found_fresh[at].name);
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| base(a.2).cmp(base(b.2)))
+        });
+        let mut found_fresh: Vec<Option<Found>> = found_fresh.into_iter().map(Some).collect();
+        let found_fresh = order
+            .into_iter()
+            .filter_map(|(_, _, at)| found_fresh[at].take());
         for found in found_fresh {
             let record = Record {
                 uid: list.next_uid,

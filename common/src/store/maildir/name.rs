@@ -111,7 +111,7 @@ pub fn size_field(base: &str, key: char) -> Option<u64> {
 
 /// The order new messages get UIDs in: delivery time from the name (`<secs>.M<usecs>...`),
 /// falling back to `mtime` when the name does not start with a time, then the name itself.
-pub fn delivery_key(base: &str, mtime: i64) -> (i64, u64, String) {
+pub fn delivery_key(base: &str, mtime: i64) -> (i64, u64, &str) {
     let mut parts = base.split('.');
     let secs = parts.next().and_then(|p| p.parse::<i64>().ok());
     let micros = parts
@@ -123,8 +123,8 @@ pub fn delivery_key(base: &str, mtime: i64) -> (i64, u64, String) {
         })
         .unwrap_or(0);
     match secs {
-        Some(secs) => (secs, micros, base.to_string()),
-        None => (mtime, 0, base.to_string()),
+        Some(secs) => (secs, micros, base),
+        None => (mtime, 0, base),
     }
 }
 
