@@ -594,15 +594,17 @@ mod tests {
             internal_date: None,
         }];
         assert_eq!(other.append(&mut batch).unwrap(), [3]);
-        // Spoil the header in place: a whole read would now fail, reading on does not.
-        let list_file = fs::OpenOptions::new()
-            .write(true)
-            .open(root.join(UIDLIST_NAME))
-            .unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&list_file, b"9", 0).unwrap();
+        // Spoil UID 1's record in place: a whole read would now renumber that message
+        // (expunged, then new under UID 4); reading on from the cursor never sees it.
+        let list_path = root.join(UIDLIST_NAME);
+        let text = fs::read_to_string(&list_path).unwrap();
+        let at = text.find(":1700000001.").unwrap() as u64 + 10;
+        let list_file = fs::OpenOptions::new().write(true).open(&list_path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&list_file, b"9", at).unwrap();
         let cursor = mailbox.list_cursor.unwrap();
         let changes = mailbox.refresh().unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&list_file, b"3", 0).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&list_file, b"1", at).unwrap();
+        assert!(changes.expunged.is_empty(), "{changes:?}");
         assert_eq!(changes.appended, 1);
         assert_eq!(uids(&mailbox), [1, 2, 3]);
         assert_eq!(mailbox.messages[2].flags, Flags::SEEN);

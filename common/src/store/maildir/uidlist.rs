@@ -125,11 +125,15 @@ impl Record {
 
 /// Where a reader of the list file stopped: enough to read later only the records appended
 /// since (Dovecot adds records at the end; it replaces the file, a new inode, for any other
-/// change). Only taken at the end of a complete line of a version 3 list.
+/// change). Only taken at the end of a complete line of a version 3 list. The header line is
+/// remembered too: a replacement that happened to get the old inode number back would have to
+/// repeat it byte for byte (UIDVALIDITY, next UID, GUID) to be taken for the same file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListCursor {
     ino: u64,
     len: u64,
+    /// Length and hash of the header line, its newline included.
+    header: (u64, u64),
     pub uid_validity: u32,
     /// The next UID as the list read so far says (header `N`, raised past every record).
     pub next_uid: u32,
@@ -138,10 +142,12 @@ pub struct ListCursor {
 }
 
 impl ListCursor {
-    fn after(list: &Uidlist, ino: u64, len: u64) -> ListCursor {
+    fn after(list: &Uidlist, ino: u64, text: &str) -> ListCursor {
+        let header = text.split_inclusive('\n').next().unwrap_or("");
         ListCursor {
             ino,
-            len,
+            len: text.len() as u64,
+            header: (header.len() as u64, header_hash(header.as_bytes())),
             uid_validity: list.uid_validity,
             next_uid: list.next_uid,
             last_uid: list.records.last().map_or(0, |r| r.uid),
@@ -165,6 +171,11 @@ pub fn read_since(
     };
     let meta = file.metadata()?;
     if meta.ino() != cursor.ino || meta.len() < cursor.len || cursor.len == 0 {
+        return Ok(None);
+    }
+    let mut header = vec![0u8; usize::try_from(cursor.header.0).unwrap_or(0)];
+    file.read_exact_at(&mut header, 0)?;
+    if header_hash(&header) != cursor.header.1 {
         return Ok(None);
     }
     if meta.len() == cursor.len {
@@ -198,6 +209,13 @@ pub fn read_since(
         after.next_uid = after.last_uid.saturating_add(1);
     }
     Ok(Some((records, after)))
+}
+
+fn header_hash(header: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut hasher = DefaultHasher::new();
+    hasher.write(header);
+    hasher.finish()
 }
 
 /// What an in-place append needs to know about the list file's text as it was read.
@@ -346,7 +364,7 @@ pub fn read_for_append(maildir: &Path) -> io::Result<Option<(Uidlist, ListFile)>
     let file = ListFile {
         len,
         appendable,
-        cursor: appendable.then(|| ListCursor::after(&list, ino, len)),
+        cursor: appendable.then(|| ListCursor::after(&list, ino, &text)),
     };
     Ok(Some((list, file)))
 }
@@ -435,7 +453,7 @@ impl UidlistLock {
             .metadata()?
             .ino();
         self.replace_with(text.as_bytes())?;
-        Ok(ListCursor::after(list, ino, text.len() as u64))
+        Ok(ListCursor::after(list, ino, &text))
     }
 
     /// Write `contents` into the lock file, flush it and rename it over the locked file.
@@ -533,6 +551,45 @@ mod tests {
         assert!(Uidlist::parse("3 N5\n").is_err());
         // N lower than a listed UID is raised past it.
         assert_eq!(Uidlist::parse("3 V1 N2\n7 :x\n").unwrap().next_uid, 8);
+    }
+
+    #[test]
+    fn read_since_takes_only_whole_appended_lines_of_the_same_file() {
+        let dir = TempDir::new();
+        let path = dir.path().join(UIDLIST_NAME);
+        fs::write(&path, "3 V7 N3 Gabc\n1 :a\n2 :b\n").unwrap();
+        let (list, file) = read_for_append(dir.path()).unwrap().unwrap();
+        let cursor = file.cursor.unwrap();
+        assert_eq!((list.next_uid, cursor.next_uid), (3, 3));
+        assert_eq!(read_since(dir.path(), &cursor).unwrap().unwrap().0, []);
+
+        let append = |text: &str| {
+            let file = OpenOptions::new().append(true).open(&path).unwrap();
+            (&file).write_all(text.as_bytes()).unwrap();
+        };
+        append("5 W12 :e\n4 :out-of-order\n");
+        let (records, after) = read_since(dir.path(), &cursor).unwrap().unwrap();
+        let got: Vec<(u32, &str)> = records.iter().map(|r| (r.uid, r.base.as_str())).collect();
+        assert_eq!(got, [(5, "e")]);
+        assert_eq!(records[0].extension('W'), Some("12"));
+        assert_eq!(after.next_uid, 6);
+        // A line being written (or torn) is not read: the whole file is, later.
+        append("6 :f");
+        assert!(read_since(dir.path(), &after).unwrap().is_none());
+        // The same inode with another header is another list.
+        let text = fs::read_to_string(&path).unwrap().replace("N3", "N9");
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        append("\n");
+        assert!(read_since(dir.path(), &cursor).unwrap().is_none());
+        // Replaced (a new inode): read whole.
+        fs::write(dir.path().join("x"), "3 V7 N3 Gabc\n1 :a\n2 :b\n7 :g\n").unwrap();
+        fs::rename(dir.path().join("x"), &path).unwrap();
+        assert!(read_since(dir.path(), &cursor).unwrap().is_none());
     }
 
     #[test]
