@@ -8,9 +8,10 @@
 //!
 //! Owns the unique names, the line-end conversion (bodies are stored with LF, as Dovecot's
 //! default `mail_save_crlf = no`; `W=` is the CRLF size we present) and the group commit.
-//! The uidlist lock is held across "rename into place + list": concurrent appenders and
-//! readers never see a placed message without its UID being decided by the lock holder, so no
-//! message ever gets two UIDs. On error nothing is visible; a crash after the renames leaves
+//! The uidlist lock is held across "rename into place + list" (records appended at the end of
+//! `dovecot-uidlist`, as Dovecot does; only `new/` is flushed, `cur/` is untouched): concurrent
+//! appenders and readers never see a placed message without its UID being decided by the lock
+//! holder, so no message ever gets two UIDs. On error nothing is visible; a crash after the renames leaves
 //! the messages in place without UIDs, and the next opener numbers them: nothing is lost or
 //! duplicated. Never touches existing messages.
 

@@ -3,6 +3,11 @@
 //!
 //! Owns the cheap "did anything change?" test ([`Stamps`]: one stat each of `new/`, `cur/`,
 //! `dovecot-uidlist` and `dovecot-keywords`) and the matching of a fresh scan against the index.
+//! Reads no more than changed: with `cur/` unchanged its listing comes from the index, and
+//! when only deliveries happened (the uidlist grew, new files in `new/`) just those are read
+//! ([`MaildirMailbox::quick_catch_up`]). Stamps changed by this session's own renames and
+//! writes are taken again afterwards, with one full rescan [`VERIFY_AFTER`] later to find
+//! anything another process did in between.
 //! A message is the same message only if both its base name and its UID match, so no session
 //! ever shows one message under two UIDs. Never changes a file itself: UIDs for new files are
 //! given by the shared index loader (not when `ReadOnly`) and `\Recent` is claimed by the

@@ -1,9 +1,11 @@
 //! The `dovecot-uidlist` file: UIDVALIDITY, the next UID and the UID of every base name, in
 //! Dovecot's format, and the `dovecot-uidlist.lock` dotlock that serialises writers with Dovecot.
 //!
-//! Owns reading (versions 1 and 3), writing (version 3) and locking that one file. Writes only
-//! through the lock file, renamed over the list, as Dovecot's dotlock "replace" does. Never
-//! touches messages.
+//! Owns reading (versions 1 and 3), writing (version 3) and locking that one file. Writes under
+//! the lock only, as Dovecot does: records for new messages are appended at the end of the file
+//! ([`ListFile::append_in_place`]); anything else rewrites it through the lock file, renamed
+//! over the list. A reader remembers where it stopped ([`ListCursor`]) and later reads only what
+//! was appended since ([`read_since`]). Never touches messages.
 //!
 //! Version 3, as Dovecot writes it:
 //! ```text
@@ -344,7 +346,8 @@ pub fn read(maildir: &Path) -> io::Result<Option<Uidlist>> {
     Ok(read_for_append(maildir)?.map(|(list, _)| list))
 }
 
-/// [`read`], with what [`ListFile::append_in_place`] needs.
+/// `dovecot-uidlist` parsed (`Ok(None)` when there is none), with what
+/// [`ListFile::append_in_place`] needs.
 pub fn read_for_append(maildir: &Path) -> io::Result<Option<(Uidlist, ListFile)>> {
     use std::os::unix::fs::MetadataExt;
     let path = maildir.join(UIDLIST_NAME);
