@@ -8,14 +8,15 @@
 //!
 //! Owns the unique names, the line-end conversion (bodies are stored with LF, as Dovecot's
 //! default `mail_save_crlf = no`; `W=` is the CRLF size we present) and the group commit.
-//! The uidlist lock is held across "rename into place + list": concurrent appenders and
-//! readers never see a placed message without its UID being decided by the lock holder, so no
-//! message ever gets two UIDs. On error nothing is visible; a crash after the renames leaves
+//! The uidlist lock is held across "rename into place + list" (records appended at the end of
+//! `dovecot-uidlist`, as Dovecot does; only `new/` is flushed, `cur/` is untouched): concurrent
+//! appenders and readers never see a placed message without its UID being decided by the lock
+//! holder, so no message ever gets two UIDs. On error nothing is visible; a crash after the renames leaves
 //! the messages in place without UIDs, and the next opener numbers them: nothing is lost or
 //! duplicated. Never touches existing messages.
 
 use super::keywords::{self, Keywords};
-use super::uidlist::{self, Record, Uidlist, UidlistLock};
+use super::uidlist::{self, ListCursor, ListFile, Record, Uidlist, UidlistLock};
 use super::{io_at, name, validity, Subdir, UIDLIST_LOCK_WAIT};
 use crate::store::{Flags, NewMessage, StoreError};
 use std::fs::{self, File, FileTimes, OpenOptions};
@@ -47,9 +48,20 @@ pub fn append(
     keywords: &mut Keywords,
     messages: &mut [NewMessage<'_>],
 ) -> Result<(u32, Vec<u32>), StoreError> {
+    append_at(root, keywords, messages, None)
+}
+
+/// [`append`] by a session that read `dovecot-uidlist` up to `cursor`: when the file has only
+/// grown since, just the new end is read.
+pub fn append_at(
+    root: &Path,
+    keywords: &mut Keywords,
+    messages: &mut [NewMessage<'_>],
+    cursor: Option<&ListCursor>,
+) -> Result<(u32, Vec<u32>), StoreError> {
     let mut staged: Vec<Staged> = Vec::with_capacity(messages.len());
     let result = stage_all(root, keywords, messages, &mut staged)
-        .and_then(|()| place_and_number(root, &staged));
+        .and_then(|()| place_and_number(root, &staged, cursor));
     if result.is_err() {
         for message in &staged {
             // Best effort: a leftover tmp/ file is invisible and Dovecot sweeps old ones.
@@ -132,19 +144,19 @@ fn stage(root: &Path, message: &mut NewMessage<'_>, letters: &str) -> Result<Sta
     })
 }
 
-/// Under the uidlist lock: rename every staged message into place, then list them.
-fn place_and_number(root: &Path, staged: &[Staged]) -> Result<(u32, Vec<u32>), StoreError> {
+/// Under the uidlist lock: rename every staged message into place, then list them: appended
+/// to `dovecot-uidlist` in place as Dovecot does, or by rewriting it when it cannot be appended
+/// to (none yet, an old version, a torn last line).
+fn place_and_number(
+    root: &Path,
+    staged: &[Staged],
+    cursor: Option<&ListCursor>,
+) -> Result<(u32, Vec<u32>), StoreError> {
     let list_path = root.join(uidlist::UIDLIST_NAME);
     let lock = UidlistLock::acquire(root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER)
         .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
-    let mut list = match uidlist::read(root) {
-        Ok(Some(list)) => list,
-        Ok(None) => Uidlist::new(validity::next(root)),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            return Err(StoreError::Damaged(format!("{}: {e}", list_path.display())))
-        }
-        Err(e) => return Err(StoreError::Io(list_path, e)),
-    };
+    let (mut list, file, list_is_partial) = read_list(root, cursor)?;
+    let first_new = list.records.len();
     let mut uids = Vec::with_capacity(staged.len());
     for message in staged {
         let uid = list.next_uid;
@@ -164,13 +176,32 @@ fn place_and_number(root: &Path, staged: &[Staged]) -> Result<(u32, Vec<u32>), S
             fs::rename(&message.tmp, message.target(root)).map_err(io_at(message.tmp.clone()))?;
             placed += 1;
         }
-        for subdir in [Subdir::New, Subdir::Cur] {
-            let dir = root.join(subdir.name());
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_at(dir))?;
+        // Only new/ gained entries: cur/ is untouched, so it needs no flush.
+        let dir = root.join(Subdir::New.name());
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_at(dir))?;
+        let new_records = &list.records[first_new..];
+        let appended = match &file {
+            Some(file) => file
+                .append_in_place(root, new_records)
+                .map_err(io_at(list_path.clone()))?,
+            None => false,
+        };
+        if appended {
+            drop(lock);
+            Ok(())
+        } else if list_is_partial {
+            // Only its end was read: never write that over the whole list.
+            Err(StoreError::Io(
+                list_path.clone(),
+                io::Error::other("dovecot-uidlist changed while locked"),
+            ))
+        } else {
+            lock.replace(&list)
+                .map(|_| ())
+                .map_err(io_at(list_path.clone()))
         }
-        lock.replace(&list).map_err(io_at(list_path.clone()))
     })();
     if let Err(e) = outcome {
         // Not listed: take back what was placed so that none of the group is visible.
@@ -180,6 +211,31 @@ fn place_and_number(root: &Path, staged: &[Staged]) -> Result<(u32, Vec<u32>), S
         return Err(e);
     }
     Ok((list.uid_validity, uids))
+}
+
+/// The list as it is now (under its lock), and whether it is partial: from `cursor` on when
+/// only its end is new (UIDVALIDITY and the next UID, no records: to be appended to, never
+/// written whole), else read whole; a fresh one when there is none.
+fn read_list(
+    root: &Path,
+    cursor: Option<&ListCursor>,
+) -> Result<(Uidlist, Option<ListFile>, bool), StoreError> {
+    let list_path = root.join(uidlist::UIDLIST_NAME);
+    if let Some(cursor) = cursor {
+        if let Ok(Some((_, now))) = uidlist::read_since(root, cursor) {
+            let mut list = Uidlist::new(now.uid_validity);
+            list.next_uid = now.next_uid;
+            return Ok((list, Some(ListFile::at(&now)), true));
+        }
+    }
+    match uidlist::read_for_append(root) {
+        Ok(Some((list, file))) => Ok((list, Some(file), false)),
+        Ok(None) => Ok((Uidlist::new(validity::next(root)), None, false)),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(StoreError::Damaged(format!("{}: {e}", list_path.display())))
+        }
+        Err(e) => Err(StoreError::Io(list_path, e)),
+    }
 }
 
 /// Copy `source` to `out` with CRLF turned into LF. Returns the stored size and the size as
@@ -462,6 +518,42 @@ mod tests {
         let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
         assert_eq!(uids(&mailbox), all);
         assert_eq!(mailbox.uid_next(), 41);
+    }
+
+    #[test]
+    fn uidlist_grows_in_place_and_a_torn_last_line_is_rewritten() {
+        let (_tmp, root) = maildir();
+        let mut keywords = Keywords::default();
+        let list_path = root.join(uidlist::UIDLIST_NAME);
+        let mut append_one = || {
+            let mut body: &'static [u8] = b"x\n";
+            let mut batch = [message(&mut body, Flags::NONE)];
+            append(&root, &mut keywords, &mut batch).unwrap().1
+        };
+        assert_eq!(append_one(), [1]);
+        let before = fs::read(&list_path).unwrap();
+        let inode = fs::metadata(&list_path).unwrap().ino();
+        assert_eq!(append_one(), [2]);
+        let after = fs::read(&list_path).unwrap();
+        assert_eq!(
+            fs::metadata(&list_path).unwrap().ino(),
+            inode,
+            "appended in place"
+        );
+        assert!(after.starts_with(&before) && after.len() > before.len());
+        assert!(!root.join(uidlist::LOCK_NAME).exists());
+
+        // A crash mid-append left half a line: the next append rewrites the list whole.
+        let mut torn = after.clone();
+        torn.extend_from_slice(b"3 :1700000000.M1P1.gone,S=");
+        fs::write(&list_path, &torn).unwrap();
+        assert_eq!(append_one(), [4]);
+        let list = uidlist::read(&root).unwrap().unwrap();
+        let listed: Vec<u32> = list.records.iter().map(|r| r.uid).collect();
+        assert_eq!(listed, [1, 2, 3, 4]);
+        assert!(fs::read(&list_path).unwrap().ends_with(b"\n"));
+        let mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        assert_eq!(uids(&mailbox), [1, 2, 4]);
     }
 
     #[test]

@@ -42,10 +42,11 @@ use refresh::Stamps;
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use uidlist::{Record, Uidlist, UidlistLock};
+use uidlist::{ListCursor, Record, Uidlist, UidlistLock};
 
 /// How long to wait for `dovecot-uidlist.lock`: long enough to outlast a stale one.
 const UIDLIST_LOCK_WAIT: Duration = Duration::from_secs(uidlist::STALE_AFTER.as_secs() + 10);
@@ -57,8 +58,8 @@ const CHASE_ATTEMPTS: usize = 5;
 /// The two directories messages live in (`tmp/` holds deliveries in progress and is ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Subdir {
-    New,
-    Cur,
+    New = 0,
+    Cur = 1,
 }
 
 impl Subdir {
@@ -80,21 +81,43 @@ struct Found {
     mtime: i64,
 }
 
-/// Where a message's file is, and what its name said when we last looked.
+/// Where a message's file is, and what its name said when we last looked. Kept small: one
+/// of these per message stays in memory for the whole session.
 #[derive(Clone, Debug)]
 struct MessageFile {
-    base: String,
+    /// The name in `subdir`: the base name (the message's identity across renames), then
+    /// `:2,` and its info letters; the letters other than flags (keywords, `P`, unknown ones)
+    /// are carried through renames.
+    name: Box<str>,
     subdir: Subdir,
-    name: String,
     /// The system flags in `name`.
     disk_flags: Flags,
-    /// The other info letters in `name` (keywords, `P`, unknown), carried through renames.
-    kept: String,
     /// The flags this session last agreed with the disk on: changes made since are ours to
     /// write, everything else on disk (changed by other sessions) is left as it is.
     baseline: Flags,
     /// The same for keyword bits.
     keyword_baseline: u64,
+    /// Its flags or keywords were set, or its file was found renamed, since the last commit:
+    /// a commit need not look at any other message in `cur/` it does not expunge.
+    touched: bool,
+}
+
+impl MessageFile {
+    fn base(&self) -> &str {
+        name::base_of(&self.name)
+    }
+
+    /// The info letters of the name other than the system flags.
+    fn kept(&self) -> String {
+        name::kept_of(&self.name)
+    }
+
+    /// Now called `name` in `subdir`.
+    fn moved(&mut self, subdir: Subdir, name: String) {
+        self.subdir = subdir;
+        self.disk_flags = name::flags_of(&name);
+        self.name = name.into_boxed_str();
+    }
 }
 
 /// What is already known about a message file, by base name: spares reading bodies and
@@ -117,8 +140,15 @@ pub struct MaildirMailbox {
     /// Parallel to `messages`.
     files: Vec<MessageFile>,
     keywords: Keywords,
-    /// The directories and files as they were before our last full scan.
+    /// The directories and files as they were before our last scan (or after our own changes,
+    /// see [`MaildirMailbox::adopt_own_changes`]).
     stamps: Stamps,
+    /// When `stamps` were adopted after our own changes without a scan to confirm them.
+    unverified_since: Option<std::time::Instant>,
+    /// This session changed the Maildir since `stamps` were taken.
+    own_changes: bool,
+    /// How far this session has read `dovecot-uidlist`.
+    list_cursor: Option<ListCursor>,
     /// UIDs whose flags changed on disk under a commit of ours: the next refresh reports them.
     unreported_flag_changes: Vec<u32>,
     /// The message [`Mailbox::hold_message`] keeps readable, and its open file.
@@ -163,7 +193,7 @@ impl MaildirMailbox {
         };
         let stamps = Stamps::take(&root)?;
         let keywords = Keywords::read(&root).map_err(io_at(root.join(keywords::KEYWORDS_NAME)))?;
-        let index = load_index(&root, writes, &KnownFiles::new())?;
+        let index = load_index(&root, writes, &KnownFiles::new(), None)?;
         let mut mailbox = MaildirMailbox {
             path: root,
             access,
@@ -173,6 +203,9 @@ impl MaildirMailbox {
             files: Vec::with_capacity(index.entries.len()),
             keywords,
             stamps,
+            unverified_since: None,
+            own_changes: index.written,
+            list_cursor: index.cursor,
             unreported_flag_changes: Vec::new(),
             held: None,
             seek_hint: None,
@@ -184,6 +217,7 @@ impl MaildirMailbox {
         if access == Access::Shared {
             mailbox.claim_recent(0);
         }
+        mailbox.adopt_own_changes();
         Ok(mailbox)
     }
 
@@ -197,6 +231,9 @@ impl MaildirMailbox {
             files: Vec::new(),
             keywords: Keywords::default(),
             stamps: Stamps::default(),
+            unverified_since: None,
+            own_changes: false,
+            list_cursor: None,
             unreported_flag_changes: Vec::new(),
             held: None,
             seek_hint: None,
@@ -206,11 +243,11 @@ impl MaildirMailbox {
 
     /// Add an indexed message at the end of the index.
     fn push_entry(&mut self, entry: Entry) {
-        let parsed = name::parse(&entry.found.name);
-        let keywords = self.keywords.bits(&parsed.kept);
+        let flags = name::flags_of(&entry.found.name);
+        let keywords = self.keywords.bits(name::info_letters(&entry.found.name));
         self.messages.push(MessageInfo {
             uid: entry.uid,
-            flags: parsed.flags,
+            flags,
             keywords,
             recent: entry.found.subdir == Subdir::New,
             size: entry.size,
@@ -218,31 +255,29 @@ impl MaildirMailbox {
             internal_tz_minutes: 0,
         });
         self.files.push(MessageFile {
-            base: parsed.base,
+            name: entry.found.name.into_boxed_str(),
             subdir: entry.found.subdir,
-            name: entry.found.name,
-            disk_flags: parsed.flags,
-            kept: parsed.kept,
-            baseline: parsed.flags,
+            disk_flags: flags,
+            baseline: flags,
             keyword_baseline: keywords,
+            touched: false,
         });
     }
 
     /// Claim `\Recent` for the messages from `first` on that are in `new/`: rename them into
     /// `cur/` (flags unchanged). One another session claimed first is not recent for us.
     fn claim_recent(&mut self, first: usize) {
+        let mut dirs = Dirs::new(&self.path);
         for index in first..self.files.len() {
             if self.files[index].subdir != Subdir::New {
                 continue;
             }
             let file = &self.files[index];
-            let claimed = name::build(&file.base, file.disk_flags, &file.kept);
-            let to = self.path.join(Subdir::Cur.name()).join(&claimed);
-            match fs::rename(self.file_path(index), to) {
+            let claimed = name::build(file.base(), file.disk_flags, &file.kept());
+            match dirs.rename((Subdir::New, &file.name), (Subdir::Cur, &claimed)) {
                 Ok(()) => {
-                    let file = &mut self.files[index];
-                    file.subdir = Subdir::Cur;
-                    file.name = claimed;
+                    self.own_changes = true;
+                    self.files[index].moved(Subdir::Cur, claimed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.messages[index].recent = false;
@@ -264,27 +299,24 @@ impl MaildirMailbox {
                     size: info.size,
                     mtime: info.internal_date,
                 };
-                (file.base.as_str(), known)
+                (file.base(), known)
             })
             .collect()
     }
 
     fn file_path(&self, index: usize) -> PathBuf {
         let file = &self.files[index];
-        self.path.join(file.subdir.name()).join(&file.name)
+        self.path.join(file.subdir.name()).join(&*file.name)
     }
 
     /// Find message `index` again after another process renamed it. False when it is gone.
     fn relocate(&mut self, index: usize) -> io::Result<bool> {
-        let Some((subdir, name)) = find_by_base(&self.path, &self.files[index].base)? else {
+        let Some((subdir, name)) = find_by_base(&self.path, self.files[index].base())? else {
             return Ok(false);
         };
-        let parsed = name::parse(&name);
         let file = &mut self.files[index];
-        file.subdir = subdir;
-        file.name = name;
-        file.disk_flags = parsed.flags;
-        file.kept = parsed.kept;
+        file.moved(subdir, name);
+        file.touched = true;
         Ok(true)
     }
 
@@ -318,10 +350,15 @@ impl MaildirMailbox {
     }
 
     /// Unlink message `index`'s file wherever it went. Gone already counts as done.
-    fn unlink(&mut self, index: usize) -> io::Result<()> {
+    fn unlink(&mut self, index: usize, dirs: &mut Dirs) -> io::Result<()> {
         for _ in 0..CHASE_ATTEMPTS {
-            match fs::remove_file(self.file_path(index)) {
+            let file = &self.files[index];
+            match dirs.unlink((file.subdir, &file.name)) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Ok(()) => {
+                    self.own_changes = true;
+                    return Ok(());
+                }
                 other => return other,
             }
             if !self.relocate(index)? {
@@ -341,7 +378,7 @@ impl MaildirMailbox {
             u64::from(file.baseline.bits()),
             u64::from(info.flags.bits()),
         ) as u8);
-        let disk_keywords = self.keywords.bits(&file.kept);
+        let disk_keywords = self.keywords.bits(name::info_letters(&file.name));
         let keywords = apply_changes(disk_keywords, file.keyword_baseline, info.keywords);
         (flags, keywords)
     }
@@ -349,7 +386,7 @@ impl MaildirMailbox {
     /// The kept letters of message `index` with its keyword letters replaced by `keywords`'.
     fn kept_with(&self, index: usize, keywords: u64) -> String {
         let mut kept: String = self.files[index]
-            .kept
+            .kept()
             .chars()
             .filter(|c| !self.keywords.knows_letter(*c))
             .collect();
@@ -359,25 +396,22 @@ impl MaildirMailbox {
 
     /// Rename message `index` into `cur/` with this session's flag and keyword changes applied
     /// on top of its name now. False when the file is gone (expunged by another session).
-    fn write_changes(&mut self, index: usize) -> io::Result<bool> {
+    fn write_changes(&mut self, index: usize, dirs: &mut Dirs) -> io::Result<bool> {
         for _ in 0..CHASE_ATTEMPTS {
             let (flags, keywords) = self.merged_target(index);
             let file = &self.files[index];
-            let disk_keywords = self.keywords.bits(&file.kept);
+            let disk_keywords = self.keywords.bits(name::info_letters(&file.name));
             if file.subdir == Subdir::Cur && flags == file.disk_flags && keywords == disk_keywords {
                 self.settle(index, flags, keywords);
                 return Ok(true);
             }
             let kept = self.kept_with(index, keywords);
-            let new_name = name::build(&self.files[index].base, flags, &kept);
-            let to = self.path.join(Subdir::Cur.name()).join(&new_name);
-            match fs::rename(self.file_path(index), to) {
+            let file = &self.files[index];
+            let new_name = name::build(file.base(), flags, &kept);
+            match dirs.rename((file.subdir, &file.name), (Subdir::Cur, &new_name)) {
                 Ok(()) => {
-                    let file = &mut self.files[index];
-                    file.subdir = Subdir::Cur;
-                    file.name = new_name;
-                    file.disk_flags = flags;
-                    file.kept = kept;
+                    self.own_changes = true;
+                    self.files[index].moved(Subdir::Cur, new_name);
                     self.settle(index, flags, keywords);
                     return Ok(true);
                 }
@@ -436,6 +470,46 @@ impl MaildirMailbox {
             kept
         };
         self.files.retain(&mut keep);
+    }
+}
+
+/// `new/` and `cur/` of one Maildir, opened when first needed, for renames by name within
+/// them: no path to build and walk per message. Kept only for one batch of renames (a claim,
+/// a commit), so a folder renamed or recreated meanwhile is never written through a stale one.
+struct Dirs {
+    root: PathBuf,
+    open: [Option<File>; 2],
+}
+
+impl Dirs {
+    fn new(root: &Path) -> Dirs {
+        Dirs {
+            root: root.to_path_buf(),
+            open: [None, None],
+        }
+    }
+
+    fn handle(&mut self, subdir: Subdir) -> io::Result<std::os::fd::RawFd> {
+        let slot = &mut self.open[subdir as usize];
+        if let Some(dir) = slot {
+            return Ok(dir.as_raw_fd());
+        }
+        let dir = File::open(self.root.join(subdir.name()))?;
+        Ok(slot.insert(dir).as_raw_fd())
+    }
+
+    /// unlink(2) of a name in one of the two directories.
+    fn unlink(&mut self, file: (Subdir, &str)) -> io::Result<()> {
+        let dir = self.handle(file.0)?;
+        nix::unistd::unlinkat(Some(dir), file.1, nix::unistd::UnlinkatFlags::NoRemoveDir)
+            .map_err(io::Error::from)
+    }
+
+    /// rename(2) of `from` to `to`, each a name in one of the two directories.
+    fn rename(&mut self, from: (Subdir, &str), to: (Subdir, &str)) -> io::Result<()> {
+        let from_dir = self.handle(from.0)?;
+        let to_dir = self.handle(to.0)?;
+        nix::fcntl::renameat(Some(from_dir), from.1, Some(to_dir), to.1).map_err(io::Error::from)
     }
 }
 
@@ -499,8 +573,10 @@ impl Mailbox for MaildirMailbox {
     }
 
     fn set_flags(&mut self, index: usize, flags: Flags) {
-        if let Some(info) = self.messages.get_mut(index) {
+        if let (Some(info), Some(file)) = (self.messages.get_mut(index), self.files.get_mut(index))
+        {
             info.flags = flags;
+            file.touched = true;
         }
     }
 
@@ -513,22 +589,38 @@ impl Mailbox for MaildirMailbox {
         if self.access == Access::ReadOnly {
             return Ok(CommitReport::default());
         }
+        // Others' changes already visible are left for the next refresh to scan: only a
+        // Maildir that looks as we last saw it may have its stamps moved past our renames.
+        let others_pending = Stamps::take(&self.path).ok().as_ref() != Some(&self.stamps);
+        let mut dirs = Dirs::new(&self.path);
         let mut expunged = Vec::new();
         for index in 0..self.messages.len() {
+            let file = &self.files[index];
+            if !file.touched && file.subdir == Subdir::Cur {
+                // Unchanged since it was last written or read, here or by a refresh.
+                let flags = self.messages[index].flags;
+                if !self.expunges(expunge, index, flags) {
+                    continue;
+                }
+            }
             let (flags, _) = self.merged_target(index);
             let still_there = if self.expunges(expunge, index, flags) {
-                self.unlink(index).map(|()| false)
+                self.unlink(index, &mut dirs).map(|()| false)
             } else {
-                self.write_changes(index)
+                self.write_changes(index, &mut dirs)
             };
             match still_there {
-                Ok(true) => {}
+                Ok(true) => self.files[index].touched = false,
                 Ok(false) => expunged.push(index),
                 // Files already unlinked stay in the index; the next commit finds them gone.
                 Err(e) => return Err(StoreError::Io(self.file_path(index), e)),
             }
         }
         self.forget(&expunged);
+        if others_pending {
+            self.own_changes = false;
+        }
+        self.adopt_own_changes();
         let present: Vec<u32> = self.messages.iter().map(|m| m.uid).collect();
         self.unreported_flag_changes
             .retain(|uid| present.binary_search(uid).is_ok());
@@ -546,8 +638,10 @@ impl Mailbox for MaildirMailbox {
         } else {
             (1 << known) - 1
         };
-        if let Some(info) = self.messages.get_mut(index) {
+        if let (Some(info), Some(file)) = (self.messages.get_mut(index), self.files.get_mut(index))
+        {
             info.keywords = keywords & mask;
+            file.touched = true;
         }
     }
 
@@ -574,12 +668,15 @@ impl Mailbox for MaildirMailbox {
         if self.access == Access::ReadOnly {
             return Err(StoreError::Refused("Mailbox is read-only".into()));
         }
-        let (_, uids) = append::append(&self.path, &mut self.keywords, messages)?;
+        let cursor = self.list_cursor.as_ref();
+        let (_, uids) = append::append_at(&self.path, &mut self.keywords, messages, cursor)?;
         Ok(uids)
     }
 
+    /// Also changes once adopted stamps are due for verification, so that IDLE refreshes.
     fn change_token(&self) -> io::Result<u64> {
-        Ok(Stamps::take(&self.path).map_err(into_io)?.token())
+        let token = Stamps::take(&self.path).map_err(into_io)?.token();
+        Ok(token ^ u64::from(self.verification_due()))
     }
 }
 
@@ -615,44 +712,68 @@ impl UidWrites {
 }
 
 /// Scan and match `root` against its uidlist; write what `writes` allows of it under the
-/// uidlist lock (scanning again under it: another writer may have just done so).
-fn load_index(root: &Path, writes: UidWrites, known: &KnownFiles) -> Result<Index, StoreError> {
-    let index = Index::build(root, known)?;
+/// uidlist lock (scanning again under it when anything changed since: another writer may have
+/// just done so). `cur_listing`: `cur/` as the caller knows it unchanged, instead of reading it.
+fn load_index(
+    root: &Path,
+    writes: UidWrites,
+    known: &KnownFiles,
+    cur_listing: Option<&[Found]>,
+) -> Result<Index, StoreError> {
+    let before = Stamps::take(root)?;
+    let index = Index::build(root, known, cur_listing)?;
     if !writes.wants(&index) {
         return Ok(index);
     }
-    match write_index(root, writes, &index, known) {
-        Ok(written) => Ok(written),
+    let lock = match UidlistLock::acquire(root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER) {
+        Ok(lock) => lock,
         // A read-only session may lack the right to write: the UIDs stay provisional.
+        Err(_) if writes != UidWrites::All => return Ok(index),
+        Err(e) => return Err(StoreError::Io(root.join(uidlist::LOCK_NAME), e)),
+    };
+    let mut index = match Stamps::take(root) {
+        Ok(now) if now == before => index,
+        _ => {
+            let mut known_now = index.known_files();
+            known_now.extend(known.iter().map(|(k, v)| (*k, *v)));
+            Index::build(root, &known_now, None)?
+        }
+    };
+    match write_index(root, writes, &mut index, lock) {
+        Ok(()) => Ok(index),
+        // As above: provisional UIDs, and the UIDVALIDITY of the list we could not write.
         Err(_) if writes != UidWrites::All => Ok(index),
         Err(e) => Err(e),
     }
 }
 
-/// [`load_index`]'s write, under the uidlist lock.
+/// [`load_index`]'s write of `index`, made under the uidlist `lock`.
 fn write_index(
     root: &Path,
     writes: UidWrites,
-    scanned: &Index,
-    known: &KnownFiles,
-) -> Result<Index, StoreError> {
-    let lock = UidlistLock::acquire(root, UIDLIST_LOCK_WAIT, uidlist::STALE_AFTER)
-        .map_err(io_at(root.join(uidlist::LOCK_NAME)))?;
-    let mut known_now = scanned.known_files();
-    known_now.extend(known.iter().map(|(k, v)| (*k, *v)));
-    let mut index = Index::build(root, &known_now)?;
-    if index.needs_write && writes.wants(&index) {
-        // The first uidlist fixes the UIDVALIDITY: one never handed out before here.
-        if !index.had_uidlist {
-            index.list.uid_validity = validity::next(root);
-        }
-        lock.replace(&index.list)
-            .map_err(io_at(root.join(uidlist::UIDLIST_NAME)))?;
-        index.had_uidlist = true;
-        index.assigned_uids = false;
-        index.needs_write = false;
+    index: &mut Index,
+    lock: UidlistLock,
+) -> Result<(), StoreError> {
+    if !(index.needs_write && writes.wants(index)) {
+        return Ok(());
     }
-    Ok(index)
+    // The first uidlist fixes the UIDVALIDITY: one never handed out before here.
+    let uid_validity = index.list.uid_validity;
+    if !index.had_uidlist {
+        index.list.uid_validity = validity::next(root);
+    }
+    match lock.replace(&index.list) {
+        Ok(cursor) => index.cursor = Some(cursor),
+        Err(e) => {
+            index.list.uid_validity = uid_validity;
+            return Err(StoreError::Io(root.join(uidlist::UIDLIST_NAME), e));
+        }
+    }
+    index.had_uidlist = true;
+    index.assigned_uids = false;
+    index.needs_write = false;
+    index.written = true;
+    Ok(())
 }
 
 /// A message as the index assigns it.
@@ -675,27 +796,39 @@ struct Index {
     had_uidlist: bool,
     /// Some message got a UID the file does not hold.
     assigned_uids: bool,
+    /// This load wrote the uidlist.
+    written: bool,
+    /// Where a reader of the list file as it now is stands (see [`uidlist::read_since`]).
+    cursor: Option<ListCursor>,
 }
 
 impl Index {
     /// Scan `root` and match it against its uidlist. `known` (by base name) spares reading
-    /// bodies and stat()ing files an earlier pass looked at.
-    fn build(root: &Path, known: &KnownFiles) -> Result<Index, StoreError> {
+    /// bodies and stat()ing files an earlier pass looked at; `cur_listing` spares reading `cur/`.
+    fn build(
+        root: &Path,
+        known: &KnownFiles,
+        cur_listing: Option<&[Found]>,
+    ) -> Result<Index, StoreError> {
         let list_path = root.join(uidlist::UIDLIST_NAME);
-        let existing = uidlist::read(root).map_err(|e| match e.kind() {
+        let existing = uidlist::read_for_append(root).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => {
                 StoreError::Damaged(format!("{}: {e}", list_path.display()))
             }
             _ => StoreError::Io(list_path.clone(), e),
         })?;
         let had_uidlist = existing.is_some();
+        let (existing, cursor) = match existing {
+            Some((list, file)) => (Some(list), file.cursor),
+            None => (None, None),
+        };
         let mut assigned_uids = false;
         let mut needs_write = match &existing {
             Some(list) => list.outdated,
             None => true,
         };
         let mut list = existing.unwrap_or_else(|| Uidlist::new(validity::peek(root)));
-        let scanned = scan(root, known)?;
+        let scanned = scan(root, known, cur_listing)?;
 
         // Pair each record with its file; a base seen twice (new/ and cur/ mid-rename) counts once.
         let mut by_base: HashMap<&str, usize> = HashMap::with_capacity(scanned.len());
@@ -725,11 +858,29 @@ impl Index {
                 None => needs_write = true,
             }
         }
-        let mut found_fresh: Vec<Found> = fresh_at
+        let found_fresh: Vec<Found> = fresh_at
             .into_iter()
             .filter_map(|at| scanned[at].take())
             .collect();
-        found_fresh.sort_by_cached_key(|f| name::delivery_key(name::base_of(&f.name), f.mtime));
+        // Keyed by time without copying names: the name itself only breaks ties.
+        let mut order: Vec<(i64, u64, usize)> = found_fresh
+            .iter()
+            .enumerate()
+            .map(|(at, f)| {
+                let (secs, micros, _) = name::delivery_key(name::base_of(&f.name), f.mtime);
+                (secs, micros, at)
+            })
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            let base = |at: usize| name::base_of(&found_fresh[at].name);
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| base(a.2).cmp(base(b.2)))
+        });
+        let mut found_fresh: Vec<Option<Found>> = found_fresh.into_iter().map(Some).collect();
+        let found_fresh = order
+            .into_iter()
+            .filter_map(|(_, _, at)| found_fresh[at].take());
         for found in found_fresh {
             let record = Record {
                 uid: list.next_uid,
@@ -753,6 +904,8 @@ impl Index {
             needs_write,
             had_uidlist,
             assigned_uids,
+            written: false,
+            cursor,
         })
     }
 
@@ -809,15 +962,22 @@ fn size_entry(
 }
 
 /// Every message file in `new/` then `cur/`, rescanning when either directory changed during
-/// the scan (a rename racing readdir could otherwise be missed).
-fn scan(root: &Path, known: &KnownFiles) -> Result<Vec<Found>, StoreError> {
+/// the scan (a rename racing readdir could otherwise be missed). `cur_listing` stands in for
+/// reading `cur/` on the first attempt; a retry reads it.
+fn scan(
+    root: &Path,
+    known: &KnownFiles,
+    cur_listing: Option<&[Found]>,
+) -> Result<Vec<Found>, StoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let before = dir_stamps(root)?;
         let mut found = Vec::new();
-        for subdir in Subdir::ALL {
-            scan_subdir(root, subdir, known, &mut found)?;
+        scan_subdir(root, Subdir::New, known, &mut found)?;
+        match cur_listing {
+            Some(listing) if attempt == 1 => found.extend_from_slice(listing),
+            _ => scan_subdir(root, Subdir::Cur, known, &mut found)?,
         }
         if attempt >= SCAN_ATTEMPTS || dir_stamps(root)? == before {
             return Ok(found);
@@ -826,7 +986,8 @@ fn scan(root: &Path, known: &KnownFiles) -> Result<Vec<Found>, StoreError> {
 }
 
 /// The files of one subdirectory. The directory entry's type (d_type) tells files apart
-/// without a stat; a file is stat()ed only for its mtime, and only when `known` lacks it.
+/// without a stat; a file is stat()ed only for its mtime, and only when `known` lacks it,
+/// relative to the directory (no path to build and resolve per file).
 fn scan_subdir(
     root: &Path,
     subdir: Subdir,
@@ -839,6 +1000,7 @@ fn scan_subdir(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(StoreError::Io(dir, e)),
     };
+    let mut dir_handle = None;
     for entry in entries {
         let entry = entry.map_err(io_at(dir.clone()))?;
         // Maildir names are ASCII; anything else is not a message we could list in the uidlist.
@@ -858,13 +1020,19 @@ fn scan_subdir(
         }
         let mtime = match known.get(name::base_of(&name)) {
             Some(known) if file_type.is_file() => known.mtime,
-            _ => match fs::metadata(entry.path()) {
-                Ok(meta) if meta.is_file() => meta.mtime(),
-                Ok(_) => continue,
-                // Renamed or expunged since readdir: the rescan or the other directory has it.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::Io(entry.path(), e)),
-            },
+            _ => {
+                let handle = match &dir_handle {
+                    Some(handle) => handle,
+                    None => dir_handle.insert(File::open(&dir).map_err(io_at(dir.clone()))?),
+                };
+                match regular_file_mtime(handle, &name) {
+                    Ok(Some(mtime)) => mtime,
+                    Ok(None) => continue,
+                    // Renamed or expunged since readdir: the rescan or the other directory has it.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::Io(entry.path(), e)),
+                }
+            }
         };
         found.push(Found {
             subdir,
@@ -873,6 +1041,16 @@ fn scan_subdir(
         });
     }
     Ok(())
+}
+
+/// The mtime of `name` in the open directory `dir` (following symlinks, as open() does);
+/// `None` when it is not a regular file.
+fn regular_file_mtime(dir: &File, name: &str) -> io::Result<Option<i64>> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::{fstatat, SFlag};
+    let stat = fstatat(Some(dir.as_raw_fd()), name, AtFlags::empty()).map_err(io::Error::from)?;
+    let is_file = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+    Ok(is_file.then_some(stat.st_mtime))
 }
 
 /// The modification times of `new/` and `cur/`.
@@ -1475,7 +1653,7 @@ pub(crate) mod tests {
                         .files
                         .iter()
                         .zip(mailbox.messages())
-                        .map(|(f, m)| (m.uid, f.base.clone()))
+                        .map(|(f, m)| (m.uid, f.base().to_string()))
                         .collect();
                     seen
                 })

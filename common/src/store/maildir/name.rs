@@ -17,7 +17,9 @@ const FLAG_LETTERS: [(char, Flags); 5] = [
     ('T', Flags::DELETED),
 ];
 
-/// A file name split into what we manage and what we only carry along.
+/// A file name split into what we manage and what we only carry along (the store keeps only
+/// the name and reads these from it as needed; this is the three readers at once, for tests).
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedName {
     /// The name without the info part: the message's identity across renames.
@@ -38,21 +40,39 @@ pub fn base_of(name: &str) -> &str {
 
 /// Split `name` into base, system flags and kept letters. Only a `2,` info part carries flags;
 /// any other info part is treated as carrying none.
+#[cfg(test)]
 pub fn parse(name: &str) -> ParsedName {
-    let base = base_of(name).to_string();
-    let letters = name
-        .get(base.len() + 1..)
+    ParsedName {
+        base: base_of(name).to_string(),
+        flags: flags_of(name),
+        kept: kept_of(name),
+    }
+}
+
+/// The letters of `name`'s `2,` info part (flags, keywords, others); empty without one.
+pub fn info_letters(name: &str) -> &str {
+    name.get(base_of(name).len() + 1..)
         .and_then(|info| info.strip_prefix("2,"))
-        .unwrap_or("");
+        .unwrap_or("")
+}
+
+/// The system flags in `name`'s info letters.
+pub fn flags_of(name: &str) -> Flags {
     let mut flags = Flags::NONE;
-    let mut kept = String::new();
-    for letter in letters.chars() {
-        match FLAG_LETTERS.iter().find(|(l, _)| *l == letter) {
-            Some((_, flag)) => flags.insert(*flag),
-            None => kept.push(letter),
+    for letter in info_letters(name).chars() {
+        if let Some((_, flag)) = FLAG_LETTERS.iter().find(|(l, _)| *l == letter) {
+            flags.insert(*flag);
         }
     }
-    ParsedName { base, flags, kept }
+    flags
+}
+
+/// `name`'s info letters other than the system flags (keywords `a`..`z`, `P`, unknown ones).
+pub fn kept_of(name: &str) -> String {
+    info_letters(name)
+        .chars()
+        .filter(|letter| !FLAG_LETTERS.iter().any(|(l, _)| l == letter))
+        .collect()
 }
 
 /// The file name for `base` with `flags` plus the `kept` letters, sorted as Maildir requires.
@@ -91,7 +111,7 @@ pub fn size_field(base: &str, key: char) -> Option<u64> {
 
 /// The order new messages get UIDs in: delivery time from the name (`<secs>.M<usecs>...`),
 /// falling back to `mtime` when the name does not start with a time, then the name itself.
-pub fn delivery_key(base: &str, mtime: i64) -> (i64, u64, String) {
+pub fn delivery_key(base: &str, mtime: i64) -> (i64, u64, &str) {
     let mut parts = base.split('.');
     let secs = parts.next().and_then(|p| p.parse::<i64>().ok());
     let micros = parts
@@ -103,8 +123,8 @@ pub fn delivery_key(base: &str, mtime: i64) -> (i64, u64, String) {
         })
         .unwrap_or(0);
     match secs {
-        Some(secs) => (secs, micros, base.to_string()),
-        None => (mtime, 0, base.to_string()),
+        Some(secs) => (secs, micros, base),
+        None => (mtime, 0, base),
     }
 }
 

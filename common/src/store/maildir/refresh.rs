@@ -3,6 +3,11 @@
 //!
 //! Owns the cheap "did anything change?" test ([`Stamps`]: one stat each of `new/`, `cur/`,
 //! `dovecot-uidlist` and `dovecot-keywords`) and the matching of a fresh scan against the index.
+//! Reads no more than changed: with `cur/` unchanged its listing comes from the index, and
+//! when only deliveries happened (the uidlist grew, new files in `new/`) just those are read
+//! ([`MaildirMailbox::quick_catch_up`]). Stamps changed by this session's own renames and
+//! writes are taken again afterwards, with one full rescan [`VERIFY_AFTER`] later to find
+//! anything another process did in between.
 //! A message is the same message only if both its base name and its UID match, so no session
 //! ever shows one message under two UIDs. Never changes a file itself: UIDs for new files are
 //! given by the shared index loader (not when `ReadOnly`) and `\Recent` is claimed by the
@@ -10,7 +15,9 @@
 
 use super::keywords::KEYWORDS_NAME;
 use super::uidlist::UIDLIST_NAME;
-use super::{io_at, load_index, Index, MaildirMailbox, UidWrites};
+use super::uidlist::{read_since, Record};
+use super::{io_at, load_index, name, scan_subdir, Entry, Index, KnownFiles, MaildirMailbox};
+use super::{Subdir, UidWrites};
 use crate::store::{Access, Changes, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -18,9 +25,13 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The files whose change means the mailbox may have changed.
 const WATCHED: [&str; 4] = ["new", "cur", UIDLIST_NAME, KEYWORDS_NAME];
+/// Where `cur/` and `dovecot-keywords` are in [`WATCHED`].
+const CUR_AT: usize = 1;
+const KEYWORDS_AT: usize = 3;
 
 /// Identity and change times of the watched files (`None` when absent).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -62,11 +73,24 @@ impl Stamps {
     }
 }
 
+/// How long stamps adopted after our own changes go unverified: the next refresh after this
+/// rescans everything once (see [`MaildirMailbox::adopt_own_changes`]). Dovecot's
+/// MAILDIR_SYNC_SECS plays the same part.
+pub(super) const VERIFY_AFTER: Duration = Duration::from_secs(1);
+
+impl Stamps {
+    /// Whether `cur/` looks the same in both.
+    fn same_cur(&self, other: &Stamps) -> bool {
+        self.0[CUR_AT] == other.0[CUR_AT]
+    }
+}
+
 impl MaildirMailbox {
     /// [`crate::store::Mailbox::refresh`]: a stat of the watched files, and a rescan only when
-    /// one changed.
+    /// one changed: of `new/` alone when `cur/` did not (its listing is taken from the index).
     pub(super) fn catch_up(&mut self) -> Result<Changes, StoreError> {
         let stamps = Stamps::take(&self.path)?;
+        let verify = self.verification_due();
         let mut changes = Changes::default();
         if stamps != self.stamps && !self.path.is_dir() {
             // Deleted (or renamed away) under us: every message is gone.
@@ -75,14 +99,21 @@ impl MaildirMailbox {
             self.messages.clear();
             self.files.clear();
             self.unreported_flag_changes.clear();
-        } else if stamps != self.stamps {
+        } else if !verify && self.quick_catch_up(&stamps, &mut changes)? {
+            self.stamps = stamps;
+            self.adopt_own_changes();
+        } else if stamps != self.stamps || verify {
+            self.unverified_since = None;
             self.keywords
                 .reload(&self.path)
                 .map_err(io_at(self.path.join(KEYWORDS_NAME)))?;
+            let cur_listing =
+                (!verify && stamps.same_cur(&self.stamps)).then(|| self.cur_listing());
             let index = load_index(
                 &self.path,
                 UidWrites::for_access(self.access),
                 &self.known_files(),
+                cur_listing.as_deref(),
             )?;
             if index.list.uid_validity != self.uid_validity && !self.messages.is_empty() {
                 return Err(StoreError::Damaged(format!(
@@ -93,10 +124,112 @@ impl MaildirMailbox {
                 )));
             }
             self.stamps = stamps;
+            self.own_changes |= index.written;
+            self.list_cursor = index.cursor;
             changes = self.absorb(index);
+            self.adopt_own_changes();
         }
         self.report_unreported(&mut changes);
         Ok(changes)
+    }
+
+    /// The common case in O(new messages): `cur/` and the keywords unchanged, every indexed
+    /// file in `cur/`, and `dovecot-uidlist` only grown since we read it (Dovecot's and our
+    /// APPEND add lines at its end). Reads the new end of the list and `new/`; every file in
+    /// `new/` must have a UID there above all we show, with its size in its name or record.
+    /// False (nothing changed) when the full rescan is needed instead.
+    fn quick_catch_up(
+        &mut self,
+        stamps: &Stamps,
+        changes: &mut Changes,
+    ) -> Result<bool, StoreError> {
+        if stamps == &self.stamps {
+            return Ok(true);
+        }
+        let same_keywords = stamps.0[KEYWORDS_AT] == self.stamps.0[KEYWORDS_AT];
+        let Some(cursor) = self.list_cursor else {
+            return Ok(false);
+        };
+        if !stamps.same_cur(&self.stamps)
+            || !same_keywords
+            || self.files.iter().any(|f| f.subdir == Subdir::New)
+        {
+            return Ok(false);
+        }
+        let list_path = self.path.join(UIDLIST_NAME);
+        let Some((records, cursor)) = read_since(&self.path, &cursor).map_err(io_at(list_path))?
+        else {
+            return Ok(false);
+        };
+        let mut found = Vec::new();
+        scan_subdir(&self.path, Subdir::New, &KnownFiles::new(), &mut found)?;
+        let last_uid = self.messages.last().map_or(0, |m| m.uid);
+        let by_base: HashMap<&str, &Record> =
+            records.iter().map(|r| (r.base.as_str(), r)).collect();
+        let mut entries = Vec::with_capacity(found.len());
+        for found in found {
+            let Some(record) = by_base.get(name::base_of(&found.name)) else {
+                return Ok(false);
+            };
+            let size = name::size_field(&record.base, 'W')
+                .or_else(|| record.extension('W').and_then(|w| w.parse().ok()));
+            let (Some(size), true) = (size, record.uid > last_uid) else {
+                return Ok(false);
+            };
+            entries.push(Entry {
+                uid: record.uid,
+                found,
+                size,
+            });
+        }
+        entries.sort_unstable_by_key(|e| e.uid);
+        self.list_cursor = Some(cursor);
+        self.uid_next = self.uid_next.max(cursor.next_uid);
+        let before = self.messages.len();
+        for entry in entries {
+            self.push_entry(entry);
+        }
+        if self.access == Access::Shared {
+            self.claim_recent(before);
+        }
+        changes.appended = self.messages.len() - before;
+        Ok(true)
+    }
+
+    /// `cur/` as the index knows it: what a scan would find when the directory is unchanged.
+    fn cur_listing(&self) -> Vec<super::Found> {
+        self.files
+            .iter()
+            .zip(&self.messages)
+            .filter(|(file, _)| file.subdir == super::Subdir::Cur)
+            .map(|(file, info)| super::Found {
+                subdir: super::Subdir::Cur,
+                name: file.name.to_string(),
+                mtime: info.internal_date,
+            })
+            .collect()
+    }
+
+    /// After this session changed the Maildir itself (claimed `\Recent`, renamed, unlinked,
+    /// wrote the uidlist), take the stamps as they are now, so that our own changes do not
+    /// cost a full rescan at the next refresh. Another process's change made between our last
+    /// scan and now would hide behind them: the first refresh [`VERIFY_AFTER`] from now rescans
+    /// everything once, so such a change is reported late, never lost. Nothing is adopted when
+    /// the stamps cannot be read.
+    pub(super) fn adopt_own_changes(&mut self) {
+        if !std::mem::take(&mut self.own_changes) {
+            return;
+        }
+        if let Ok(now) = Stamps::take(&self.path) {
+            self.stamps = now;
+            self.unverified_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Whether adopted stamps are old enough to be checked by a full rescan.
+    pub(super) fn verification_due(&self) -> bool {
+        self.unverified_since
+            .is_some_and(|since| since.elapsed() >= VERIFY_AFTER)
     }
 
     /// Replace the index by `index`, reporting the differences.
@@ -117,7 +250,7 @@ impl MaildirMailbox {
         let mut expunged = Vec::new();
         for (at, file) in self.files.iter().enumerate() {
             let uid = self.messages[at].uid;
-            match position_of.get(file.base.as_str()) {
+            match position_of.get(file.base()) {
                 Some(&p) if entries[p].as_ref().is_some_and(|e| e.uid == uid) => {
                     survivors.push((at, p));
                 }
@@ -169,21 +302,22 @@ impl MaildirMailbox {
     /// Take in message `at`'s name as found now, keeping this session's pending changes on
     /// top. True when the flags or keywords the session shows changed.
     fn update_survivor(&mut self, at: usize, found: &super::Found) -> bool {
-        let parsed = super::name::parse(&found.name);
-        let disk_keywords = self.keywords.bits(&parsed.kept);
+        let disk_flags = name::flags_of(&found.name);
+        let disk_keywords = self.keywords.bits(name::info_letters(&found.name));
         let file = &mut self.files[at];
         let info = &mut self.messages[at];
         let flags = crate::store::Flags::from_bits(super::apply_changes(
-            u64::from(parsed.flags.bits()),
+            u64::from(disk_flags.bits()),
             u64::from(file.baseline.bits()),
             u64::from(info.flags.bits()),
         ) as u8);
         let keywords = super::apply_changes(disk_keywords, file.keyword_baseline, info.keywords);
+        if *file.name != *found.name {
+            file.name = found.name.as_str().into();
+        }
         file.subdir = found.subdir;
-        file.name = found.name.clone();
-        file.disk_flags = parsed.flags;
-        file.kept = parsed.kept;
-        file.baseline = parsed.flags;
+        file.disk_flags = disk_flags;
+        file.baseline = disk_flags;
         file.keyword_baseline = disk_keywords;
         let changed = info.flags != flags || info.keywords != keywords;
         info.flags = flags;
@@ -388,8 +522,8 @@ mod tests {
         assert_eq!(changes.expunged, [1]);
         assert_eq!(changes.appended, 2);
         assert_eq!(uids(&examiner), [1, 2, 3]);
-        let bases: Vec<&str> = examiner.files.iter().map(|f| f.base.as_str()).collect();
-        let writer_bases: Vec<&str> = writer.files.iter().map(|f| f.base.as_str()).collect();
+        let bases: Vec<&str> = examiner.files.iter().map(|f| f.base()).collect();
+        let writer_bases: Vec<&str> = writer.files.iter().map(|f| f.base()).collect();
         assert_eq!(bases, writer_bases);
     }
 
@@ -401,6 +535,97 @@ mod tests {
         assert_eq!(mailbox.refresh().unwrap().expunged, [0, 1]);
         assert!(mailbox.messages().is_empty());
         assert!(mailbox.refresh().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_change_hidden_behind_adopted_stamps_is_found_by_the_verification_rescan() {
+        let (_tmp, root) = numbered(2);
+        deliver(&root, "new", "1800000000.M1P9.mta", b"x\n");
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        // Our claim moved a file into cur/: its stamps were adopted, not rescanned.
+        assert!(mailbox.unverified_since.is_some());
+        assert!(mailbox.refresh().unwrap().is_empty());
+        // Another session's rename lands in the window before our adopted stamps were taken.
+        fs::rename(
+            root.join("cur/1700000001.M1P1.host:2,"),
+            root.join("cur/1700000001.M1P1.host:2,F"),
+        )
+        .unwrap();
+        mailbox.stamps = Stamps::take(&root).unwrap();
+        mailbox.unverified_since = Some(Instant::now());
+        let token = mailbox.change_token().unwrap();
+        assert!(
+            mailbox.refresh().unwrap().is_empty(),
+            "hidden until verified"
+        );
+        // Once due, IDLE's token changes and the refresh rescans.
+        mailbox.unverified_since = Some(Instant::now() - VERIFY_AFTER);
+        assert_ne!(mailbox.change_token().unwrap(), token);
+        assert_eq!(mailbox.refresh().unwrap().flags_changed, [0]);
+        assert_eq!(mailbox.messages[0].flags, Flags::FLAGGED);
+        assert!(mailbox.unverified_since.is_none());
+    }
+
+    #[test]
+    fn a_refresh_reads_only_new_when_cur_is_unchanged() {
+        let (_tmp, root) = numbered(3);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        // A file the index does not know appears in cur/; we make cur/ look unchanged.
+        deliver(&root, "cur", "1700000009.M1P1.host:2,", b"unseen\n");
+        deliver(&root, "new", "1800000000.M1P9.mta", b"x\n");
+        mailbox.stamps.0[CUR_AT] = Stamps::take(&root).unwrap().0[CUR_AT];
+        let changes = mailbox.refresh().unwrap();
+        // Only new/ was read: the cur/ listing came from the index.
+        assert_eq!(changes.appended, 1);
+        assert_eq!(uids(&mailbox), [1, 2, 3, 4]);
+        assert_eq!(names_in(&root, "new"), Vec::<String>::new());
+        // A full rescan (here: the verification) finds the other one.
+        mailbox.unverified_since = Some(Instant::now() - VERIFY_AFTER);
+        assert_eq!(mailbox.refresh().unwrap().appended, 1);
+        assert_eq!(uids(&mailbox), [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn appends_are_taken_from_the_end_of_the_uidlist_and_new_alone() {
+        let (_tmp, root) = numbered(2);
+        let mut mailbox = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut other = MaildirMailbox::open(&root, Access::Shared).unwrap();
+        let mut body: &[u8] = b"Subject: a\r\n\r\nx\r\n";
+        let mut batch = [crate::store::NewMessage {
+            len: Some(body.len() as u64),
+            source: &mut body,
+            flags: Flags::SEEN,
+            keywords: &[],
+            internal_date: None,
+        }];
+        assert_eq!(other.append(&mut batch).unwrap(), [3]);
+        // Spoil UID 1's record in place: a whole read would now renumber that message
+        // (expunged, then new under UID 4); reading on from the cursor never sees it.
+        let list_path = root.join(UIDLIST_NAME);
+        let text = fs::read_to_string(&list_path).unwrap();
+        let at = text.find(":1700000001.").unwrap() as u64 + 10;
+        let list_file = fs::OpenOptions::new().write(true).open(&list_path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&list_file, b"9", at).unwrap();
+        let cursor = mailbox.list_cursor.unwrap();
+        let changes = mailbox.refresh().unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&list_file, b"1", at).unwrap();
+        assert!(changes.expunged.is_empty(), "{changes:?}");
+        assert_eq!(changes.appended, 1);
+        assert_eq!(uids(&mailbox), [1, 2, 3]);
+        assert_eq!(mailbox.messages[2].flags, Flags::SEEN);
+        assert!(mailbox.messages[2].recent);
+        assert_ne!(
+            mailbox.list_cursor.unwrap(),
+            cursor,
+            "read on from the cursor"
+        );
+        // A file in new/ without a record at the end of the list needs the full path: it
+        // gets its UID there, all the same.
+        deliver(&root, "new", "1800000000.M1P9.mta", b"x\n");
+        assert_eq!(mailbox.refresh().unwrap().appended, 1);
+        assert_eq!(uids(&mailbox), [1, 2, 3, 4]);
+        assert_eq!(other.refresh().unwrap().appended, 2);
+        assert_eq!(uids(&other), [1, 2, 3, 4]);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The `dovecot-uidlist` file: UIDVALIDITY, the next UID and the UID of every base name, in
 //! Dovecot's format, and the `dovecot-uidlist.lock` dotlock that serialises writers with Dovecot.
 //!
-//! Owns reading (versions 1 and 3), writing (version 3) and locking that one file. Writes only
-//! through the lock file, renamed over the list, as Dovecot's dotlock "replace" does. Never
-//! touches messages.
+//! Owns reading (versions 1 and 3), writing (version 3) and locking that one file. Writes under
+//! the lock only, as Dovecot does: records for new messages are appended at the end of the file
+//! ([`ListFile::append_in_place`]); anything else rewrites it through the lock file, renamed
+//! over the list. A reader remembers where it stopped ([`ListCursor`]) and later reads only what
+//! was appended since ([`read_since`]). Never touches messages.
 //!
 //! Version 3, as Dovecot writes it:
 //! ```text
@@ -16,7 +18,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, SystemTime};
@@ -103,16 +105,170 @@ impl Uidlist {
         }
         out.push('\n');
         for record in &self.records {
-            out.push_str(&record.uid.to_string());
-            for extension in &record.extensions {
-                out.push(' ');
-                out.push_str(extension);
-            }
-            out.push_str(" :");
-            out.push_str(&record.base);
-            out.push('\n');
+            record.write_line(&mut out);
         }
         out
+    }
+}
+
+impl Record {
+    /// Add this record's version 3 line (`<uid> [<ext> ...] :<base>\n`) to `out`.
+    fn write_line(&self, out: &mut String) {
+        out.push_str(&self.uid.to_string());
+        for extension in &self.extensions {
+            out.push(' ');
+            out.push_str(extension);
+        }
+        out.push_str(" :");
+        out.push_str(&self.base);
+        out.push('\n');
+    }
+}
+
+/// Where a reader of the list file stopped: enough to read later only the records appended
+/// since (Dovecot adds records at the end; it replaces the file, a new inode, for any other
+/// change). Only taken at the end of a complete line of a version 3 list. The header line is
+/// remembered too: a replacement that happened to get the old inode number back would have to
+/// repeat it byte for byte (UIDVALIDITY, next UID, GUID) to be taken for the same file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListCursor {
+    ino: u64,
+    len: u64,
+    /// Length and hash of the header line, its newline included.
+    header: (u64, u64),
+    pub uid_validity: u32,
+    /// The next UID as the list read so far says (header `N`, raised past every record).
+    pub next_uid: u32,
+    /// The highest UID read so far (0: none).
+    last_uid: u32,
+}
+
+impl ListCursor {
+    fn after(list: &Uidlist, ino: u64, text: &str) -> ListCursor {
+        let header = text.split_inclusive('\n').next().unwrap_or("");
+        ListCursor {
+            ino,
+            len: text.len() as u64,
+            header: (header.len() as u64, header_hash(header.as_bytes())),
+            uid_validity: list.uid_validity,
+            next_uid: list.next_uid,
+            last_uid: list.records.last().map_or(0, |r| r.uid),
+        }
+    }
+}
+
+/// The records appended to the list file since `cursor`, and the cursor after them. `None`
+/// when the file cannot be read that way: replaced (another inode), shorter, not ending where
+/// the cursor stood on a line end, or ending in an incomplete line (a writer at work, or a torn
+/// write): read it whole then.
+pub fn read_since(
+    maildir: &Path,
+    cursor: &ListCursor,
+) -> io::Result<Option<(Vec<Record>, ListCursor)>> {
+    use std::os::unix::fs::MetadataExt;
+    let file = match File::open(maildir.join(UIDLIST_NAME)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if meta.ino() != cursor.ino || meta.len() < cursor.len || cursor.len == 0 {
+        return Ok(None);
+    }
+    let mut header = vec![0u8; usize::try_from(cursor.header.0).unwrap_or(0)];
+    file.read_exact_at(&mut header, 0)?;
+    if header_hash(&header) != cursor.header.1 {
+        return Ok(None);
+    }
+    if meta.len() == cursor.len {
+        return Ok(Some((Vec::new(), *cursor)));
+    }
+    // One byte before the cursor too: it must still be the line end the cursor stood after.
+    let mut bytes = vec![0u8; usize::try_from(meta.len() - cursor.len + 1).unwrap_or(0)];
+    file.read_exact_at(&mut bytes, cursor.len - 1)?;
+    let Some(text) = bytes.strip_prefix(b"\n") else {
+        return Ok(None);
+    };
+    let Ok(text) = std::str::from_utf8(text) else {
+        return Ok(None);
+    };
+    if !text.ends_with('\n') {
+        return Ok(None);
+    }
+    let mut after = *cursor;
+    let mut records = Vec::new();
+    for line in text.lines() {
+        match parse_record(line, true) {
+            Some(record) if record.uid > after.last_uid => {
+                after.last_uid = record.uid;
+                records.push(record);
+            }
+            _ => {}
+        }
+    }
+    after.len = meta.len();
+    if after.next_uid <= after.last_uid {
+        after.next_uid = after.last_uid.saturating_add(1);
+    }
+    Ok(Some((records, after)))
+}
+
+fn header_hash(header: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut hasher = DefaultHasher::new();
+    hasher.write(header);
+    hasher.finish()
+}
+
+/// What an in-place append needs to know about the list file's text as it was read.
+pub struct ListFile {
+    /// Length in bytes of the text parsed.
+    len: u64,
+    /// The text is version 3 and ends with a complete line: records may be appended to it.
+    appendable: bool,
+    /// Where this read stopped, when the text is appendable.
+    pub cursor: Option<ListCursor>,
+}
+
+impl ListFile {
+    /// The file as `cursor` last saw it, for [`ListFile::append_in_place`].
+    pub fn at(cursor: &ListCursor) -> ListFile {
+        ListFile {
+            len: cursor.len,
+            appendable: true,
+            cursor: Some(*cursor),
+        }
+    }
+
+    /// Append `records` (new UIDs above every listed one) to the file this was read from, as
+    /// Dovecot does when it only adds messages: one write at the end, flushed to disk. The
+    /// caller holds the [`UidlistLock`], so the file is still the one read. A crash mid-write
+    /// can leave at most a torn last line; readers skip it or find it matches no file, and the
+    /// next append or rewrite starts from a whole line (`appendable`). On error the
+    /// file is cut back to its old length (best effort) and the caller must treat the records
+    /// as not written. False (nothing written) when the text cannot be appended to.
+    pub fn append_in_place(&self, maildir: &Path, records: &[Record]) -> io::Result<bool> {
+        if !self.appendable {
+            return Ok(false);
+        }
+        let mut lines = String::with_capacity(records.len() * 64);
+        for record in records {
+            record.write_line(&mut lines);
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(maildir.join(UIDLIST_NAME))?;
+        if file.metadata()?.len() != self.len {
+            return Ok(false);
+        }
+        let written = file
+            .write_all_at(lines.as_bytes(), self.len)
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            let _ = file.set_len(self.len);
+            return Err(e);
+        }
+        Ok(true)
     }
 }
 
@@ -185,17 +341,35 @@ fn parse_record(line: &str, version3: bool) -> Option<Record> {
 }
 
 /// Read `<maildir>/dovecot-uidlist`; `Ok(None)` when there is none.
+#[cfg(test)]
 pub fn read(maildir: &Path) -> io::Result<Option<Uidlist>> {
+    Ok(read_for_append(maildir)?.map(|(list, _)| list))
+}
+
+/// `dovecot-uidlist` parsed (`Ok(None)` when there is none), with what
+/// [`ListFile::append_in_place`] needs.
+pub fn read_for_append(maildir: &Path) -> io::Result<Option<(Uidlist, ListFile)>> {
+    use std::os::unix::fs::MetadataExt;
     let path = maildir.join(UIDLIST_NAME);
     let mut text = String::new();
-    match File::open(&path) {
-        Ok(mut file) => file.read_to_string(&mut text)?,
+    let ino = match File::open(&path) {
+        Ok(mut file) => {
+            file.read_to_string(&mut text)?;
+            file.metadata()?.ino()
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    Uidlist::parse(&text)
-        .map(Some)
-        .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))
+    let list =
+        Uidlist::parse(&text).map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))?;
+    let appendable = !list.outdated && text.ends_with('\n');
+    let len = text.len() as u64;
+    let file = ListFile {
+        len,
+        appendable,
+        cursor: appendable.then(|| ListCursor::after(&list, ino, &text)),
+    };
+    Ok(Some((list, file)))
 }
 
 /// A 128-bit hexadecimal mailbox GUID, as Dovecot puts in the `G` header field.
@@ -271,8 +445,18 @@ impl UidlistLock {
 
     /// Write `list` into the lock file, flush it to disk and rename it over the list: readers
     /// see the old or the new list, never a partial one. Releases the lock.
-    pub fn replace(self, list: &Uidlist) -> io::Result<()> {
-        self.replace_with(list.serialize().as_bytes())
+    /// Returns where a reader of the new list stands after reading it whole.
+    pub fn replace(self, list: &Uidlist) -> io::Result<ListCursor> {
+        use std::os::unix::fs::MetadataExt;
+        let text = list.serialize();
+        let ino = self
+            .file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("uidlist lock already used"))?
+            .metadata()?
+            .ino();
+        self.replace_with(text.as_bytes())?;
+        Ok(ListCursor::after(list, ino, &text))
     }
 
     /// Write `contents` into the lock file, flush it and rename it over the locked file.
@@ -370,6 +554,45 @@ mod tests {
         assert!(Uidlist::parse("3 N5\n").is_err());
         // N lower than a listed UID is raised past it.
         assert_eq!(Uidlist::parse("3 V1 N2\n7 :x\n").unwrap().next_uid, 8);
+    }
+
+    #[test]
+    fn read_since_takes_only_whole_appended_lines_of_the_same_file() {
+        let dir = TempDir::new();
+        let path = dir.path().join(UIDLIST_NAME);
+        fs::write(&path, "3 V7 N3 Gabc\n1 :a\n2 :b\n").unwrap();
+        let (list, file) = read_for_append(dir.path()).unwrap().unwrap();
+        let cursor = file.cursor.unwrap();
+        assert_eq!((list.next_uid, cursor.next_uid), (3, 3));
+        assert_eq!(read_since(dir.path(), &cursor).unwrap().unwrap().0, []);
+
+        let append = |text: &str| {
+            let file = OpenOptions::new().append(true).open(&path).unwrap();
+            (&file).write_all(text.as_bytes()).unwrap();
+        };
+        append("5 W12 :e\n4 :out-of-order\n");
+        let (records, after) = read_since(dir.path(), &cursor).unwrap().unwrap();
+        let got: Vec<(u32, &str)> = records.iter().map(|r| (r.uid, r.base.as_str())).collect();
+        assert_eq!(got, [(5, "e")]);
+        assert_eq!(records[0].extension('W'), Some("12"));
+        assert_eq!(after.next_uid, 6);
+        // A line being written (or torn) is not read: the whole file is, later.
+        append("6 :f");
+        assert!(read_since(dir.path(), &after).unwrap().is_none());
+        // The same inode with another header is another list.
+        let text = fs::read_to_string(&path).unwrap().replace("N3", "N9");
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        append("\n");
+        assert!(read_since(dir.path(), &cursor).unwrap().is_none());
+        // Replaced (a new inode): read whole.
+        fs::write(dir.path().join("x"), "3 V7 N3 Gabc\n1 :a\n2 :b\n7 :g\n").unwrap();
+        fs::rename(dir.path().join("x"), &path).unwrap();
+        assert!(read_since(dir.path(), &cursor).unwrap().is_none());
     }
 
     #[test]
