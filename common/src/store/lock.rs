@@ -109,8 +109,10 @@ impl Drop for MailboxLock {
 /// drop; hold it no longer than the read it protects.
 ///
 /// Readers share the lock, so back-to-back reads could starve a writer that polls for it. Writers
-/// take the dotlock first, so a reader that sees `<mailbox>.lock` lets them go first (for at most
-/// [`READER_COURTESY`], in case the dotlock is a stale one).
+/// take the dotlock first, so a reader that sees `<mailbox>.lock` lets that writer go first: it
+/// waits until that dotlock is gone (for at most [`READER_COURTESY`], in case it is a stale
+/// one). A dotlock taken after that is another writer's, and the reader does not wait for it
+/// too: writers in a row must not starve readers either.
 pub struct ReadLock {
     /// A duplicate of the caller's descriptor, sharing the open file description that owns the
     /// lock.
@@ -124,11 +126,13 @@ impl ReadLock {
         let deadline = Instant::now() + timeout;
         let locked_file = file.try_clone()?;
         let dotlock = lock_path_for(path);
-        let courtesy_end = Instant::now() + READER_COURTESY.min(timeout);
-        let mut backoff = Duration::from_millis(2);
-        while fs::symlink_metadata(&dotlock).is_ok() && Instant::now() < courtesy_end {
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(100));
+        if let Ok(writer) = fs::symlink_metadata(&dotlock) {
+            let courtesy_end = Instant::now() + READER_COURTESY.min(timeout);
+            let mut backoff = Duration::from_millis(1);
+            while same_file(&dotlock, &writer) && Instant::now() < courtesy_end {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
         }
         fcntl_lock_kind_until(&locked_file, libc::F_RDLCK, deadline)?;
         Ok(ReadLock { locked_file })
@@ -139,6 +143,16 @@ impl Drop for ReadLock {
     fn drop(&mut self) {
         let _ = set_ofd_lock(&self.locked_file, libc::F_UNLCK);
     }
+}
+
+/// Whether `path` still names the file `seen` described (same inode, not since recreated).
+fn same_file(path: &Path, seen: &fs::Metadata) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|now| {
+        now.dev() == seen.dev()
+            && now.ino() == seen.ino()
+            && now.ctime() == seen.ctime()
+            && now.ctime_nsec() == seen.ctime_nsec()
+    })
 }
 
 /// Take the dotlock ourselves, or through the helper when the directory refuses us.
@@ -786,6 +800,42 @@ mod tests {
         if have_python() {
             assert!(others_can_fcntl_lock(&path), "read lock not released");
         }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn readers_wait_for_the_writer_they_found_not_for_the_next_one() {
+        let dir = temp_dir("courtesy-next");
+        let (path, file) = mailbox_in(&dir);
+        let dotlock = dir.join("user.lock");
+        fs::write(&dotlock, b"first").unwrap();
+        let (next_taken, wait_next) = std::sync::mpsc::channel();
+        let writers = {
+            let dotlock = dotlock.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(ms(300));
+                // The first writer leaves; the next takes the dotlock at once and keeps it.
+                let next = dotlock.with_extension("next");
+                fs::write(&next, b"second").unwrap();
+                fs::rename(&next, &dotlock).unwrap();
+                next_taken.send(()).unwrap();
+                std::thread::sleep(ms(4000));
+                fs::remove_file(&dotlock).unwrap();
+            })
+        };
+        let start = Instant::now();
+        drop(ReadLock::acquire(&path, &file, ms(10_000)).unwrap());
+        let waited = start.elapsed();
+        wait_next.recv().unwrap();
+        assert!(
+            waited >= ms(250),
+            "did not wait for the first writer: {waited:?}"
+        );
+        assert!(
+            waited < ms(3000),
+            "waited for the second writer too: {waited:?}"
+        );
+        writers.join().unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 
