@@ -78,7 +78,7 @@ enum Source {
     },
     /// Message `index` stays where it is and only its metadata block changes, to a block of
     /// the same length (UW's padding absorbs the difference): `new` replaces the verified
-    /// `old` bytes at `offset`.
+    /// `old` bytes at `offset`. Only the bytes that differ are kept.
     Patch {
         index: usize,
         first: bool,
@@ -210,13 +210,28 @@ fn patch_for(s: &Snapshot<'_>, i: usize, first: bool) -> io::Result<Option<Sourc
     if on_disk != old {
         return Ok(None);
     }
+    // Keep only the bytes that differ (usually a few): a STORE on 100,000 messages holds a
+    // patch for each until it is written.
+    let (lo, hi) = differing(&old, &new);
     Ok(Some(Source::Patch {
         index: i,
         first,
-        offset,
-        old,
-        new,
+        offset: offset + lo as u64,
+        old: old[lo..hi].to_vec(),
+        new: new[lo..hi].to_vec(),
     }))
+}
+
+/// The range `lo..hi` outside which `old` and `new` (of one length) agree; empty if equal.
+fn differing(old: &[u8], new: &[u8]) -> (usize, usize) {
+    let lo = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    let same_tail = old[lo..]
+        .iter()
+        .rev()
+        .zip(new[lo..].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    (lo, new.len() - same_tail)
 }
 
 fn xstatus_bytes(s: &Snapshot<'_>, index: usize, first: bool) -> Vec<u8> {
@@ -570,14 +585,7 @@ pub(super) fn patch_spans(plan: &Plan) -> Vec<Span<'_>> {
             offset, old, new, ..
         } = &piece.source
         {
-            let lo = old.iter().zip(new).take_while(|(a, b)| a == b).count();
-            let same_tail = old[lo..]
-                .iter()
-                .rev()
-                .zip(new[lo..].iter().rev())
-                .take_while(|(a, b)| a == b)
-                .count();
-            let hi = new.len() - same_tail;
+            let (lo, hi) = differing(old, new);
             if lo < hi {
                 spans.push(Span {
                     offset: offset + lo as u64,
@@ -688,12 +696,14 @@ pub(super) fn written_index(s: &Snapshot<'_>, plan: &Plan) -> Option<Written> {
                 };
                 (moved(e, piece.new_off, *old_off), block)
             }
-            Source::Patch {
-                index, first, new, ..
-            } => {
+            Source::Patch { index, first, .. } => {
                 let e = &s.entries[*index];
                 let entry = rewritten(s, *index, *first, e.clone());
-                (entry, first_message.then(|| new.clone()))
+                // The patch keeps only the changed bytes: make the whole block again.
+                (
+                    entry,
+                    first_message.then(|| xstatus_bytes(s, *index, *first)),
+                )
             }
             Source::Message {
                 index,
