@@ -239,3 +239,35 @@ fn messages_copied_with_flags_are_recent_in_the_session_that_has_the_target_sele
     let got = one.command("a5", "STATUS box (RECENT)");
     assert_eq!(got[0], "* STATUS box (RECENT 0)\r\n");
 }
+
+#[test]
+fn a_keyword_another_session_made_is_in_flags_before_any_fetch_shows_it() {
+    // imaptest stress: "Keyword used without being in FLAGS". FETCH catches up with the
+    // mailbox first; a keyword found there must be announced before a FETCH carries it.
+    let dir = TempDir::new("imaptest-mbox-keyword");
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::copy(common::fixture("inbox.mbox"), &inbox).unwrap();
+    dir.hand_over();
+    let mut one = Server::start(&home, Some(&inbox), &[]);
+    let mut two = Server::start(&home, Some(&inbox), &[]);
+    one.response();
+    two.response();
+    one.command("a1", "SELECT INBOX");
+    two.command("b1", "SELECT INBOX");
+    let got = two.command("b2", "STORE 1 +FLAGS.SILENT ($Label7)");
+    assert!(got.last().unwrap().starts_with("b2 OK"), "{got:?}");
+    let got = one.command("a2", "FETCH 1 (FLAGS)");
+    let flags_at = got
+        .iter()
+        .position(|l| l.starts_with("* FLAGS (") && l.contains("$Label7"));
+    let fetch_at = got
+        .iter()
+        .position(|l| l.starts_with("* 1 FETCH") && l.contains("$Label7"));
+    assert!(fetch_at.is_some(), "{got:?}");
+    assert!(
+        flags_at < fetch_at && flags_at.is_some(),
+        "FLAGS must come first: {got:?}"
+    );
+}

@@ -268,6 +268,9 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                     continue;
                 }
             };
+            // A catch-up may have brought keywords the client has not heard of: FLAGS first
+            // (RFC 3501 7.2.6), then a FETCH that may carry them.
+            sel.announce_keywords(out)?;
             let told = fetch_one(out, sel, pos, idx, &items, sets_seen, &mut trouble, &who);
             sel.mailbox.release_message();
             seen_changed |= told?;
