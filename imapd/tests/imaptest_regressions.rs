@@ -1,5 +1,5 @@
-//! Regressions found by Dovecot's imaptest (scripted tests `atoms` and `subscribe`), replayed
-//! against the real binary on a Maildir store.
+//! Regressions found by Dovecot's imaptest (scripted tests and stress mode), replayed against
+//! the real binary on a Maildir or an mbox store.
 
 mod common;
 
@@ -101,10 +101,8 @@ fn store_on_a_message_expunged_by_another_session_is_ok_with_expungeissued() {
     );
 }
 
-#[test]
-fn two_mbox_sessions_storing_flags_keep_each_others_changes() {
-    // imaptest store: session 1 adds \Answered, session 2 removes \Seen, both CHECK.
-    let dir = TempDir::new("imaptest-mbox-store");
+/// Two sessions with the UW reference inbox (an mbox) selected, tagged `a1` and `b1`.
+fn two_sessions_on_one_mbox(dir: &TempDir) -> (Server, Server) {
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
     let inbox = dir.path().join("inbox");
@@ -116,6 +114,14 @@ fn two_mbox_sessions_storing_flags_keep_each_others_changes() {
     two.response();
     one.command("a1", "SELECT INBOX");
     two.command("b1", "SELECT INBOX");
+    (one, two)
+}
+
+#[test]
+fn two_mbox_sessions_storing_flags_keep_each_others_changes() {
+    // imaptest store: session 1 adds \Answered, session 2 removes \Seen, both CHECK.
+    let dir = TempDir::new("imaptest-mbox-store");
+    let (mut one, mut two) = two_sessions_on_one_mbox(&dir);
     one.command("a2", "STORE 1 FLAGS (\\Seen)");
     two.command("b2", "CHECK");
     one.command("a3", "STORE 1 +FLAGS.SILENT (\\Answered)");
@@ -245,17 +251,7 @@ fn a_keyword_another_session_made_is_in_flags_before_any_fetch_shows_it() {
     // imaptest stress: "Keyword used without being in FLAGS". FETCH catches up with the
     // mailbox first; a keyword found there must be announced before a FETCH carries it.
     let dir = TempDir::new("imaptest-mbox-keyword");
-    let home = dir.path().join("home");
-    std::fs::create_dir(&home).unwrap();
-    let inbox = dir.path().join("inbox");
-    std::fs::copy(common::fixture("inbox.mbox"), &inbox).unwrap();
-    dir.hand_over();
-    let mut one = Server::start(&home, Some(&inbox), &[]);
-    let mut two = Server::start(&home, Some(&inbox), &[]);
-    one.response();
-    two.response();
-    one.command("a1", "SELECT INBOX");
-    two.command("b1", "SELECT INBOX");
+    let (mut one, mut two) = two_sessions_on_one_mbox(&dir);
     let got = two.command("b2", "STORE 1 +FLAGS.SILENT ($Label7)");
     assert!(got.last().unwrap().starts_with("b2 OK"), "{got:?}");
     let got = one.command("a2", "FETCH 1 (FLAGS)");
