@@ -430,12 +430,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
     fn catch_up(&mut self) {
         let who = self.who();
         if let Some(sel) = self.selected.as_mut() {
-            if let Err(e) = sel.mailbox.refresh() {
-                log::err(&format!(
-                    "Error checking {}: {e} {who}",
-                    sel.mailbox.path().display()
-                ));
-            }
+            sel.catch_up(&who);
         }
     }
 

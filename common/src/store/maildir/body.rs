@@ -43,17 +43,7 @@ pub fn presented_size(path: &Path) -> io::Result<u64> {
             Err(e) => return Err(e),
         };
         let chunk = &buf[..n];
-        total += n as u64;
-        for at in memchr::memchr_iter(b'\n', chunk) {
-            let cr_before = if at == 0 {
-                prev_cr
-            } else {
-                chunk[at - 1] == b'\r'
-            };
-            if !cr_before {
-                total += 1;
-            }
-        }
+        total += n as u64 + lf_without_cr(chunk, prev_cr);
         prev_cr = chunk[n - 1] == b'\r';
     }
 }

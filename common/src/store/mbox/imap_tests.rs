@@ -45,7 +45,7 @@ fn text_of(mb: &mut dyn Mailbox, i: usize) -> Vec<u8> {
 }
 
 /// Append one message with the given flags and keywords at a fixed date.
-fn append_text(
+pub(super) fn append_text(
     mb: &mut dyn Mailbox,
     text: &[u8],
     flags: Flags,

@@ -647,16 +647,22 @@ mod tests {
         dir.join(".box.mbox-journal")
     }
 
-    #[test]
-    fn complete_journal_restores_bytes_and_length() {
-        let dir = TempDir::new("journal-restore");
+    /// `<dir>/box` holding `bytes`, opened for reading and writing.
+    fn mailbox_file(dir: &TempDir, bytes: &[u8]) -> (PathBuf, File) {
         let path = dir.path().join("box");
-        std::fs::write(&path, b"0123456789abcdef").unwrap();
+        std::fs::write(&path, bytes).unwrap();
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .unwrap();
+        (path, f)
+    }
+
+    #[test]
+    fn complete_journal_restores_bytes_and_length() {
+        let dir = TempDir::new("journal-restore");
+        let (path, f) = mailbox_file(&dir, b"0123456789abcdef");
         let regions = [Region { offset: 2, len: 3 }, Region { offset: 10, len: 6 }];
         let j = Journal::create(&path, &f, 16, 20, &regions).unwrap();
         let mut old = [0u8; 2];
@@ -727,13 +733,7 @@ mod tests {
     #[test]
     fn truncated_journal_is_discarded_and_mailbox_untouched() {
         let dir = TempDir::new("journal-truncated");
-        let path = dir.path().join("box");
-        std::fs::write(&path, b"From a Mon Jan  1 00:00:00 2024\n\nx\n").unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (path, f) = mailbox_file(&dir, b"From a Mon Jan  1 00:00:00 2024\n\nx\n");
         let j = Journal::create(&path, &f, 35, 35, &[Region { offset: 0, len: 35 }]).unwrap();
         drop(j);
         let jp = journal_file(dir.path());
@@ -753,14 +753,8 @@ mod tests {
     #[test]
     fn mail_appended_after_a_crash_is_kept() {
         let dir = TempDir::new("journal-appended");
-        let path = dir.path().join("box");
         let original = b"From a Mon Jan  1 00:00:00 2024\nS: 1\n\nbody one\n\n".to_vec();
-        std::fs::write(&path, &original).unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (path, f) = mailbox_file(&dir, &original);
         let n = original.len() as u64;
         let j = Journal::create(&path, &f, n, n - 5, &[Region { offset: 0, len: n }]).unwrap();
         drop(j);
@@ -778,14 +772,8 @@ mod tests {
     #[test]
     fn append_with_a_base_patch_is_cut_off_whole() {
         let dir = TempDir::new("journal-append-patch");
-        let path = dir.path().join("box");
         let original = b"From a Mon Jan  1 00:00:00 2024\nX-IMAPbase: 1 1\n\nbody\n\n".to_vec();
-        std::fs::write(&path, &original).unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (path, f) = mailbox_file(&dir, &original);
         let n = original.len() as u64;
         let appended = b"From b Tue Jan  2 00:00:00 2024\n\nnew\n\n";
         let patch = Region { offset: 46, len: 1 };
@@ -802,13 +790,7 @@ mod tests {
     #[test]
     fn journals_writable_by_others_are_ignored() {
         let dir = TempDir::new("journal-foreign");
-        let path = dir.path().join("box");
-        std::fs::write(&path, b"0123456789").unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (path, f) = mailbox_file(&dir, b"0123456789");
         drop(Journal::create(&path, &f, 10, 10, &[Region { offset: 0, len: 10 }]).unwrap());
         f.write_all_at(b"XX", 0).unwrap();
         let jp = journal_file(dir.path());

@@ -116,6 +116,14 @@ pub(super) fn line_presented_len(line: &[u8]) -> u64 {
     (line.len() + lf - cr) as u64
 }
 
+/// Length of `bytes` (any number of lines) as presented: every CR dropped, every LF becomes
+/// CRLF (as UW does).
+pub(super) fn presented_len(bytes: &[u8]) -> u64 {
+    let lf = memchr::memchr_iter(b'\n', bytes).count();
+    let cr = memchr::memchr_iter(b'\r', bytes).count();
+    (bytes.len() + lf - cr) as u64
+}
+
 /// Append `bytes` as presented (see [`line_presented_len`]), any number of lines.
 pub(super) fn present_into(bytes: &[u8], out: &mut Vec<u8>) {
     let mut rest = bytes;
@@ -133,13 +141,6 @@ pub(super) fn present_into(bytes: &[u8], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use std::io::Write;
-
-    /// Length of `bytes` as presented: every CR dropped, every LF becomes CRLF (as UW does).
-    fn presented_len(bytes: &[u8]) -> u64 {
-        let lf = memchr::memchr_iter(b'\n', bytes).count();
-        let cr = memchr::memchr_iter(b'\r', bytes).count();
-        (bytes.len() + lf - cr) as u64
-    }
 
     #[test]
     fn lines_keep_offsets_and_last_line_without_newline() {

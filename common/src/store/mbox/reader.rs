@@ -6,7 +6,7 @@
 //! the read lock under which the index was found current (unless the mailbox holds one for it);
 //! the reader keeps it until dropped.
 
-use super::lines::present_into;
+use super::lines::{present_into, presented_len};
 use super::meta::{for_each_header_line, LineKind};
 use super::parse::Entry;
 use crate::store::lock::ReadLock;
@@ -34,13 +34,6 @@ pub(super) fn presented_header(file: &File, entry: &Entry) -> io::Result<Vec<u8>
 pub(super) struct SeekPoint {
     pub presented: u64,
     pub raw: u64,
-}
-
-/// Length of raw body bytes as presented: every CR dropped, every LF sent as CRLF.
-fn presented_len(raw: &[u8]) -> u64 {
-    let lf = memchr::memchr_iter(b'\n', raw).count();
-    let cr = memchr::memchr_iter(b'\r', raw).count();
-    (raw.len() + lf - cr) as u64
 }
 
 /// A `Read` over one presented message.

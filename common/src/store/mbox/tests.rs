@@ -2,6 +2,7 @@
 //! reference recordings (testdata/, copied from the UW-IMAP imap-2007f captures) and crash
 //! recovery of a killed child process.
 
+use super::imap_tests::append_text;
 use super::*;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1415,15 +1416,9 @@ fn own_appends_need_no_parse_and_refresh_reads_only_the_tail() {
     let keywords = vec!["Appended".to_string()];
     for n in 0..3u32 {
         let text = format!("Subject: appended {n}\n\nbody {n}\nFrom here\n");
-        let mut source = text.as_bytes();
-        let mut batch = [NewMessage {
-            source: &mut source,
-            len: Some(text.len() as u64),
-            flags: Flags::SEEN,
-            keywords: &keywords,
-            internal_date: Some((1_706_788_800, 0)),
-        }];
-        assert_eq!(mb.append(&mut batch).unwrap(), vec![13 + n]);
+        let date = Some((1_706_788_800, 0));
+        let uids = append_text(&mut mb, text.as_bytes(), Flags::SEEN, &keywords, date);
+        assert_eq!(uids, vec![13 + n]);
         let changes = mb.refresh().unwrap();
         assert_eq!(changes.appended, 1);
         assert!(mb.messages().last().unwrap().recent);
@@ -1470,16 +1465,8 @@ fn own_appends_need_no_parse_and_refresh_reads_only_the_tail() {
     // Someone else's change in between: the append parses, and so does nothing go stale.
     other.set_flags(0, Flags::DELETED);
     other.commit(false).unwrap();
-    let text = b"Subject: late\n\nx\n";
-    let mut source = &text[..];
-    let mut batch = [NewMessage {
-        source: &mut source,
-        len: Some(text.len() as u64),
-        flags: Flags::NONE,
-        keywords: &[],
-        internal_date: None,
-    }];
-    assert_eq!(mb.append(&mut batch).unwrap(), vec![16]);
+    let late = append_text(&mut mb, b"Subject: late\n\nx\n", Flags::NONE, &[], None);
+    assert_eq!(late, vec![16]);
     mb.refresh().unwrap();
     assert_eq!(mb.messages()[0].flags, Flags::DELETED);
     assert_eq!(mb.messages().len(), 16);
@@ -1494,15 +1481,7 @@ fn refresh_after_own_append_skips_the_lock_only_while_the_file_is_as_left() {
     let unlocked = || UNLOCKED_CATCH_UPS.with(|n| n.get());
     let append_one = |mb: &mut MboxMailbox, subject: &str| {
         let text = format!("Subject: {subject}\n\nbody\n");
-        let mut source = text.as_bytes();
-        let mut batch = [NewMessage {
-            source: &mut source,
-            len: Some(text.len() as u64),
-            flags: Flags::NONE,
-            keywords: &[],
-            internal_date: None,
-        }];
-        mb.append(&mut batch).unwrap()
+        append_text(mb, text.as_bytes(), Flags::NONE, &[], None)
     };
     let before = unlocked();
     let uids = append_one(&mut mb, "first");
@@ -1595,16 +1574,8 @@ fn append_touches_no_other_message_than_the_first() {
     let mut mb = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
     let first_end = mb.entries[0].next_off as usize;
     let before = std::fs::read(&path).unwrap();
-    let body = b"Subject: new\n\nnew\n";
-    let mut source = &body[..];
-    let mut batch = [NewMessage {
-        source: &mut source,
-        len: Some(body.len() as u64),
-        flags: Flags::NONE,
-        keywords: &[],
-        internal_date: None,
-    }];
-    assert_eq!(mb.append(&mut batch).unwrap(), vec![5]);
+    let new = append_text(&mut mb, b"Subject: new\n\nnew\n", Flags::NONE, &[], None);
+    assert_eq!(new, vec![5]);
     let after = std::fs::read(&path).unwrap();
     assert!(
         after[first_end..before.len()] == before[first_end..],

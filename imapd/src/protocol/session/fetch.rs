@@ -307,14 +307,7 @@ fn locate(sel: &mut Selected, pos: usize, hold: bool, who: &str) -> io::Result<O
         }
         match sel.mailbox.hold_message(idx) {
             Ok(()) => return Ok(Some(idx)),
-            Err(e) if is_mailbox_changed(&e) => {
-                if let Err(e) = sel.mailbox.refresh() {
-                    log::err(&format!(
-                        "Error checking {}: {e} {who}",
-                        sel.mailbox.path().display()
-                    ));
-                }
-            }
+            Err(e) if is_mailbox_changed(&e) => sel.catch_up(who),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         }

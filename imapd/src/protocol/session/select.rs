@@ -188,13 +188,19 @@ impl Selected {
         allow_expunge: bool,
         who: &str,
     ) -> io::Result<()> {
+        self.catch_up(who);
+        self.reconcile(out, allow_expunge)
+    }
+
+    /// Bring the store's index up to date with other processes, telling the client nothing
+    /// yet (a failure is logged: the session goes on with the index it has).
+    pub fn catch_up(&mut self, who: &str) {
         if let Err(e) = self.mailbox.refresh() {
             log::err(&format!(
                 "Error checking {}: {e} {who}",
                 self.mailbox.path().display()
             ));
         }
-        self.reconcile(out, allow_expunge)
     }
 
     /// Compare the client's view with the store's index; send EXPUNGE (when allowed), FETCH
