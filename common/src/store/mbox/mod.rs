@@ -32,6 +32,7 @@ mod journal;
 mod lines;
 mod meta;
 mod parse;
+mod patch;
 mod reader;
 mod rewrite;
 

@@ -20,6 +20,7 @@ use super::meta::{
     for_each_header_line, pseudo_message, write_xstatus, BaseInfo, LineKind, MessageMeta,
 };
 use super::parse::{Entry, PseudoInfo};
+use super::patch::{self, Safety, Span};
 use crate::store::MessageInfo;
 use std::fs::File;
 use std::io;
@@ -78,13 +79,15 @@ enum Source {
     },
     /// Message `index` stays where it is and only its metadata block changes, to a block of
     /// the same length (UW's padding absorbs the difference): `new` replaces the verified
-    /// `old` bytes at `offset`. Only the bytes that differ are kept.
+    /// `old` bytes at `offset`. Only the bytes that differ are kept. `safety`: whether it
+    /// needs the journal (see [`patch`](super::patch)).
     Patch {
         index: usize,
         first: bool,
         offset: u64,
         old: Vec<u8>,
         new: Vec<u8>,
+        safety: Safety,
     },
     /// A freshly generated pseudo-message.
     Bytes(Vec<u8>),
@@ -219,6 +222,7 @@ fn patch_for(s: &Snapshot<'_>, i: usize, first: bool) -> io::Result<Option<Sourc
         offset: offset + lo as u64,
         old: old[lo..hi].to_vec(),
         new: new[lo..hi].to_vec(),
+        safety: patch::safety(&old, &new, lo, hi, offset),
     }))
 }
 
@@ -569,20 +573,16 @@ fn mark_as_read(file: &File) -> io::Result<()> {
     )
 }
 
-/// The bytes of one patch that differ (old and new share the rest).
-pub(super) struct Span<'a> {
-    pub offset: u64,
-    /// What the file holds there now (verified when the plan was made).
-    pub old: &'a [u8],
-    pub new: &'a [u8],
-}
-
 /// The differing bytes of every patch of `plan`.
 pub(super) fn patch_spans(plan: &Plan) -> Vec<Span<'_>> {
     let mut spans = Vec::new();
     for piece in plan.pieces.iter().filter(|p| p.write) {
         if let Source::Patch {
-            offset, old, new, ..
+            offset,
+            old,
+            new,
+            safety,
+            ..
         } = &piece.source
         {
             let (lo, hi) = differing(old, new);
@@ -591,6 +591,7 @@ pub(super) fn patch_spans(plan: &Plan) -> Vec<Span<'_>> {
                     offset: offset + lo as u64,
                     old: &old[lo..hi],
                     new: &new[lo..hi],
+                    safety: *safety,
                 });
             }
         }
@@ -598,13 +599,36 @@ pub(super) fn patch_spans(plan: &Plan) -> Vec<Span<'_>> {
     spans
 }
 
-/// Carry out a plan of same-length metadata patches: only the changed bytes are journaled and
-/// overwritten, nothing moves, the length stays. Like a full rewrite, a kill at any point is
-/// undone by replaying the journal (which holds the old bytes of every patch).
+/// Carry out a plan of same-length metadata patches: only the changed bytes are written,
+/// nothing moves, the length stays. Patches that need the journal (see [`patch`]: UIDs and
+/// UID-last) go first, journaled and synced as in a full rewrite, so that a kill or a power
+/// failure among them is undone by replaying the journal; the rest (all of a STORE) are then
+/// written without a journal.
 fn execute_patches(path: &Path, file: &File, plan: &Plan) -> io::Result<()> {
     #[cfg(test)]
     super::tests::PATCH_WRITES.with(|n| n.set(n.get() + 1));
-    let spans = patch_spans(plan);
+    let (journaled, safe): (Vec<Span>, Vec<Span>) = patch_spans(plan)
+        .into_iter()
+        .partition(|s| s.safety == Safety::Journal);
+    let hooks = CrashHooks::from_env();
+    if !journaled.is_empty() {
+        write_journaled(path, file, plan.old_len, &journaled, &hooks)?;
+    }
+    let written: u64 = journaled.iter().map(|s| s.new.len() as u64).sum();
+    let kill_after = hooks.after_bytes.map(|n| n.saturating_sub(written));
+    patch::write_unjournaled(file, &safe, kill_after)?;
+    mark_as_read(file)
+}
+
+/// Patches that need the journal: their old bytes saved and synced, then the new ones
+/// written and synced, then the journal removed.
+fn write_journaled(
+    path: &Path,
+    file: &File,
+    old_len: u64,
+    spans: &[Span<'_>],
+    hooks: &CrashHooks,
+) -> io::Result<()> {
     let regions: Vec<Region> = spans
         .iter()
         .map(|span| Region {
@@ -613,14 +637,13 @@ fn execute_patches(path: &Path, file: &File, plan: &Plan) -> io::Result<()> {
         })
         .collect();
     let saved: Vec<&[u8]> = spans.iter().map(|span| span.old).collect();
-    let hooks = CrashHooks::from_env();
-    let journal = Journal::create_saved(path, file, plan.old_len, &regions, &saved)?;
+    let journal = Journal::create_saved(path, file, old_len, &regions, &saved)?;
     if hooks.after_journal {
         std::process::abort();
     }
     let result = (|| {
         let mut written = 0u64;
-        for Span { offset, new, .. } in &spans {
+        for Span { offset, new, .. } in spans {
             let (offset, bytes) = (offset, *new);
             if let Some(limit) = hooks.after_bytes {
                 let allowed = limit.saturating_sub(written);
@@ -629,16 +652,13 @@ fn execute_patches(path: &Path, file: &File, plan: &Plan) -> io::Result<()> {
                     std::process::abort();
                 }
             }
-            file.write_all_at(bytes, *offset)?;
+            // Same length, same blocks: the patched bytes are all that must be durable before
+            // the journal goes. Synced one by one, so that the unsynced patches of earlier
+            // STOREs still in the page cache are not written out with them.
+            patch::write_durably(file, bytes, *offset)?;
             written += bytes.len() as u64;
         }
-        if hooks.after_bytes.is_some() {
-            std::process::abort();
-        }
-        mark_as_read(file)?;
-        // Same length, same blocks: the patched bytes are all that must be durable before the
-        // journal goes (the timestamps just set need not survive a crash).
-        file.sync_data()
+        Ok(())
     })();
     match result {
         Ok(()) => journal.finish(),
