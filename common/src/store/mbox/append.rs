@@ -11,8 +11,9 @@
 //!    which is written in step 2 behind its journal; otherwise it is a journaled rewrite done
 //!    first, so a kill after this step only skips UIDs, which is harmless, and UW, which
 //!    refuses X-UIDs above UID-last, reads the file unchanged;
-//! 2. the messages are appended behind an append journal (the old length, and the old bytes of
-//!    any step-1 patch), which recovery uses to cut a half-written append off whole.
+//! 2. the messages are appended behind an append journal (the old length, the old bytes of
+//!    any step-1 patch, a checksum of what is written), which recovery uses to cut a
+//!    half-written append off whole. The journal is not synced; the mailbox is, once.
 //!
 //! When the appending session's index still describes the file (same stamp), the file is not
 //! parsed again: only the first message's header and the end of the file are touched.
@@ -451,6 +452,8 @@ fn framing(len_before: u64, tail: &[u8], spool: &Spool, layout: &Layout<'_>) -> 
 
 /// Step 2: write everything at the end behind an append journal. Returns where the appended
 /// bytes start and how many separator/pseudo-message bytes precede the first new message.
+/// One sync, of the mailbox: the journal guards against a kill (see
+/// [`journal`](super::journal) for what a power failure can do).
 fn write_messages(
     path: &Path,
     file: &File,
@@ -470,7 +473,13 @@ fn write_messages(
             len: bytes.len() as u64,
         })
         .collect();
-    let journal = Journal::create(path, file, len, len + framing.total, &regions)?;
+    let mut sum = Summer(journal::Checksum::new());
+    emit(&mut sum, spool, &framing, false)?;
+    for (_, bytes) in patches {
+        sum.0.update(bytes);
+    }
+    let lengths = (len, len + framing.total);
+    let journal = Journal::create_for_append(path, file, lengths, &regions, sum.0.finish())?;
     let crash_half = std::env::var("MAILSUITE_CRASH_AT").is_ok_and(|v| v == "append-half");
     let result = (|| {
         for (offset, bytes) in patches {
@@ -480,32 +489,71 @@ fn write_messages(
             crash_hook("append-base");
         }
         let mut out = PositionalWriter::new(file, len);
-        out.put(&framing.prefix)?;
-        for (m, (from, block)) in spool.messages.iter().zip(&framing.messages) {
-            out.put(from)?;
-            out.copy_from(&spool.text, m.header_off, m.header_len)?;
-            if crash_half {
-                out.flush()?;
-                std::process::abort();
-            }
-            out.put(block)?;
-            out.copy_from(&spool.text, m.header_off + m.header_len, m.body_len)?;
-            out.put(b"\n")?;
-        }
+        emit(&mut out, spool, &framing, crash_half)?;
         out.flush()?;
         if out.pos != len + framing.total {
             return Err(io::Error::other("append wrote an unexpected length"));
         }
         mark_new_mail(file)?;
-        file.sync_all()
+        file.sync_data()
     })();
     match result {
-        Ok(()) => journal.finish().map(|()| (len, framing.prefix.len())),
+        Ok(()) => {
+            crash_hook("append-synced");
+            journal.discard().map(|()| (len, framing.prefix.len()))
+        }
         Err(e) => {
             journal.restore(file)?;
             Err(e)
         }
     }
+}
+
+/// Where the appended bytes go: the mailbox, or a checksum of them.
+trait Sink {
+    fn put(&mut self, data: &[u8]) -> io::Result<()>;
+
+    /// Flush and abort (the `append-half` crash test); only the mailbox writer dies.
+    fn die(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn copy_from(&mut self, source: &SpoolText, mut off: u64, len: u64) -> io::Result<()> {
+        let end = off + len;
+        let mut chunk = vec![0u8; COPY_CHUNK.min(len as usize)];
+        while off < end {
+            let n = (end - off).min(chunk.len() as u64) as usize;
+            source.read_exact_at(&mut chunk[..n], off)?;
+            self.put(&chunk[..n])?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+}
+
+struct Summer(journal::Checksum);
+
+impl Sink for Summer {
+    fn put(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.update(data);
+        Ok(())
+    }
+}
+
+/// Every byte the append writes at the end of the file, in order.
+fn emit(out: &mut dyn Sink, spool: &Spool, framing: &Framing, half: bool) -> io::Result<()> {
+    out.put(&framing.prefix)?;
+    for (m, (from, block)) in spool.messages.iter().zip(&framing.messages) {
+        out.put(from)?;
+        out.copy_from(&spool.text, m.header_off, m.header_len)?;
+        if half {
+            out.die()?;
+        }
+        out.put(block)?;
+        out.copy_from(&spool.text, m.header_off + m.header_len, m.body_len)?;
+        out.put(b"\n")?;
+    }
+    Ok(())
 }
 
 /// As UW after an append: modification time now, access time a second earlier, so that
@@ -552,6 +600,15 @@ impl<'f> PositionalWriter<'f> {
         }
     }
 
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all_at(&self.buf, self.pos)?;
+        self.pos += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Sink for PositionalWriter<'_> {
     fn put(&mut self, data: &[u8]) -> io::Result<()> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= COPY_CHUNK {
@@ -560,23 +617,9 @@ impl<'f> PositionalWriter<'f> {
         Ok(())
     }
 
-    fn copy_from(&mut self, source: &SpoolText, mut off: u64, len: u64) -> io::Result<()> {
-        let end = off + len;
-        let mut chunk = vec![0u8; COPY_CHUNK.min(len as usize)];
-        while off < end {
-            let n = (end - off).min(chunk.len() as u64) as usize;
-            source.read_exact_at(&mut chunk[..n], off)?;
-            self.put(&chunk[..n])?;
-            off += n as u64;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.write_all_at(&self.buf, self.pos)?;
-        self.pos += self.buf.len() as u64;
-        self.buf.clear();
-        Ok(())
+    fn die(&mut self) -> io::Result<()> {
+        self.flush()?;
+        std::process::abort();
     }
 }
 

@@ -376,34 +376,71 @@ fn append_crash_child() {
     }
 }
 
+/// Run the append child in a spool INBOX of three messages, dying at `point`; returns the
+/// directory, the mailbox path and the three messages' texts.
+fn killed_append(point: &str) -> (TempDir, PathBuf, Vec<Vec<u8>>) {
+    let dir = TempDir::new("append-crash");
+    let path = spool(&dir, INBOX);
+    drop(open(&path, Access::Shared));
+    let mut original = open(&path, Access::ReadOnly);
+    let texts: Vec<Vec<u8>> = (0..3).map(|i| text_of(&mut original, i)).collect();
+    drop(original);
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "store::mbox::imap_tests::append_crash_child",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(APPEND_CRASH_ENV, dir.path())
+        .env("MAILSUITE_CRASH_AT", point)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGABRT),
+        "child did not die at {point}"
+    );
+    let _ = std::fs::remove_file(dir.path().join("user.lock"));
+    (dir, path, texts)
+}
+
+/// Killed after its sync, before its (unsynced) journal is gone: the append is whole, and
+/// recovery keeps it. The same journal over a file that lost the append's last byte (a power
+/// failure before the sync) cuts the append off.
+#[test]
+fn a_complete_append_outlives_its_journal_and_a_partial_one_does_not() {
+    let (dir, path, texts) = killed_append("append-synced");
+    let journal = dir.path().join(".user.mbox-journal");
+    assert!(journal.exists());
+    let whole = std::fs::read(&path).unwrap();
+    let saved_journal = std::fs::read(&journal).unwrap();
+    let mut a = open(&path, Access::Shared);
+    assert_eq!(uids(&a), vec![1, 2, 3, 4]);
+    let kept = text_of(&mut a, 3);
+    assert!(kept.starts_with(&APPENDED[..40]));
+    assert!(kept.ends_with(b"Appended body.\r\n>From here on.\r\n"));
+    assert!(!journal.exists());
+    drop(a);
+    // Power failure before the sync: the journal made it to disk, the append's end did not.
+    let mut torn = whole.clone();
+    torn.pop();
+    std::fs::write(&path, &torn).unwrap();
+    std::fs::write(&journal, &saved_journal).unwrap();
+    let mut a = open(&path, Access::Shared);
+    assert_eq!(uids(&a), vec![1, 2, 3]);
+    for (i, text) in texts.iter().enumerate() {
+        assert_eq!(&text_of(&mut a, i), text, "message {i} unchanged");
+    }
+    assert!(!journal.exists());
+}
+
 #[test]
 fn append_survives_a_kill_between_and_inside_its_steps() {
     for point in ["append-base", "append-half"] {
-        let dir = TempDir::new("append-crash");
-        let path = spool(&dir, INBOX);
-        drop(open(&path, Access::Shared));
-        let mut original = open(&path, Access::ReadOnly);
-        let texts: Vec<Vec<u8>> = (0..3).map(|i| text_of(&mut original, i)).collect();
-        drop(original);
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "store::mbox::imap_tests::append_crash_child",
-                "--exact",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(APPEND_CRASH_ENV, dir.path())
-            .env("MAILSUITE_CRASH_AT", point)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGABRT),
-            "child did not die at {point}"
-        );
-        let _ = std::fs::remove_file(dir.path().join("user.lock"));
+        let (dir, path, texts) = killed_append(point);
         let mut a = open(&path, Access::Shared);
         assert_eq!(uids(&a), vec![1, 2, 3], "{point}: no half message appears");
         for (i, text) in texts.iter().enumerate() {

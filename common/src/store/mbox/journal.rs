@@ -19,6 +19,16 @@
 //! stop short of the old end: the `X-IMAPbase` patch an APPEND makes in the same step (a
 //! rewrite that grows the file always saves everything from its first moved byte to the end).
 //!
+//! An APPEND's journal (`"MSJAPP1\n"`, one more header field: a checksum of the bytes the
+//! append writes, its `X-IMAPbase` patch last) is not synced: it is there for a kill, which
+//! leaves it in the page cache. Only the mailbox is synced, once, before the client hears OK,
+//! and the journal is then removed without syncing the directory. Recovery of such a journal
+//! first checks the file: when it holds every byte the append was to write, the append was
+//! done and is kept (the journal may have outlived a power failure after the OK); otherwise it
+//! is cut off as above. A power failure before the OK that the journal did not survive can
+//! leave part of the message at the end of the file, as it can with Dovecot and with the MTAs'
+//! own mbox delivery.
+//!
 //! A rewrite that shortens the file by a lot saves only the bytes it overwrites, not the old
 //! tail it cuts off: it writes [`CUT_MARK`] where the file is to end, and once the new bytes
 //! are durable it appends a commit record (`"MSJCUT1\n"` new_len) to the journal before it
@@ -34,6 +44,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"MSJRNL1\n";
+const APPEND_MAGIC: &[u8; 8] = b"MSJAPP1\n";
 const END_MAGIC: &[u8; 8] = b"MSJEND1\n";
 const FIXED_HEADER: u64 = 8 + 5 * 8;
 const TRAILER: u64 = 16;
@@ -103,7 +114,7 @@ fn journal_paths(mailbox: &Path, id: FileId) -> Vec<PathBuf> {
 }
 
 /// 64-bit checksum over a byte stream, fed in arbitrary pieces.
-struct Checksum {
+pub(super) struct Checksum {
     state: u64,
     pending: [u8; 8],
     npending: usize,
@@ -111,7 +122,7 @@ struct Checksum {
 }
 
 impl Checksum {
-    fn new() -> Checksum {
+    pub fn new() -> Checksum {
         Checksum {
             state: 0x9e37_79b9_7f4a_7c15,
             pending: [0; 8],
@@ -127,7 +138,7 @@ impl Checksum {
             .wrapping_add(0x5851_f42d_4c95_7f2d);
     }
 
-    fn update(&mut self, mut data: &[u8]) {
+    pub fn update(&mut self, mut data: &[u8]) {
         self.total += data.len() as u64;
         while self.npending > 0 && !data.is_empty() {
             self.pending[self.npending] = data[0];
@@ -150,7 +161,7 @@ impl Checksum {
         }
     }
 
-    fn finish(mut self) -> u64 {
+    pub fn finish(mut self) -> u64 {
         let mut last = [0u8; 8];
         last[..self.npending].copy_from_slice(&self.pending[..self.npending]);
         self.mix(u64::from_le_bytes(last));
@@ -192,12 +203,29 @@ fn trustworthy(journal: &File) -> io::Result<bool> {
         && m.mode() & 0o022 == 0)
 }
 
-fn header_bytes(id: FileId, orig_len: u64, new_len: u64, regions: &[Region]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FIXED_HEADER as usize + 16 * regions.len());
-    out.extend_from_slice(MAGIC);
-    for v in [id.dev, id.ino, orig_len, new_len, regions.len() as u64] {
+/// What one journal is for, as written in its header.
+#[derive(Clone, Copy)]
+struct Kind {
+    orig_len: u64,
+    new_len: u64,
+    /// An APPEND's journal: checksum of everything the append writes (see the module doc).
+    append_sum: Option<u64>,
+}
+
+fn header_bytes(id: FileId, kind: Kind, regions: &[Region]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FIXED_HEADER as usize + 8 + 16 * regions.len());
+    out.extend_from_slice(if kind.append_sum.is_some() {
+        APPEND_MAGIC
+    } else {
+        MAGIC
+    });
+    for v in [id.dev, id.ino, kind.orig_len, kind.new_len] {
         out.extend_from_slice(&v.to_le_bytes());
     }
+    if let Some(sum) = kind.append_sum {
+        out.extend_from_slice(&sum.to_le_bytes());
+    }
+    out.extend_from_slice(&(regions.len() as u64).to_le_bytes());
     for r in regions {
         out.extend_from_slice(&r.offset.to_le_bytes());
         out.extend_from_slice(&r.len.to_le_bytes());
@@ -216,7 +244,31 @@ impl Journal {
         regions: &[Region],
     ) -> io::Result<Journal> {
         let read = |_: usize, offset: u64, buf: &mut [u8]| mailbox.read_exact_at(buf, offset);
-        Journal::create_from(mailbox_path, mailbox, orig_len, new_len, regions, &read)
+        let kind = Kind {
+            orig_len,
+            new_len,
+            append_sum: None,
+        };
+        Journal::create_from(mailbox_path, mailbox, kind, regions, &read)
+    }
+
+    /// An APPEND's journal (see the module doc): `regions` saved as by [`Journal::create`],
+    /// `append_sum` the checksum of the bytes the append will write from `orig_len` to
+    /// `new_len` followed by the new bytes of `regions`. Not synced.
+    pub fn create_for_append(
+        mailbox_path: &Path,
+        mailbox: &File,
+        (orig_len, new_len): (u64, u64),
+        regions: &[Region],
+        append_sum: u64,
+    ) -> io::Result<Journal> {
+        let read = |_: usize, offset: u64, buf: &mut [u8]| mailbox.read_exact_at(buf, offset);
+        let kind = Kind {
+            orig_len,
+            new_len,
+            append_sum: Some(append_sum),
+        };
+        Journal::create_from(mailbox_path, mailbox, kind, regions, &read)
     }
 
     /// [`Journal::create`] for regions whose current bytes the caller holds already (read
@@ -243,15 +295,19 @@ impl Journal {
             buf.copy_from_slice(&saved[i][start..start + buf.len()]);
             Ok(())
         };
-        Journal::create_from(mailbox_path, mailbox, len, len, regions, &read)
+        let kind = Kind {
+            orig_len: len,
+            new_len: len,
+            append_sum: None,
+        };
+        Journal::create_from(mailbox_path, mailbox, kind, regions, &read)
     }
 
     /// [`Journal::create`] with the saved bytes coming from `read`.
     fn create_from(
         mailbox_path: &Path,
         mailbox: &File,
-        orig_len: u64,
-        new_len: u64,
+        kind: Kind,
         regions: &[Region],
         read: &RegionReader<'_>,
     ) -> io::Result<Journal> {
@@ -275,8 +331,7 @@ impl Journal {
                     continue;
                 }
             };
-            let lengths = (orig_len, new_len);
-            return match Journal::fill(&path, file, id, lengths, regions, read) {
+            return match Journal::fill(&path, file, id, kind, regions, read) {
                 Ok(j) => Ok(j),
                 Err(e) => {
                     let _ = std::fs::remove_file(&path);
@@ -291,11 +346,11 @@ impl Journal {
         path: &Path,
         file: File,
         id: FileId,
-        (orig_len, new_len): (u64, u64),
+        kind: Kind,
         regions: &[Region],
         read: &RegionReader<'_>,
     ) -> io::Result<Journal> {
-        let header = header_bytes(id, orig_len, new_len, regions);
+        let header = header_bytes(id, kind, regions);
         let mut sum = Checksum::new();
         sum.update(&header);
         // Buffers no larger than the data: a flag patch saves a few bytes per message.
@@ -322,13 +377,15 @@ impl Journal {
         out.write_all(END_MAGIC)?;
         out.flush()?;
         drop(out);
-        file.sync_all()?;
-        sync_dir(path);
+        if kind.append_sum.is_none() {
+            file.sync_all()?;
+            sync_dir(path);
+        }
         Ok(Journal {
             path: path.to_path_buf(),
             file,
             table,
-            orig_len,
+            orig_len: kind.orig_len,
         })
     }
 
@@ -368,6 +425,12 @@ impl Journal {
         sync_dir(&self.path);
         Ok(())
     }
+
+    /// The append is durable: the journal goes, without a sync (if it outlives a power
+    /// failure, recovery finds the append complete and keeps it).
+    pub fn discard(self) -> io::Result<()> {
+        std::fs::remove_file(&self.path)
+    }
 }
 
 fn restore_regions(
@@ -406,6 +469,8 @@ struct Found {
     table: Vec<(Region, u64)>,
     /// The rewrite was complete and only the cut at `new_len` may remain to do.
     cut_committed: bool,
+    /// An APPEND's journal: the checksum of what it writes.
+    append_sum: Option<u64>,
 }
 
 impl Found {
@@ -413,6 +478,9 @@ impl Found {
     /// (at most a patch of the first message's `X-IMAPbase`). A rewrite that grows the file
     /// always saves everything from its first moved message up to the old end.
     fn guards_an_append(&self) -> bool {
+        if self.append_sum.is_some() {
+            return true;
+        }
         self.new_len > self.orig_len
             && self
                 .table
@@ -426,20 +494,27 @@ fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
     if size < FIXED_HEADER + TRAILER {
         return Ok(None);
     }
-    let mut fixed = vec![0u8; FIXED_HEADER as usize];
-    journal.read_exact_at(&mut fixed, 0)?;
-    let field = |i: usize| read_u64(&fixed, 8 + 8 * i).unwrap_or(u64::MAX);
-    if &fixed[..8] != MAGIC || field(0) != id.dev || field(1) != id.ino {
+    let mut fixed = vec![0u8; FIXED_HEADER as usize + 8];
+    let fixed_len = (size - TRAILER).min(fixed.len() as u64) as usize;
+    journal.read_exact_at(&mut fixed[..fixed_len], 0)?;
+    let field = |i: usize| read_u64(&fixed[..fixed_len], 8 + 8 * i).unwrap_or(u64::MAX);
+    let (append_sum, header_len) = match &fixed[..8] {
+        m if m == MAGIC => (None, FIXED_HEADER),
+        m if m == APPEND_MAGIC => (Some(field(4)), FIXED_HEADER + 8),
+        _ => return Ok(None),
+    };
+    if field(0) != id.dev || field(1) != id.ino || size < header_len + TRAILER {
         return Ok(None);
     }
-    let (orig_len, new_len, nregions) = (field(2), field(3), field(4));
-    if nregions > (size - FIXED_HEADER) / 16 {
+    let nregions = field(if append_sum.is_some() { 5 } else { 4 });
+    let (orig_len, new_len) = (field(2), field(3));
+    if nregions > (size - header_len) / 16 {
         return Ok(None);
     }
     let mut table_bytes = vec![0u8; (nregions * 16) as usize];
-    journal.read_exact_at(&mut table_bytes, FIXED_HEADER)?;
+    journal.read_exact_at(&mut table_bytes, header_len)?;
     let mut table = Vec::new();
-    let mut pos = FIXED_HEADER + nregions * 16;
+    let mut pos = header_len + nregions * 16;
     for i in 0..nregions as usize {
         let (Some(offset), Some(len)) = (
             read_u64(&table_bytes, 16 * i),
@@ -486,6 +561,7 @@ fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
         new_len,
         table,
         cut_committed,
+        append_sum,
     }))
 }
 
@@ -541,6 +617,34 @@ fn appended_after_append(mailbox: &File, found: &Found) -> io::Result<Vec<u8>> {
     let mut tail = vec![0u8; (now - found.new_len) as usize];
     mailbox.read_exact_at(&mut tail, found.new_len)?;
     Ok(tail)
+}
+
+/// Whether the APPEND `found` guards was carried out whole: the file holds every byte it was
+/// to write (its checksum, then the new bytes of its regions, match).
+fn append_complete(mailbox: &File, found: &Found) -> io::Result<bool> {
+    let Some(expected) = found.append_sum else {
+        return Ok(false);
+    };
+    if mailbox.metadata()?.len() < found.new_len {
+        return Ok(false);
+    }
+    let mut sum = Checksum::new();
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut sum_range = |from: u64, to: u64| -> io::Result<()> {
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(COPY_CHUNK as u64) as usize;
+            mailbox.read_exact_at(&mut buf[..n], at)?;
+            sum.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(())
+    };
+    sum_range(found.orig_len, found.new_len)?;
+    for (r, _) in &found.table {
+        sum_range(r.offset, r.offset + r.len)?;
+    }
+    Ok(sum.finish() == expected)
 }
 
 /// A committed shortening rewrite: the new bytes are all in place. When [`CUT_MARK`] still
@@ -620,6 +724,9 @@ pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
                 finish_cut(mailbox, &writable, &found)?;
                 remove_if_present(&path)?;
                 sync_dir(&path);
+            }
+            Some(found) if append_complete(mailbox, &found)? => {
+                remove_if_present(&path)?;
             }
             Some(found) => {
                 let writable = OpenOptions::new().write(true).open(mailbox_path)?;
