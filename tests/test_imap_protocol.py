@@ -214,6 +214,12 @@ def test_every_command_and_fetch_item(mail_user, launcher):
     blob = flat(ok(M.uid("FETCH", "4", "(FLAGS INTERNALDATE BODY.PEEK[])")))
     assert literal_after(blob, b"BODY[]") == APPENDED
     assert b"\\Seen" in blob and b"Custom" in blob and b" 1-Feb-2024 12:00:00 +0000" in blob, blob
+    # INTERNALDATE keys (a Maildir reads the file's mtime only now) and SORT by arrival.
+    assert ok(M.uid("SEARCH", "ON", "1-Feb-2024")) == [b"4"]
+    assert ok(M.uid("SEARCH", "SINCE", "1-Feb-2024", "BEFORE", "2-Feb-2024")) == [b"4"]
+    dates = re.findall(rb"UID (\d+) INTERNALDATE (\"[^\"]+\")", flat(ok(M.fetch("1:*", "(UID INTERNALDATE)"))))
+    by_arrival = sorted(dates, key=lambda d: (time.mktime(imaplib.Internaldate2tuple(b"INTERNALDATE " + d[1])), int(d[0])))
+    assert ok(M.uid("SORT", "(ARRIVAL)", "UTF-8", "ALL"))[0].split() == [uid for uid, _ in by_arrival]
 
     # EXPUNGE, UID EXPUNGE, CHECK, CLOSE, UNSELECT, EXAMINE
     ok(M.store("1", "+FLAGS.SILENT", "(\\Deleted)"))

@@ -68,11 +68,17 @@ pub struct MessageInfo {
     pub recent: bool,
     /// Exact size in octets of the message as presented (CRLF, metadata headers removed).
     pub size: u64,
-    /// INTERNALDATE as seconds since the epoch (mbox: From_ line; Maildir: file mtime).
+    /// INTERNALDATE as seconds since the epoch (mbox: From_ line; Maildir: file mtime), or
+    /// [`UNKNOWN_DATE`] while the store has not looked it up: read it with
+    /// [`Mailbox::internal_date`], never from here.
     pub internal_date: i64,
     /// The zone of INTERNALDATE in minutes east of UTC.
     pub internal_tz_minutes: i32,
 }
+
+/// [`MessageInfo::internal_date`] of a message whose date the store has not looked up yet
+/// (Maildir reads a file's mtime only when a client asks for it, as Dovecot does).
+pub const UNKNOWN_DATE: i64 = i64::MIN;
 
 /// Why a mailbox could not be opened or written.
 #[derive(Debug)]
@@ -206,6 +212,13 @@ pub trait Mailbox {
     fn messages(&self) -> &[MessageInfo];
     /// Keyword names, indexed by the bits of [`MessageInfo::keywords`].
     fn keyword_names(&self) -> &[String];
+    /// Message `index`'s INTERNALDATE (seconds since the epoch) and its zone (minutes east
+    /// of UTC). A store may look it up only now (Maildir: the file's mtime) and remember it.
+    fn internal_date(&mut self, index: usize) -> (i64, i32) {
+        self.messages()
+            .get(index)
+            .map_or((0, 0), |m| (m.internal_date, m.internal_tz_minutes))
+    }
     /// A reader over message `index` exactly as presented (CRLF, metadata hidden):
     /// it yields exactly `messages()[index].size` bytes. Streams; never loads the whole body.
     /// Never yields bytes other than the message's: when another process changed the mailbox

@@ -141,6 +141,17 @@ impl Key {
     }
 
     /// The least a caller must supply to [`SearchContext::new`] for this key.
+    /// Whether matching needs the INTERNALDATE (which a store may look up only on demand).
+    pub fn needs_internal_date(&self) -> bool {
+        match self {
+            Key::Before(_) | Key::On(_) | Key::Since(_) | Key::Older(_) | Key::Younger(_) => true,
+            Key::Not(k) => k.needs_internal_date(),
+            Key::Or(a, b) => a.needs_internal_date() || b.needs_internal_date(),
+            Key::And(keys) => keys.iter().any(Key::needs_internal_date),
+            _ => false,
+        }
+    }
+
     pub fn needs(&self) -> Needs {
         match self {
             Key::SentBefore(_) | Key::SentOn(_) | Key::SentSince(_) => Needs::Header,

@@ -35,7 +35,7 @@ mod validity;
 pub use folders::MaildirStore;
 
 use super::lock::SessionLock;
-use super::{Access, CommitReport, Expunge, Flags, Mailbox, MessageInfo, StoreError};
+use super::{Access, CommitReport, Expunge, Flags, Mailbox, MessageInfo, StoreError, UNKNOWN_DATE};
 use body::CrlfReader;
 use keywords::Keywords;
 use refresh::Stamps;
@@ -304,6 +304,17 @@ impl MaildirMailbox {
             .collect()
     }
 
+    /// The mtime of message `index`'s file; found again if another process renamed it.
+    fn file_mtime(&mut self, index: usize) -> io::Result<i64> {
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(self.file_path(index)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.relocate(index)? => {
+                fs::metadata(self.file_path(index)).map(|m| m.mtime())
+            }
+            other => other.map(|m| m.mtime()),
+        }
+    }
+
     fn file_path(&self, index: usize) -> PathBuf {
         let file = &self.files[index];
         self.path.join(file.subdir.name()).join(&*file.name)
@@ -524,6 +535,24 @@ fn apply_changes(disk: u64, baseline: u64, wanted: u64) -> u64 {
 impl Mailbox for MaildirMailbox {
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's mtime, read the first time it is asked for. A file gone meanwhile (expunged
+    /// by another process) answers with the delivery time its name starts with.
+    fn internal_date(&mut self, index: usize) -> (i64, i32) {
+        let Some(info) = self.messages.get(index) else {
+            return (0, 0);
+        };
+        if info.internal_date != UNKNOWN_DATE {
+            return (info.internal_date, info.internal_tz_minutes);
+        }
+        match self.file_mtime(index) {
+            Ok(mtime) => {
+                self.messages[index].internal_date = mtime;
+                (mtime, 0)
+            }
+            Err(_) => (name::delivery_key(self.files[index].base(), 0).0, 0),
+        }
     }
 
     fn uid_validity(&self) -> u32 {
@@ -986,8 +1015,10 @@ fn scan(
 }
 
 /// The files of one subdirectory. The directory entry's type (d_type) tells files apart
-/// without a stat; a file is stat()ed only for its mtime, and only when `known` lacks it,
-/// relative to the directory (no path to build and resolve per file).
+/// without a stat. A file is stat()ed (relative to the directory: no path to build and
+/// resolve per file) only when d_type cannot tell, or when its name does not start with its
+/// delivery time, which orders new messages; otherwise its mtime (INTERNALDATE) is
+/// [`UNKNOWN_DATE`] until a client asks for it.
 fn scan_subdir(
     root: &Path,
     subdir: Subdir,
@@ -1018,8 +1049,14 @@ fn scan_subdir(
         if file_type.is_dir() {
             continue;
         }
-        let mtime = match known.get(name::base_of(&name)) {
+        let base = name::base_of(&name);
+        let mtime = match known.get(base) {
             Some(known) if file_type.is_file() => known.mtime,
+            None if file_type.is_file()
+                && name::delivery_key(base, UNKNOWN_DATE).0 != UNKNOWN_DATE =>
+            {
+                UNKNOWN_DATE
+            }
             _ => {
                 let handle = match &dir_handle {
                     Some(handle) => handle,
@@ -1551,9 +1588,26 @@ pub(crate) mod tests {
             .unwrap()
             .set_modified(when)
             .unwrap();
-        let mailbox = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        let mut mailbox = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        // Not looked up by the scan (the name gives the order)...
+        assert_eq!(mailbox.messages()[0].internal_date, UNKNOWN_DATE);
+        // ... but when asked, even after another process renamed the file.
+        fs::rename(&path, root.join("cur/1700000001.M1P1.host:2,S")).unwrap();
+        assert_eq!(mailbox.internal_date(0), (1_234_567_890, 0));
         assert_eq!(mailbox.messages()[0].internal_date, 1_234_567_890);
-        assert_eq!(mailbox.messages()[0].internal_tz_minutes, 0);
+        // A name that does not start with its delivery time is stat()ed at once, for order.
+        let odd = deliver(&root, "cur", "odd-name:2,", b"y\n");
+        File::options()
+            .write(true)
+            .open(&odd)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        let mailbox = MaildirMailbox::open(&root, Access::ReadOnly).unwrap();
+        assert!(mailbox
+            .messages()
+            .iter()
+            .any(|m| m.internal_date == 1_234_567_890));
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn gather(sel: &mut Selected, positions: &[usize], spool_dir: &Path) -> io::Resu
     let mut offset = 0u64;
     let mut out = Vec::with_capacity(indexes.len());
     for (_, idx) in indexes {
+        let date = sel.mailbox.internal_date(idx);
         let info = sel.mailbox.messages()[idx].clone();
         let names = sel.mailbox.keyword_names();
         let keywords = (0..names.len().min(64))
@@ -101,7 +102,7 @@ fn gather(sel: &mut Selected, positions: &[usize], spool_dir: &Path) -> io::Resu
             },
             flags: info.flags,
             keywords,
-            date: (info.internal_date, info.internal_tz_minutes),
+            date,
         });
     }
     Ok(out)

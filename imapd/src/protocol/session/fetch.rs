@@ -381,11 +381,10 @@ fn write_item(
         FetchItem::Flags => write!(out, "FLAGS {}", sel.current_flags(pos, idx)),
         FetchItem::Uid => write!(out, "UID {}", info.uid),
         FetchItem::Rfc822Size => write!(out, "RFC822.SIZE {}", info.size),
-        FetchItem::InternalDate => write!(
-            out,
-            "INTERNALDATE {}",
-            internal_date(info.internal_date, info.internal_tz_minutes)
-        ),
+        FetchItem::InternalDate => {
+            let (date, zone) = sel.mailbox.internal_date(idx);
+            write!(out, "INTERNALDATE {}", internal_date(date, zone))
+        }
         FetchItem::Envelope => {
             let l = parsed()?;
             let header = l.bytes().bytes(l.tree.root.header.clone());

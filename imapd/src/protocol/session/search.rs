@@ -84,7 +84,14 @@ fn to_key(key: &SearchKey, sel: &Selected) -> Key {
     }
 }
 
-fn meta(sel: &Selected, pos: usize, idx: usize) -> MessageMeta {
+/// The index data of message `idx`; its INTERNALDATE only `with_date` (a Maildir stats the
+/// file for it), 0 otherwise.
+fn meta(sel: &mut Selected, pos: usize, idx: usize, with_date: bool) -> MessageMeta {
+    let (internal_date, internal_tz_minutes) = if with_date {
+        sel.mailbox.internal_date(idx)
+    } else {
+        (0, 0)
+    };
     let m = &sel.mailbox.messages()[idx];
     MessageMeta {
         seq: u32::try_from(pos + 1).unwrap_or(u32::MAX),
@@ -93,8 +100,8 @@ fn meta(sel: &Selected, pos: usize, idx: usize) -> MessageMeta {
         keywords: m.keywords,
         recent: sel.view[pos].recent,
         size: m.size,
-        internal_date: m.internal_date,
-        internal_tz_minutes: m.internal_tz_minutes,
+        internal_date,
+        internal_tz_minutes,
     }
 }
 
@@ -179,6 +186,7 @@ fn streamed_body_hits(
 fn matching(sel: &mut Selected, key: &SearchKey) -> io::Result<Vec<usize>> {
     let key = to_key(key, sel);
     let needs = key.needs();
+    let with_date = key.needs_internal_date();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -187,7 +195,7 @@ fn matching(sel: &mut Selected, key: &SearchKey) -> io::Result<Vec<usize>> {
         let Some(idx) = sel.index_of(pos) else {
             continue;
         };
-        let meta = meta(sel, pos, idx);
+        let meta = meta(sel, pos, idx, with_date);
         let large = meta.size > STREAM_ABOVE;
         let matched = match needs {
             Needs::Nothing => SearchContext::new(&meta, &[], now).matches(&key),
@@ -267,7 +275,7 @@ fn message_keys(sel: &mut Selected, positions: &[usize]) -> io::Result<Vec<Messa
         let Some(idx) = sel.index_of(pos) else {
             continue;
         };
-        let meta = meta(sel, pos, idx);
+        let meta = meta(sel, pos, idx, true);
         let header = read_header(sel, idx)?;
         keys.push(MessageKeys::new(&header, &meta));
     }
