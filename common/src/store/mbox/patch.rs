@@ -4,8 +4,8 @@
 //! A STORE changes a few bytes of `Status:`, `X-Status:` and `X-Keywords:` in each message's
 //! metadata block, to a block of the same length. Such a patch needs no journal when every
 //! state the file can be left in shows each message whole, with its UID:
-//! - the patch leaves `X-IMAPbase:` (UID-last, keyword names) and `X-UID:` as they are, so
-//!   a partly written STORE never puts UIDs and UID-last out of step;
+//! - the patch leaves `X-IMAPbase:` or `X-IMAP:` (UID-last, keyword names) and `X-UID:` as
+//!   they are, so a partly written STORE never puts UIDs and UID-last out of step;
 //! - a kill (`kill -9`, a crash of the process) lands between two `pwrite`s; each patch is
 //!   one `pwrite` of a few bytes within one page, which the kernel copies whole;
 //! - a power failure may write the page cache out in any order and may tear a write at a
@@ -18,9 +18,10 @@
 //!   good mix is written and synced first ([`Safety::Ordered`]): the bad mix cannot occur.
 //!   Anything else ([`Safety::Journal`]) is journaled as a rewrite is.
 //!
-//! After a failure a message thus shows its flags from before or after the STORE (or, after
-//! a power failure within a patch across a sector boundary, a mixture of the two), and never
-//! loses its text, its place or its UID. Flags are not synced to disk, as Dovecot and UW do
+//! After a failure a message thus shows its flags from before or after the STORE (or, for a
+//! patch across a sector boundary torn by a power failure or cut by a kill between its two
+//! halves, a mixture of the two that still parses), and never loses its text, its place or
+//! its UID. Flags are not synced to disk, as Dovecot and UW do
 //! not sync them: a power failure can undo STOREs of the last seconds, never anything else.
 //! On NFS the unlock that follows writes them back (the client flushes dirty pages before it
 //! releases a POSIX lock).
@@ -60,7 +61,7 @@ pub(super) fn safety(old: &[u8], new: &[u8], lo: usize, hi: usize, block_offset:
     if hi > uid_line {
         return Safety::Journal;
     }
-    if old.starts_with(b"X-IMAPbase:") {
+    if old.starts_with(b"X-IMAP") {
         let base_end = memchr::memchr(b'\n', old).map_or(old.len(), |p| p + 1);
         if lo < base_end {
             return Safety::Journal;
@@ -116,54 +117,70 @@ pub(super) struct Span<'a> {
     pub safety: Safety,
 }
 
-/// Write `spans` (none of them [`Safety::Journal`]) in place, without a journal. On an
-/// error the spans already written are put back (best effort) before the error is returned.
-/// `kill_after`: the crash test's `MAILSUITE_CRASH_AFTER_BYTES`, honoured between writes
-/// (where a real kill lands, see the module documentation).
+/// Write `spans` (none of them [`Safety::Journal`]) in place, without a journal: first the
+/// good halves of the [`Safety::Ordered`] ones, each synced, then everything else. On an error every span is
+/// put back (best effort) before the error is returned. `kill_after`: the crash test's
+/// `MAILSUITE_CRASH_AFTER_BYTES`, honoured between writes (where a real kill lands, see the
+/// module documentation).
 pub(super) fn write_unjournaled(
     file: &File,
     spans: &[Span<'_>],
     kill_after: Option<u64>,
 ) -> io::Result<()> {
     let mut written = 0u64;
-    let mut kill_point = |len: usize| {
-        if kill_after.is_some_and(|limit| written + len as u64 > limit) {
+    let mut write = |bytes: &[u8], offset: u64, durably: bool| {
+        if kill_after.is_some_and(|limit| written + bytes.len() as u64 > limit) {
             std::process::abort();
         }
-        written += len as u64;
-    };
-    for (n, span) in spans.iter().enumerate() {
-        let result = match span.safety {
-            Safety::Ordered { split, left_first } => {
-                let (left, right) = span.new.split_at(split);
-                let right_at = span.offset + split as u64;
-                let (first, first_at, then, then_at) = if left_first {
-                    (left, span.offset, right, right_at)
-                } else {
-                    (right, right_at, left, span.offset)
-                };
-                kill_point(first.len());
-                write_durably(file, first, first_at).and_then(|()| {
-                    kill_point(then.len());
-                    file.write_all_at(then, then_at)
-                })
-            }
-            _ => {
-                kill_point(span.new.len());
-                file.write_all_at(span.new, span.offset)
-            }
-        };
-        if let Err(e) = result {
-            for done in spans[..=n].iter().rev() {
-                let _ = file.write_all_at(done.old, done.offset);
-            }
-            return Err(e);
+        written += bytes.len() as u64;
+        if durably {
+            write_durably(file, bytes, offset)
+        } else {
+            file.write_all_at(bytes, offset)
         }
+    };
+    let result = (|| {
+        // Each good half is synced alone: a file-wide sync would also write out every page
+        // that earlier STOREs left dirty.
+        for ((first, first_at), _) in spans.iter().filter_map(halves_of) {
+            write(first, first_at, true)?;
+        }
+        for span in spans {
+            match halves_of(span) {
+                Some((_, (then, then_at))) => write(then, then_at, false)?,
+                None => write(span.new, span.offset, false)?,
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for span in spans {
+            let _ = file.write_all_at(span.old, span.offset);
+        }
+        return Err(e);
     }
     if kill_after.is_some() {
         std::process::abort();
     }
     Ok(())
+}
+
+/// A piece of a patch's new bytes and where it goes.
+type Piece<'a> = (&'a [u8], u64);
+
+/// An [`Safety::Ordered`] patch's two halves: the one to make durable first, then the other.
+fn halves_of<'a>(span: &Span<'a>) -> Option<(Piece<'a>, Piece<'a>)> {
+    let Safety::Ordered { split, left_first } = span.safety else {
+        return None;
+    };
+    let (left, right) = span.new.split_at(split);
+    let left = (left, span.offset);
+    let right = (right, span.offset + split as u64);
+    Some(if left_first {
+        (left, right)
+    } else {
+        (right, left)
+    })
 }
 
 /// Write `bytes` at `offset` and make them durable, without syncing the rest of the file:
