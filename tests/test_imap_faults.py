@@ -3,8 +3,9 @@
 Faults tried: the rewrite aborted after N bytes for ~24 values of N spread over the file
 (MAILSUITE_CRASH_AFTER_BYTES, the mbox store's hook, which imapd's EXPUNGE goes through),
 death right after the journal is synced (MAILSUITE_CRASH_AT=journal), SIGKILL at seeded
-random instants while EXPUNGE rewrites a ~12 MB mbox, and SIGKILL while EXPUNGE removes
-files from a Maildir. After each crash a fresh session (replaying any journal) must see
+random instants while EXPUNGE rewrites a ~12 MB mbox, SIGKILL at random instants while
+STORE patches the flags of 3,000 messages in place (no journal there: each message must
+show its old or its new flags), and SIGKILL while EXPUNGE removes files from a Maildir. After each crash a fresh session (replaying any journal) must see
 every non-deleted message exactly once with its UID unchanged, deleted ones at most once,
 and the spool must still parse as mbox.
 """
@@ -183,6 +184,74 @@ def test_sigkill_during_large_expunge(imap_users, mbox_for, imap_args):
         deleted = {order[n - 1] for n in to_delete}
         check_recovered(argv, alice, path, uids, deleted, "attempt %d, kill after %.3fs" % (attempt, delay))
     assert killed >= 2, "only %d of 6 kills landed during EXPUNGE" % killed
+
+
+def flag_sets(argv, user):
+    """The flags of every message of INBOX (\\Recent left out), in order."""
+    s = PipeImap(argv, timeout=60)
+    s.greeting()
+    s.login(user.name, user.password)
+    s.ok("EXAMINE INBOX", timeout=60)
+    fetched = parse_fetch(s.ok("FETCH 1:* FLAGS", timeout=60))
+    s.ok("LOGOUT", timeout=60)
+    s.close()
+    sets = []
+    for n in sorted(fetched):
+        flags = re.search(rb"FLAGS \(([^)]*)\)", fetched[n]).group(1).split()
+        sets.append(frozenset(f for f in flags if f != b"\\Recent"))
+    return sets
+
+
+def test_sigkill_during_store_of_flags(imap_users, mbox_for, imap_args):
+    """SIGKILL at seeded random instants while STORE 1:* patches 3,000 messages' flags."""
+    alice = imap_users["alice"]
+    msgs = [make_message(i, tag=b"st", body_lines=20) for i in range(3000)]
+    argv = imap_args("--allow-plaintext")
+    path = mbox_for(alice, mbox_of(msgs))
+    settle(argv, alice)
+    settled = read_file(path)
+    s = PipeImap(argv, timeout=60)
+    s.greeting()
+    s.login(alice.name, alice.password)
+    s.ok("EXAMINE INBOX", timeout=60)
+    uids, _ = uid_map(s)
+    s.kill()
+    new = frozenset([b"\\Flagged", b"\\Answered"])
+    store = "x STORE 1:* +FLAGS.SILENT (\\Flagged \\Answered)"
+
+    def session():
+        s = PipeImap(argv, timeout=60)
+        s.greeting()
+        s.login(alice.name, alice.password)
+        s.ok("SELECT INBOX", timeout=60)
+        return s
+
+    s = session()
+    began = time.monotonic()
+    s.send(store)
+    assert s.response("x", timeout=60)[1].startswith(b"x OK")
+    took = time.monotonic() - began
+    s.kill()
+    assert set(flag_sets(argv, alice)) == {new}
+    rng = random.Random(1123)
+    killed = 0
+    for attempt in range(6):
+        path = mbox_for(alice, settled)
+        s = session()
+        delay = rng.uniform(0, took)
+        s.send(store)
+        time.sleep(delay)
+        if s.proc.poll() is None:
+            os.kill(s.pid, signal.SIGKILL)
+        if s.proc.wait(timeout=30) == -signal.SIGKILL:
+            killed += 1
+        s.kill()
+        context = "attempt %d, kill after %.4fs" % (attempt, delay)
+        check_recovered(argv, alice, path, uids, set(), context)
+        sets = flag_sets(argv, alice)
+        mixed = [n for n, f in enumerate(sets, 1) if f not in (frozenset(), new)]
+        assert len(mixed) <= 1, (context, "messages with half their flags", mixed[:5])
+    assert killed >= 2, "only %d of 6 kills landed during STORE" % killed
 
 
 def test_sigkill_during_maildir_expunge(imap_users, imap_args):
