@@ -6,6 +6,7 @@
 
 use super::fromline::{local_time, MONTH_NAMES, WEEKDAY_NAMES};
 use crate::store::Flags;
+use std::io::Write;
 
 /// UW keeps at most this many keywords per mailbox (`NUSERFLAGS`).
 pub(super) const MAX_KEYWORDS: usize = 30;
@@ -182,7 +183,7 @@ pub(super) fn write_xstatus(
     let start = out.len();
     let mut pad = 50;
     if let Some(b) = base {
-        out.extend_from_slice(format!("X-IMAPbase: {} {}", b.uid_validity, b.uid_last).as_bytes());
+        let _ = write!(out, "X-IMAPbase: {} {}", b.uid_validity, b.uid_last);
         for k in b.keywords {
             out.push(b' ');
             out.extend_from_slice(k.as_bytes());
@@ -219,7 +220,8 @@ pub(super) fn write_xstatus(
     if written < pad {
         out.resize(start + pad, b' ');
     }
-    out.extend_from_slice(format!("\nX-UID: {}\n\n", msg.uid).as_bytes());
+    // Written in place (no String on the way): a STORE makes two of these per message.
+    let _ = write!(out, "\nX-UID: {}\n\n", msg.uid);
 }
 
 const PSEUDO_FROM: &str = "MAILER-DAEMON";

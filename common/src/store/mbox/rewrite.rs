@@ -175,12 +175,25 @@ fn text_ends_line(file: &File, e: &Entry) -> io::Result<bool> {
 /// The metadata block message `i` has on disk now, when the index knows it exactly: the
 /// first message's as parsed, any other's as we would write its disk state (`canonical`).
 fn known_disk_block(s: &Snapshot<'_>, i: usize, first: bool) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    known_disk_block_into(s, i, first, &mut out).then_some(out)
+}
+
+/// [`known_disk_block`] into `out` (cleared first); false when the index does not know it.
+fn known_disk_block_into(s: &Snapshot<'_>, i: usize, first: bool, out: &mut Vec<u8>) -> bool {
+    out.clear();
     let e = &s.entries[i];
     if first {
-        return s.first_meta.filter(|_| i == 0).map(<[u8]>::to_vec);
+        return match s.first_meta.filter(|_| i == 0) {
+            Some(meta) => {
+                out.extend_from_slice(meta);
+                true
+            }
+            None => false,
+        };
     }
     if !e.canonical {
-        return None;
+        return false;
     }
     let disk = MessageMeta {
         flags: e.disk_flags,
@@ -188,18 +201,33 @@ fn known_disk_block(s: &Snapshot<'_>, i: usize, first: bool) -> Option<Vec<u8>> 
         uid: s.infos[i].uid,
         old: e.disk_old,
     };
-    let mut out = Vec::new();
-    write_xstatus(&mut out, &disk, None, s.keywords);
-    Some(out)
+    write_xstatus(out, &disk, None, s.keywords);
+    true
+}
+
+/// Buffers [`patch_for`] reuses from one message to the next.
+#[derive(Default)]
+struct PatchScratch {
+    old: Vec<u8>,
+    new: Vec<u8>,
+    on_disk: Vec<u8>,
 }
 
 /// A same-length in-place patch of message `i`'s metadata block, if its block on disk is
 /// exactly what the index says (verified by reading it) and the new one has the same length.
-fn patch_for(s: &Snapshot<'_>, i: usize, first: bool) -> io::Result<Option<Source>> {
-    let new = xstatus_bytes(s, i, first);
-    let Some(old) = known_disk_block(s, i, first).filter(|o| o.len() == new.len()) else {
+fn patch_for(
+    s: &Snapshot<'_>,
+    i: usize,
+    first: bool,
+    scratch: &mut PatchScratch,
+) -> io::Result<Option<Source>> {
+    let PatchScratch { old, new, on_disk } = scratch;
+    new.clear();
+    xstatus_into(s, i, first, new);
+    if !known_disk_block_into(s, i, first, old) || old.len() != new.len() {
         return Ok(None);
-    };
+    }
+    let (old, new) = (&old[..], &new[..]);
     let e = &s.entries[i];
     let Some(offset) = e
         .body_off
@@ -208,21 +236,21 @@ fn patch_for(s: &Snapshot<'_>, i: usize, first: bool) -> io::Result<Option<Sourc
     else {
         return Ok(None);
     };
-    let mut on_disk = vec![0u8; old.len()];
-    s.file.read_exact_at(&mut on_disk, offset)?;
-    if on_disk != old {
+    on_disk.resize(old.len(), 0);
+    s.file.read_exact_at(on_disk, offset)?;
+    if on_disk[..] != *old {
         return Ok(None);
     }
     // Keep only the bytes that differ (usually a few): a STORE on 100,000 messages holds a
     // patch for each until it is written.
-    let (lo, hi) = differing(&old, &new);
+    let (lo, hi) = differing(old, new);
     Ok(Some(Source::Patch {
         index: i,
         first,
         offset: offset + lo as u64,
         old: old[lo..hi].to_vec(),
         new: new[lo..hi].to_vec(),
-        safety: patch::safety(&old, &new, lo, hi, offset),
+        safety: patch::safety(old, new, lo, hi, offset),
     }))
 }
 
@@ -240,15 +268,20 @@ fn differing(old: &[u8], new: &[u8]) -> (usize, usize) {
 
 fn xstatus_bytes(s: &Snapshot<'_>, index: usize, first: bool) -> Vec<u8> {
     let mut out = Vec::new();
+    xstatus_into(s, index, first, &mut out);
+    out
+}
+
+/// Message `index`'s metadata block as it should be, appended to `out`.
+fn xstatus_into(s: &Snapshot<'_>, index: usize, first: bool, out: &mut Vec<u8>) {
     let base = base_info(s);
     let base = if first { Some(&base) } else { None };
     write_xstatus(
-        &mut out,
+        out,
         &meta_of(&s.infos[index], s.claim_recent),
         base,
         s.keywords,
     );
-    out
 }
 
 /// Decide which bytes change. `host` names this machine in a new pseudo-message.
@@ -289,6 +322,7 @@ pub(super) fn plan(s: &Snapshot<'_>, host: &str) -> io::Result<Plan> {
         pieces.push(piece);
     }
     let mut scratch = Vec::new();
+    let mut patch_scratch = PatchScratch::default();
     let mut read_current = |off: u64, buf: &mut [u8]| s.file.read_exact_at(buf, off);
     for (n, &i) in kept.iter().enumerate() {
         let e = &s.entries[i];
@@ -311,7 +345,7 @@ pub(super) fn plan(s: &Snapshot<'_>, host: &str) -> io::Result<Plan> {
                 },
             }
         } else if let Some(patch) = (pos == e.from_off)
-            .then(|| patch_for(s, i, first))
+            .then(|| patch_for(s, i, first, &mut patch_scratch))
             .transpose()?
             .flatten()
         {

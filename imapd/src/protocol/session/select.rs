@@ -74,10 +74,12 @@ impl Selected {
     /// The store index of the message at view position `pos`, unless it is gone.
     pub fn index_of(&self, pos: usize) -> Option<usize> {
         let known = self.view.get(pos).filter(|k| !k.gone)?;
-        self.mailbox
-            .messages()
-            .binary_search_by_key(&known.uid, |m| m.uid)
-            .ok()
+        let messages = self.mailbox.messages();
+        // Usually nothing was expunged under the view: the index has it at the same place.
+        if messages.get(pos).is_some_and(|m| m.uid == known.uid) {
+            return Some(pos);
+        }
+        messages.binary_search_by_key(&known.uid, |m| m.uid).ok()
     }
 
     /// View positions (0-based, ascending) named by a sequence or UID set. Sequence numbers past
