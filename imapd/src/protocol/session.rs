@@ -236,7 +236,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
                 1
             }
         };
-        self.leave_selected();
+        self.leave_selected_at_exit();
         status
     }
 
@@ -449,7 +449,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
             self.policy.conn.host
         );
         self.untagged(&bye)?;
-        self.leave_selected();
+        self.persist_selected();
         if self.user.is_some() {
             log::info(&format!("Logout {}", self.who()));
         }
@@ -467,15 +467,32 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
 
     /// Deselect, persisting flag changes (nothing is expunged).
     fn leave_selected(&mut self) {
-        if let Some(mut sel) = self.selected.take() {
+        self.persist_selected();
+        self.selected = None;
+    }
+
+    /// Persist the selected mailbox's flag changes, keeping it selected.
+    fn persist_selected(&mut self) {
+        let who = self.who();
+        if let Some(sel) = self.selected.as_mut() {
             if let Err(e) = sel.persist_flags() {
                 log::err(&format!(
-                    "Error saving flags in {}: {e} {}",
+                    "Error saving flags in {}: {e} {who}",
                     sel.mailbox.path().display(),
-                    self.who()
                 ));
             }
         }
+    }
+
+    /// The end of the session: flag changes persisted, then the selected mailbox is left
+    /// without freeing its index, which for 100,000 messages is 100,000 allocations given
+    /// back one by one just before the process exits (about 5 ms the client would wait for
+    /// its EOF). Safe because imapd never opens a mailbox exclusively, so nothing it holds
+    /// needs undoing on disk: no session lock file, no dotlock between commands; descriptors
+    /// and fcntl locks go with the process.
+    fn leave_selected_at_exit(&mut self) {
+        self.persist_selected();
+        std::mem::forget(self.selected.take());
     }
 
     // ----- helpers ------------------------------------------------------------------------
