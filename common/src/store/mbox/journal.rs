@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! "MSJRNL1\n" dev ino orig_len new_len nregions (offset len)*nregions data... checksum "MSJEND1\n"
+//! "MSJAPP1\n" dev ino orig_len new_len append_sum nregions (offset len)*nregions data... (as above)
 //! ```
 //!
 //! The checksum covers everything before it. A journal that is complete and matches the mailbox
