@@ -371,6 +371,10 @@ impl Journal {
                 sum.update(&buf[..n]);
                 out.write_all(&buf[..n])?;
                 done += n as u64;
+                if n == COPY_CHUNK {
+                    // A big journal is synced below: let the disk start on it now.
+                    super::disk::start_writeback(out.get_ref(), 0, 0);
+                }
             }
             pos += r.len;
         }

@@ -26,6 +26,7 @@
 //! On NFS the unlock that follows writes them back (the client flushes dirty pages before it
 //! releases a POSIX lock).
 
+use super::disk;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -134,7 +135,7 @@ pub(super) fn write_unjournaled(
         }
         written += bytes.len() as u64;
         if durably {
-            write_durably(file, bytes, offset)
+            disk::write_durably(file, bytes, offset)
         } else {
             file.write_all_at(bytes, offset)
         }
@@ -181,38 +182,6 @@ fn halves_of<'a>(span: &Span<'a>) -> Option<(Piece<'a>, Piece<'a>)> {
     } else {
         (right, left)
     })
-}
-
-/// Write `bytes` at `offset` and make them durable, without syncing the rest of the file:
-/// `pwritev2(RWF_DSYNC)` syncs the written range only. Where the kernel lacks it, a plain
-/// write and `fdatasync`.
-pub(super) fn write_durably(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut done = 0usize;
-    while done < bytes.len() {
-        let rest = &bytes[done..];
-        let iov = libc::iovec {
-            iov_base: rest.as_ptr() as *mut libc::c_void,
-            iov_len: rest.len(),
-        };
-        let at = libc::off_t::try_from(offset + done as u64)
-            .map_err(|_| io::Error::other("mailbox too large"))?;
-        // SAFETY: `iov` points into `bytes`, which outlives the call; the kernel only reads it.
-        let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, at, libc::RWF_DSYNC) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
-                    file.write_all_at(rest, offset + done as u64)?;
-                    return file.sync_data();
-                }
-                _ => return Err(err),
-            }
-        }
-        done += n as usize;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

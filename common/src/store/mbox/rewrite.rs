@@ -15,6 +15,7 @@
 //! message now is, so the caller need not parse the file again. Owns the write plan and its
 //! execution; never takes locks itself.
 
+use super::disk;
 use super::journal::{Journal, Region, CUT_MARK};
 use super::meta::{
     for_each_header_line, pseudo_message, write_xstatus, BaseInfo, LineKind, MessageMeta,
@@ -494,6 +495,8 @@ impl MailboxWriter<'_> {
             }
         }
         self.file.write_all_at(data, self.pos)?;
+        // The rewrite ends with an fsync of everything: let the disk start on this piece now.
+        disk::start_writeback(self.file, self.pos, data.len() as u64);
         self.pos += data.len() as u64;
         self.written += data.len() as u64;
         self.buf.clear();
@@ -689,7 +692,7 @@ fn write_journaled(
             // Same length, same blocks: the patched bytes are all that must be durable before
             // the journal goes. Synced one by one, so that the unsynced patches of earlier
             // STOREs still in the page cache are not written out with them.
-            patch::write_durably(file, bytes, *offset)?;
+            disk::write_durably(file, bytes, *offset)?;
             written += bytes.len() as u64;
         }
         Ok(())
