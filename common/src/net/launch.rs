@@ -25,7 +25,7 @@ static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 /// How often the accept loop wakes up to reap children and check for a stop request.
 const LOOP_TICK: Duration = Duration::from_millis(250);
 
-/// The name this process was invoked under: the basename of argv[0].
+/// The name this process was invoked under: the basename of `argv[0]`.
 pub fn program_name() -> String {
     let from_argv0 = std::env::args_os().next().and_then(|arg0| basename(&arg0));
     from_argv0
@@ -57,7 +57,7 @@ pub fn ignore_sigpipe() {
 }
 
 /// Development/container mode: listens on `addr` and serves each connection in a child process
-/// re-executing this program (`/proc/self/exe`, same argv[0]) with the same arguments minus
+/// re-executing this program (`/proc/self/exe`, same `argv[0]`) with the same arguments minus
 /// `--listen` plus `--debug`, the socket as its stdin and stdout. At most `max_children` run at
 /// once; further connections wait in the listen backlog. Prints `listening on ADDR` to stderr
 /// once bound. Returns when SIGTERM or SIGINT arrives (running children finish on their own).

@@ -81,7 +81,7 @@ enum Source {
     /// Message `index` stays where it is and only its metadata block changes, to a block of
     /// the same length (UW's padding absorbs the difference): `new` replaces the verified
     /// `old` bytes at `offset`. Only the bytes that differ are kept. `safety`: whether it
-    /// needs the journal (see [`patch`](super::patch)).
+    /// needs the journal (see [`patch`]).
     Patch {
         index: usize,
         first: bool,
