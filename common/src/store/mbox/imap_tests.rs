@@ -2,7 +2,7 @@
 //! writing the file directly) sharing one mailbox, APPEND (including kills between its steps),
 //! keywords, and the folder operations of [`MboxStore`].
 
-use super::tests::TempDir;
+use super::tests::{expect_crash, TempDir};
 use super::*;
 use crate::config::StoreChoice;
 use crate::store::{MailStore, NewMessage, SpecialUse, StoreConfig};
@@ -385,23 +385,12 @@ fn killed_append(point: &str) -> (TempDir, PathBuf, Vec<Vec<u8>>) {
     let mut original = open(&path, Access::ReadOnly);
     let texts: Vec<Vec<u8>> = (0..3).map(|i| text_of(&mut original, i)).collect();
     drop(original);
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "store::mbox::imap_tests::append_crash_child",
-            "--exact",
-            "--ignored",
-            "--test-threads=1",
-        ])
-        .env(APPEND_CRASH_ENV, dir.path())
-        .env("MAILSUITE_CRASH_AT", point)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGABRT),
-        "child did not die at {point}"
+    expect_crash(
+        "store::mbox::imap_tests::append_crash_child",
+        &[
+            (APPEND_CRASH_ENV, dir.path().to_str().unwrap()),
+            ("MAILSUITE_CRASH_AT", point),
+        ],
     );
     let _ = std::fs::remove_file(dir.path().join("user.lock"));
     (dir, path, texts)
@@ -893,22 +882,12 @@ fn expunging_everything_journals_only_the_first_message() {
         let mb = open(&path, Access::ReadOnly);
         mb.entries[0].next_off
     };
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "store::mbox::imap_tests::expunge_all_child",
-            "--exact",
-            "--ignored",
-            "--test-threads=1",
-        ])
-        .env(EXPUNGE_ALL_ENV, dir.path())
-        .env("MAILSUITE_CRASH_AT", "journal")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGABRT)
+    expect_crash(
+        "store::mbox::imap_tests::expunge_all_child",
+        &[
+            (EXPUNGE_ALL_ENV, dir.path().to_str().unwrap()),
+            ("MAILSUITE_CRASH_AT", "journal"),
+        ],
     );
     let journal = std::fs::metadata(dir.path().join(".user.mbox-journal")).unwrap();
     assert!(

@@ -506,6 +506,23 @@ fn parses_ten_thousand_messages_quickly() {
 
 // ---- crash safety ----------------------------------------------------------------------
 
+/// Run `child` (an ignored test of this binary, by its path) in a child process with `env`,
+/// and check that it died in a crash hook (SIGABRT), as a kill would have stopped it.
+pub(crate) fn expect_crash(child: &str, env: &[(&str, &str)]) {
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([child, "--exact", "--ignored", "--test-threads=1"])
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGABRT),
+        "{child} with {env:?} did not die in the crash hook: {status}"
+    );
+}
+
 const CRASH_DIR_ENV: &str = "MBOX_TEST_CRASH_DIR";
 
 /// A mailbox with some messages already carrying metadata and some not, so a commit moves,
@@ -588,26 +605,12 @@ fn commit_survives_a_kill_at_any_point() {
         )
     }));
     points.push(("MAILSUITE_CRASH_AFTER_BYTES", (final_len * 2).to_string()));
-    let exe = std::env::current_exe().unwrap();
+    let crash_dir = dir.path().to_str().unwrap();
     for (n, point) in points.into_iter().enumerate() {
         std::fs::write(&path, &prepared).unwrap();
-        let mut child = std::process::Command::new(&exe);
-        child
-            .args([
-                "store::mbox::tests::crash_child",
-                "--exact",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(CRASH_DIR_ENV, dir.path())
-            .env(point.0, &point.1)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let status = child.status().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGABRT),
-            "child at {point:?} did not die in the crash hook: {status}"
+        expect_crash(
+            "store::mbox::tests::crash_child",
+            &[(CRASH_DIR_ENV, crash_dir), (point.0, &point.1)],
         );
         // The killed child left its dotlock; an MTA would take it over as stale after 5 minutes.
         let _ = std::fs::remove_file(dir.path().join("user.lock"));
@@ -642,25 +645,12 @@ fn cut_left_undone_by_a_kill_is_finished_keeping_mail_delivered_since() {
     let mut original = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
     let originals = message_ids(&mut original);
     drop(original);
-    let exe = std::env::current_exe().unwrap();
+    let crash_dir = dir.path().to_str().unwrap();
     for point in ["cut-committed", "cut-done"] {
         let before = std::fs::read(&path).unwrap();
-        let status = std::process::Command::new(&exe)
-            .args([
-                "store::mbox::tests::crash_child",
-                "--exact",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(CRASH_DIR_ENV, dir.path())
-            .env("MAILSUITE_CRASH_AT", point)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGABRT)
+        expect_crash(
+            "store::mbox::tests::crash_child",
+            &[(CRASH_DIR_ENV, crash_dir), ("MAILSUITE_CRASH_AT", point)],
         );
         let _ = std::fs::remove_file(dir.path().join("user.lock"));
         let left = std::fs::read(&path).unwrap();
@@ -1344,30 +1334,18 @@ fn patch_crash_child() {
 fn killed_patch(dir: &TempDir, prepared: &[u8], keyword: bool, point: &str) -> Vec<u8> {
     let path = dir.path().join("user");
     std::fs::write(&path, prepared).unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-    child
-        .args([
-            "store::mbox::tests::patch_crash_child",
-            "--exact",
-            "--ignored",
-            "--test-threads=1",
-        ])
-        .env(PATCH_CRASH_DIR_ENV, dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    if keyword {
-        child.env(PATCH_KEYWORD_ENV, "1");
-    }
-    match point.parse::<u64>() {
-        Ok(_) => child.env("MAILSUITE_CRASH_AFTER_BYTES", point),
-        Err(_) => child.env("MAILSUITE_CRASH_AT", point),
+    let hook = match point.parse::<u64>() {
+        Ok(_) => "MAILSUITE_CRASH_AFTER_BYTES",
+        Err(_) => "MAILSUITE_CRASH_AT",
     };
-    let status = child.status().unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGABRT),
-        "child at {point} did not die in the crash hook: {status}"
-    );
+    let mut env = vec![
+        (PATCH_CRASH_DIR_ENV, dir.path().to_str().unwrap()),
+        (hook, point),
+    ];
+    if keyword {
+        env.push((PATCH_KEYWORD_ENV, "1"));
+    }
+    expect_crash("store::mbox::tests::patch_crash_child", &env);
     let _ = std::fs::remove_file(dir.path().join("user.lock"));
     std::fs::read(&path).unwrap()
 }
