@@ -44,6 +44,20 @@ def uid_map(s):
     return out, ids
 
 
+def settled_mbox(argv, user, mbox_for, msgs):
+    """`msgs` as the user's spool with UIDs stored: (path, its bytes, {Message-ID: UID}, IDs in
+    order)."""
+    path = mbox_for(user, mbox_of(msgs))
+    settle(argv, user)
+    s = PipeImap(argv, timeout=60)
+    s.greeting()
+    s.login(user.name, user.password)
+    s.ok("EXAMINE INBOX", timeout=60)
+    uids, order = uid_map(s)
+    s.kill()
+    return path, read_file(path), uids, order
+
+
 def start_expunge(argv, user, to_delete, env=None):
     """Log in, select, mark `to_delete` \\Deleted; returns the session before EXPUNGE."""
     s = PipeImap(argv, env=env, timeout=60)
@@ -113,18 +127,9 @@ def run_expunge(s):
 def test_crash_hooks_during_expunge(imap_users, mbox_for, imap_args):
     alice = imap_users["alice"]
     msgs = [make_message(i, tag=b"x", body_lines=30) for i in range(40)]
-    original = mbox_of(msgs)
     argv = imap_args("--allow-plaintext")
     to_delete = (1, 2, 17, 40)
-    path = mbox_for(alice, original)
-    settle(argv, alice)
-    settled = read_file(path)
-    s = PipeImap(argv)
-    s.greeting()
-    s.login(alice.name, alice.password)
-    s.ok("EXAMINE INBOX")
-    uids, order = uid_map(s)
-    s.kill()
+    path, settled, uids, order = settled_mbox(argv, alice, mbox_for, msgs)
     deleted = {order[n - 1] for n in to_delete}
     size = len(settled)
     faults = [{"MAILSUITE_CRASH_AFTER_BYTES": str(size * k // 22)} for k in range(22)]
@@ -154,15 +159,7 @@ def test_sigkill_during_large_expunge(imap_users, mbox_for, imap_args):
     alice = imap_users["alice"]
     msgs = [make_message(i, tag=b"big", body_lines=60) for i in range(3000)]
     argv = imap_args("--allow-plaintext")
-    path = mbox_for(alice, mbox_of(msgs))
-    settle(argv, alice)
-    settled = read_file(path)
-    s = PipeImap(argv, timeout=60)
-    s.greeting()
-    s.login(alice.name, alice.password)
-    s.ok("EXAMINE INBOX", timeout=60)
-    uids, order = uid_map(s)
-    s.kill()
+    path, settled, uids, order = settled_mbox(argv, alice, mbox_for, msgs)
     s = start_expunge(argv, alice, [1])
     began = time.monotonic()
     assert run_expunge(s).startswith(b"OK")
@@ -207,15 +204,7 @@ def test_sigkill_during_store_of_flags(imap_users, mbox_for, imap_args):
     alice = imap_users["alice"]
     msgs = [make_message(i, tag=b"st", body_lines=20) for i in range(3000)]
     argv = imap_args("--allow-plaintext")
-    path = mbox_for(alice, mbox_of(msgs))
-    settle(argv, alice)
-    settled = read_file(path)
-    s = PipeImap(argv, timeout=60)
-    s.greeting()
-    s.login(alice.name, alice.password)
-    s.ok("EXAMINE INBOX", timeout=60)
-    uids, _ = uid_map(s)
-    s.kill()
+    path, settled, uids, _ = settled_mbox(argv, alice, mbox_for, msgs)
     new = frozenset([b"\\Flagged", b"\\Answered"])
     store = "x STORE 1:* +FLAGS.SILENT (\\Flagged \\Answered)"
 
