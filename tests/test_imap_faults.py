@@ -3,7 +3,8 @@
 Faults tried: the rewrite aborted after N bytes for ~24 values of N spread over the file
 (MAILSUITE_CRASH_AFTER_BYTES, the mbox store's hook, which imapd's EXPUNGE goes through),
 death right after the journal is synced (MAILSUITE_CRASH_AT=journal), SIGKILL at seeded
-random instants while EXPUNGE rewrites a ~12 MB mbox, SIGKILL at random instants while
+random instants while EXPUNGE rewrites a ~12 MB mbox (through the undo journal, and as a
+compaction that moves every other message, with the hook that only a compaction passes), SIGKILL at random instants while
 STORE patches the flags of 3,000 messages in place (no journal there: each message must
 show its old or its new flags), and SIGKILL while EXPUNGE removes files from a Maildir. After each crash a fresh session (replaying any journal) must see
 every non-deleted message exactly once with its UID unchanged, deleted ones at most once,
@@ -181,6 +182,46 @@ def test_sigkill_during_large_expunge(imap_users, mbox_for, imap_args):
         deleted = {order[n - 1] for n in to_delete}
         check_recovered(argv, alice, path, uids, deleted, "attempt %d, kill after %.3fs" % (attempt, delay))
     assert killed >= 2, "only %d of 6 kills landed during EXPUNGE" % killed
+
+
+def test_sigkill_during_compacting_expunge(imap_users, mbox_for, imap_args):
+    """EXPUNGE of every other message of 3,000 only moves messages: it goes forward from a
+    journal of moves (no undo copy), so after a kill the deleted messages are all there (killed
+    before the journal) or all gone, never some of them."""
+    alice = imap_users["alice"]
+    msgs = [make_message(i, tag=b"cmp", body_lines=40) for i in range(3000)]
+    argv = imap_args("--allow-plaintext")
+    path, settled, uids, order = settled_mbox(argv, alice, mbox_for, msgs)
+    odd = list(range(1, 3001, 2))
+    deleted = {order[n - 1] for n in odd}
+    # The hook that only a compaction passes: die once its first step is synced and recorded.
+    s = start_expunge(argv, alice, odd, env=dict(os.environ, MAILSUITE_CRASH_AT="first-step-done"))
+    assert run_expunge(s) is None, "EXPUNGE of every other message was not a compaction"
+    left = check_recovered(argv, alice, path, uids, deleted, "first-step-done")
+    assert not set(left) & deleted, "recovery did not finish the compaction"
+    path = mbox_for(alice, settled)
+    s = start_expunge(argv, alice, odd)
+    began = time.monotonic()
+    assert run_expunge(s).startswith(b"OK")
+    took = time.monotonic() - began
+    rng = random.Random(20261124)
+    outcomes = []
+    for attempt in range(6):
+        path = mbox_for(alice, settled)
+        s = start_expunge(argv, alice, odd)
+        delay = rng.uniform(0, took)
+        s.send("x EXPUNGE")
+        time.sleep(delay)
+        if s.proc.poll() is None:
+            os.kill(s.pid, signal.SIGKILL)
+        s.proc.wait(timeout=30)
+        s.kill()
+        context = "attempt %d, kill after %.3fs" % (attempt, delay)
+        left = check_recovered(argv, alice, path, uids, deleted, context)
+        gone = len(deleted - set(left))
+        assert gone in (0, len(deleted)), (context, "%d of %d deleted messages gone" % (gone, len(deleted)))
+        outcomes.append(gone)
+    assert any(outcomes), "no kill landed after the journal: %r" % outcomes
 
 
 def flag_sets(argv, user):

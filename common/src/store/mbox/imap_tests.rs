@@ -896,15 +896,14 @@ fn expunging_everything_journals_only_the_first_message() {
         journal.len()
     );
     let _ = std::fs::remove_file(dir.path().join("user.lock"));
+    // Only a pseudo-message is written over the first message: a compaction, which a kill after
+    // its journal does not undo but finishes.
     let mb = open(&path, Access::Shared);
-    assert_eq!(
-        uids(&mb),
-        vec![1],
-        "only the first message may survive a kill"
-    );
+    assert!(uids(&mb).is_empty(), "the kill left {:?}", uids(&mb));
+    assert!(!dir.path().join(".user.mbox-journal").exists());
     let mut mb = mb;
-    mb.set_flags(0, Flags::DELETED);
-    assert_eq!(mb.commit(true).unwrap().expunged, vec![0]);
+    let expunged = mb.commit(true).unwrap().expunged;
+    assert!(expunged.is_empty(), "{expunged:?}");
     assert!(mb.messages().is_empty());
     assert_eq!(mb.uid_next(), 201, "UID state kept");
 }

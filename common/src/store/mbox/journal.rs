@@ -36,8 +36,12 @@
 //! truncates. Recovery of a committed journal finishes the cut if the mark is still there
 //! (keeping mail delivered behind the old end since) and otherwise leaves the file alone.
 //!
+//! The same paths may hold a compaction's journal of moves (`"MSJMOV1\n"`, see
+//! [`compact`]): recovery hands it over, and it is finished rather than undone.
+//!
 //! Owns the journal files only; never decides what a rewrite writes.
 
+use super::compact;
 use super::fromline::is_from_line;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -172,7 +176,7 @@ impl Checksum {
     }
 }
 
-fn sync_dir(path: &Path) {
+pub(super) fn sync_dir(path: &Path) {
     if let Some(dir) = path.parent() {
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
@@ -232,6 +236,26 @@ fn header_bytes(id: FileId, kind: Kind, regions: &[Region]) -> Vec<u8> {
         out.extend_from_slice(&r.len.to_le_bytes());
     }
     out
+}
+
+/// A new, empty journal file for the mailbox `id` at `mailbox_path`, in the first place
+/// [`journal_paths`] offers that takes one.
+pub(super) fn create_journal_file(mailbox_path: &Path, id: FileId) -> io::Result<(PathBuf, File)> {
+    let mut last_err = io::Error::other("no place for a journal (no writable directory)");
+    for path in journal_paths(mailbox_path, id) {
+        let created = match create_exclusive(&path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Left over and already judged stale by recovery: replace it if we may.
+                std::fs::remove_file(&path).and_then(|_| create_exclusive(&path))
+            }
+            other => other,
+        };
+        match created {
+            Ok(file) => return Ok((path, file)),
+            Err(e) => last_err = e,
+        }
+    }
+    Err(last_err)
 }
 
 impl Journal {
@@ -313,34 +337,14 @@ impl Journal {
         read: &RegionReader<'_>,
     ) -> io::Result<Journal> {
         let id = FileId::of(mailbox)?;
-        let mut last_err = io::Error::other("no place for a journal (no writable directory)");
-        for path in journal_paths(mailbox_path, id) {
-            let file = match create_exclusive(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // Left over and already judged stale by recovery: replace it if we may.
-                    match std::fs::remove_file(&path).and_then(|_| create_exclusive(&path)) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            last_err = e;
-                            continue;
-                        }
-                    }
-                }
-                Err(e) => {
-                    last_err = e;
-                    continue;
-                }
-            };
-            return match Journal::fill(&path, file, id, kind, regions, read) {
-                Ok(j) => Ok(j),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&path);
-                    Err(e)
-                }
-            };
+        let (path, file) = create_journal_file(mailbox_path, id)?;
+        match Journal::fill(&path, file, id, kind, regions, read) {
+            Ok(j) => Ok(j),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
         }
-        Err(last_err)
     }
 
     fn fill(
@@ -656,23 +660,28 @@ fn append_complete(mailbox: &File, found: &Found) -> io::Result<bool> {
 /// stands at the new length, the truncation never happened: cut there, keeping any mail an MTA
 /// delivered behind the old end since. Otherwise the file was cut already, and whatever follows
 /// the new length was delivered afterwards.
-fn finish_cut(mailbox: &File, writable: &File, found: &Found) -> io::Result<()> {
+pub(super) fn finish_cut(
+    mailbox: &File,
+    writable: &File,
+    orig_len: u64,
+    new_len: u64,
+) -> io::Result<()> {
     let now = mailbox.metadata()?.len();
     let mark_len = CUT_MARK.len() as u64;
-    if now < found.new_len.saturating_add(mark_len) {
+    if now < new_len.saturating_add(mark_len) {
         return Ok(());
     }
     let mut mark = vec![0u8; CUT_MARK.len()];
-    mailbox.read_exact_at(&mut mark, found.new_len)?;
+    mailbox.read_exact_at(&mut mark, new_len)?;
     if mark != CUT_MARK {
         return Ok(());
     }
-    let delivered_from = found.orig_len.max(found.new_len + mark_len);
+    let delivered_from = orig_len.max(new_len + mark_len);
     let mut delivered = vec![0u8; now.saturating_sub(delivered_from) as usize];
     mailbox.read_exact_at(&mut delivered, delivered_from)?;
-    writable.set_len(found.new_len)?;
+    writable.set_len(new_len)?;
     if !delivered.is_empty() {
-        writable.write_all_at(&delivered, found.new_len)?;
+        writable.write_all_at(&delivered, new_len)?;
     }
     writable.sync_all()
 }
@@ -681,6 +690,26 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// Whether an incomplete journal at `path` (the rewrite never started) or one for an older
+/// file of the same name may go: ours by name, or next to the mailbox.
+fn stale(path: &Path, mailbox_path: &Path, id: FileId) -> bool {
+    let is_ours_by_name = path.file_name().is_some_and(|n| {
+        n.to_string_lossy()
+            .ends_with(&format!(".{}.{}", id.dev, id.ino))
+    });
+    is_ours_by_name || path.parent() == mailbox_path.parent()
+}
+
+/// Whether `journal` is a compaction's move journal (see [`compact`]).
+fn is_move_journal(journal: &File) -> io::Result<bool> {
+    let mut magic = [0u8; 8];
+    match journal.read_exact_at(&mut magic, 0) {
+        Ok(()) => Ok(&magic == compact::MAGIC),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -712,21 +741,23 @@ pub(super) fn recover(mailbox_path: &Path, mailbox: &File) -> io::Result<bool> {
         if !trustworthy(&journal)? {
             continue;
         }
+        if is_move_journal(&journal)? {
+            if compact::recover(&path, &journal, mailbox_path, mailbox, id)? {
+                recovered = true;
+            } else if stale(&path, mailbox_path, id) {
+                remove_if_present(&path)?;
+            }
+            continue;
+        }
         match verify(&journal, id)? {
             None => {
-                let is_ours_by_name = path.file_name().is_some_and(|n| {
-                    n.to_string_lossy()
-                        .ends_with(&format!(".{}.{}", id.dev, id.ino))
-                });
-                // Incomplete (the rewrite never started) or a leftover for an older file
-                // of the same name next to the mailbox: either way it no longer applies.
-                if is_ours_by_name || path.parent() == mailbox_path.parent() {
+                if stale(&path, mailbox_path, id) {
                     remove_if_present(&path)?;
                 }
             }
             Some(found) if found.cut_committed => {
                 let writable = OpenOptions::new().write(true).open(mailbox_path)?;
-                finish_cut(mailbox, &writable, &found)?;
+                finish_cut(mailbox, &writable, found.orig_len, found.new_len)?;
                 remove_if_present(&path)?;
                 sync_dir(&path);
             }

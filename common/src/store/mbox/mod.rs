@@ -25,6 +25,7 @@
 //! text only); an unchanged first message is not rewritten (UW rewrites it to the same bytes).
 
 mod append;
+mod compact;
 mod disk;
 mod folders;
 mod fromline;

@@ -10,11 +10,14 @@
 //!
 //! Crash safety: every region that will be overwritten (a patch's few bytes included) is first
 //! saved in a [`Journal`]; the new bytes are produced from the journal copy, then the file is
-//! truncated, fsynced and the journal removed. The file is never replaced by rename (an MTA
+//! truncated, fsynced and the journal removed. A rewrite that only moves unchanged bytes
+//! towards the start and cuts the file (after a few bytes made anew at its start) is a
+//! compaction instead, journalled by its moves and finished forward (see [`compact`]). The file is never replaced by rename (an MTA
 //! waiting on the lock holds the old inode). After a write, [`written_index`] says where every
 //! message now is, so the caller need not parse the file again. Owns the write plan and its
 //! execution; never takes locks itself.
 
+use super::compact::{self, Move, Schedule};
 use super::disk;
 use super::journal::{Journal, Region, CUT_MARK};
 use super::meta::{
@@ -100,6 +103,65 @@ struct Piece {
     /// False when the bytes are already in place.
     write: bool,
     source: Source,
+}
+
+/// Bytes a compaction may make up (the new first message is one of them): more, and the undo
+/// journal does the rewrite.
+const MAX_FILL: u64 = 16 << 20;
+
+/// The writes of a compaction: see [`Plan::compaction`].
+#[derive(Default)]
+struct Compaction {
+    fills: Vec<(u64, Vec<u8>)>,
+    moves: Vec<Move>,
+}
+
+impl Compaction {
+    fn add_move(&mut self, src: u64, dst: u64, len: u64) {
+        match self.moves.last_mut() {
+            Some(m) if m.src + m.len == src && m.dst + m.len == dst => m.len += len,
+            _ => self.moves.push(Move { src, dst, len }),
+        }
+    }
+}
+
+/// A piece that is not a plain move, made in memory from the mailbox as it is now: (where it
+/// goes, its bytes). An unmoved patch is just its new bytes.
+fn render(s: &Snapshot<'_>, piece: &Piece) -> io::Result<(u64, Vec<u8>)> {
+    let read_at = |off: u64, len: u64| -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len as usize];
+        s.file.read_exact_at(&mut buf, off)?;
+        Ok(buf)
+    };
+    let mut out = Vec::with_capacity(piece.len as usize);
+    match &piece.source {
+        Source::Copy { old_off, .. } => out = read_at(*old_off, piece.len)?,
+        Source::Bytes(bytes) => out.extend_from_slice(bytes),
+        Source::Patch {
+            index, offset, new, ..
+        } => {
+            let e = &s.entries[*index];
+            if piece.new_off == e.from_off {
+                return Ok((*offset, new.clone()));
+            }
+            out = read_at(e.from_off, e.next_off - e.from_off)?;
+            let at = (offset - e.from_off) as usize;
+            out[at..at + new.len()].copy_from_slice(new);
+        }
+        Source::Message { index, first, .. } => {
+            let e = &s.entries[*index];
+            out = read_at(e.from_off, e.hdr_off - e.from_off)?;
+            let mut read = |off: u64, buf: &mut [u8]| s.file.read_exact_at(buf, off);
+            filtered_header(&mut read, e, &mut out)?;
+            out.extend_from_slice(&xstatus_bytes(s, *index, *first));
+            out.extend_from_slice(&read_at(e.body_off, e.text_end - e.body_off)?);
+            out.push(b'\n');
+        }
+    }
+    if out.len() as u64 != piece.len {
+        return Err(io::Error::other("mailbox changed during rewrite"));
+    }
+    Ok((piece.new_off, out))
 }
 
 /// What a commit will write. Empty when the file already says everything.
@@ -388,6 +450,34 @@ pub(super) fn plan(s: &Snapshot<'_>, host: &str) -> io::Result<Plan> {
 }
 
 impl Plan {
+    /// What a compaction (see [`compact`]) would write: bytes made anew at the start (a new
+    /// pseudo-message, the new first message with `X-IMAPbase`, a patch) and then moves of
+    /// unchanged bytes towards the start, the file cut short behind them. `None` for any other
+    /// rewrite.
+    fn compaction(&self, s: &Snapshot<'_>) -> io::Result<Option<Compaction>> {
+        if self.cut().is_none() {
+            return Ok(None);
+        }
+        let mut c = Compaction::default();
+        let mut filled = 0u64;
+        for piece in self.pieces.iter().filter(|p| p.write) {
+            if let Source::Copy { old_off, .. } = piece.source {
+                if old_off <= piece.new_off {
+                    return Ok(None);
+                }
+                c.add_move(old_off, piece.new_off, piece.len);
+                continue;
+            }
+            if !c.moves.is_empty() || filled + piece.len > MAX_FILL {
+                return Ok(None);
+            }
+            let fill = render(s, piece)?;
+            filled += fill.1.len() as u64;
+            c.fills.push(fill);
+        }
+        Ok(Some(c))
+    }
+
     /// Where the file is cut behind [`CUT_MARK`] after the rewrite, when it shrinks enough.
     fn cut(&self) -> Option<u64> {
         (self.old_len >= self.new_len.saturating_add(MIN_CUT)).then_some(self.new_len)
@@ -598,7 +688,7 @@ fn grow(file: &File, from: u64, to: u64) -> io::Result<()> {
 
 /// As UW after a rewrite: access time now, modification time a second earlier, so that
 /// "new mail" checks (mtime > atime: shells, biff, mail readers) do not fire for our own write.
-fn mark_as_read(file: &File) -> io::Result<()> {
+pub(super) fn mark_as_read(file: &File) -> io::Result<()> {
     let now = std::time::SystemTime::now();
     let earlier = now
         .checked_sub(std::time::Duration::from_secs(1))
@@ -825,9 +915,17 @@ pub(super) fn execute(path: &Path, file: &File, s: &Snapshot<'_>, plan: &Plan) -
     if plan.patches_only() {
         return execute_patches(path, file, plan);
     }
+    let hooks = CrashHooks::from_env();
+    let compaction = plan.compaction(s)?;
+    if let Some(schedule) = compaction.and_then(|c| Schedule::of(c.fills, &c.moves)) {
+        let hooks = compact::Hooks {
+            after_journal: hooks.after_journal,
+            after_bytes: hooks.after_bytes,
+        };
+        return compact::execute(path, file, (plan.old_len, plan.new_len), &schedule, &hooks);
+    }
     let runs = runs(plan);
     let regions: Vec<Region> = runs.iter().map(|(_, r)| *r).collect();
-    let hooks = CrashHooks::from_env();
     let journal = Journal::create(path, file, plan.old_len, plan.new_len, &regions)?;
     if hooks.after_journal {
         std::process::abort();

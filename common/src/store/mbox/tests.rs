@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 thread_local! {
     /// Whole-file parses done by this test thread (to tell them from incremental ones).
     pub(crate) static FULL_PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Rewrites done as compactions (see `compact`), without an undo copy.
+    pub(crate) static COMPACTIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Commits done by same-length metadata patches only.
     pub(crate) static PATCH_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Refreshes after our own append that read only the appended tail.
@@ -683,6 +685,121 @@ fn cut_left_undone_by_a_kill_is_finished_keeping_mail_delivered_since() {
         assert!(!dir.path().join(".user.mbox-journal").exists());
         drop(mb);
         std::fs::write(&path, &before).unwrap();
+    }
+}
+
+// ---- compaction (an EXPUNGE that only moves messages) -----------------------------------
+
+const COMPACT_DIR_ENV: &str = "MBOX_TEST_COMPACT_DIR";
+
+/// 40 messages of varied sizes, UIDs and flags already on disk.
+fn compaction_fixture(dir: &TempDir) -> PathBuf {
+    let mut out = Vec::new();
+    for i in 0..40 {
+        write!(
+            out,
+            "From s{i}@example.com Mon Jan  1 10:00:{:02} 2024\nMessage-ID: <c{i}@x>\n\n",
+            i % 60
+        )
+        .unwrap();
+        for j in 0..(i * 11 % 17 + 2) {
+            writeln!(out, "message {i} line {j} {}", "=".repeat(j * 5)).unwrap();
+        }
+        out.push(b'\n');
+    }
+    let path = mailbox_with(dir, &out);
+    drop(MboxMailbox::open(&path, Access::Exclusive, helper()).unwrap());
+    path
+}
+
+/// Expunge every other message (0-based even ones): only moves, so a compaction.
+fn compaction_commit(path: &Path) {
+    let mut mb = MboxMailbox::open(path, Access::Shared, helper()).unwrap();
+    for i in (0..mb.messages().len()).step_by(2) {
+        mb.set_flags(i, Flags::DELETED);
+    }
+    mb.commit(true).unwrap();
+}
+
+/// Run by `compaction_survives_a_kill_at_any_point` in a child process; does nothing otherwise.
+#[test]
+#[ignore = "helper run in a child process by the compaction crash test"]
+fn compaction_child() {
+    if let Some(dir) = std::env::var_os(COMPACT_DIR_ENV) {
+        compaction_commit(&PathBuf::from(dir).join("user"));
+    }
+}
+
+#[test]
+fn compaction_survives_a_kill_at_any_point() {
+    let dir = TempDir::new("compact-crash");
+    let path = compaction_fixture(&dir);
+    let prepared = std::fs::read(&path).unwrap();
+    let mut original = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    let originals = message_ids(&mut original);
+    let uids: Vec<u32> = original.messages().iter().map(|m| m.uid).collect();
+    drop(original);
+    // Done once in this process: it is a compaction, and how many bytes it moves.
+    let before = COMPACTIONS.with(|n| n.get());
+    compaction_commit(&path);
+    assert_eq!(
+        COMPACTIONS.with(|n| n.get()),
+        before + 1,
+        "not a compaction"
+    );
+    let moved = prepared.len() as u64; // an upper bound: the crash points spread over it
+    let at = |point: &str| ("MAILSUITE_CRASH_AT", point.to_string());
+    let mut points = vec![
+        at("journal"),
+        at("first-step-done"),
+        at("step-done"),
+        at("cut-committed"),
+        at("cut-done"),
+    ];
+    points.extend((0..40).map(|k| ("MAILSUITE_CRASH_AFTER_BYTES", (k * moved / 80).to_string())));
+    let crash_dir = dir.path().to_str().unwrap();
+    let late = b"From mta@example.com Tue Jan  2 10:00:00 2024\nMessage-ID: <late@x>\n\nlate\n\n";
+    for (n, point) in points.into_iter().enumerate() {
+        std::fs::write(&path, &prepared).unwrap();
+        expect_crash(
+            "store::mbox::tests::compaction_child",
+            &[(COMPACT_DIR_ENV, crash_dir), (point.0, &point.1)],
+        );
+        let _ = std::fs::remove_file(dir.path().join("user.lock"));
+        // Every other run, an MTA delivers before any session recovers.
+        if n % 2 == 1 {
+            let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+            file.write_all(late).unwrap();
+        }
+        let access = if n % 4 < 2 {
+            Access::Shared
+        } else {
+            Access::ReadOnly
+        };
+        let mut mb = MboxMailbox::open(&path, access, helper()).unwrap();
+        let now = message_ids(&mut mb);
+        // The journal was synced before the first move: recovery goes forward, never back.
+        let mut want: Vec<(String, Vec<u8>)> =
+            originals.iter().skip(1).step_by(2).cloned().collect();
+        let want_uids: Vec<u32> = uids.iter().skip(1).step_by(2).copied().collect();
+        let got_uids: Vec<u32> = mb
+            .messages()
+            .iter()
+            .map(|m| m.uid)
+            .take(want_uids.len())
+            .collect();
+        if n % 2 == 1 {
+            want.push(("<late@x>".to_string(), b"late\n".to_vec()));
+        }
+        assert_eq!(now.len(), want.len(), "at {point:?}");
+        for ((id, text), (want_id, want_text)) in now.iter().zip(&want) {
+            assert_eq!(id, want_id, "at {point:?}");
+            if want_id != "<late@x>" {
+                assert_eq!(text, want_text, "{id} changed at {point:?}");
+            }
+        }
+        assert_eq!(got_uids, want_uids, "UIDs at {point:?}");
+        assert!(!dir.path().join(".user.mbox-journal").exists());
     }
 }
 
