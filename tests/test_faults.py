@@ -3,7 +3,8 @@
 Faults tried: the rewrite aborted after N bytes for ~30 values of N spread over the rewrite
 (MAILSUITE_CRASH_AFTER_BYTES), death right after the journal is synced
 (MAILSUITE_CRASH_AT=journal), SIGKILL at seeded random instants while QUIT rewrites a large
-mailbox, and a tmpfs spool with no free byte when QUIT must grow the file. After each crash a
+mailbox, and a tmpfs spool with no room for a journal when QUIT must rewrite (through the undo
+journal, or as a compaction). After each crash a
 fresh session (which replays any journal) must see every non-deleted message exactly once, in
 a file that still parses as mbox; after ENOSPC, QUIT must fail and leave the bytes unchanged.
 """
@@ -121,6 +122,43 @@ def test_crash_after_n_bytes_and_after_journal(users, mbox_for, server_args, spo
     assert crashed >= 20, "the crash hooks did not fire (%d of %d runs crashed)" % (crashed, len(faults))
 
 
+def test_quit_deleting_every_other_message_is_a_compaction_finished_after_a_kill(
+        users, mbox_for, server_args, spool):
+    """DELE of every other message of 3,000 only moves mail (2.7 MB: more than the 2 MiB that go
+    into the journal itself, so the moves take several steps): QUIT compacts the spool from a
+    journal of moves. Killed at any of its hooks (all after the journal is synced) or after N
+    bytes, the next session finishes it: exactly the kept messages remain, in order."""
+    alice = users["alice"]
+    msgs = small_mailbox(3000)
+    original = mbox_of(msgs)
+    ids = [message_ids(m)[0] for m in msgs]
+    to_delete = list(range(1, len(msgs) + 1, 2))
+    deleted = {ids[n - 1] for n in to_delete}
+    kept = [presented(m) for i, m in enumerate(msgs) if i + 1 not in to_delete]
+    argv = server_args("--allow-plaintext")
+    hooks = ["journal", "first-step-done", "step-done", "cut-committed", "cut-done"]
+    faults = [{"MAILSUITE_CRASH_AT": h} for h in hooks]
+    faults += [{"MAILSUITE_CRASH_AFTER_BYTES": str(len(original) * k // 12)} for k in range(12)]
+    for fault in faults:
+        path = mbox_for(alice, original)
+        settle(argv, alice)
+        s = start_deleting(argv, alice, to_delete, env=dict(os.environ, **fault))
+        s.send("QUIT")
+        try:
+            resp = s.readline(timeout=60)
+        except EOFError:
+            resp = None
+        s.proc.wait(timeout=30)
+        s.close()
+        assert resp is None, (fault, "the hook did not fire: not a compaction?", resp)
+        left = check_recovered(argv, alice, path, ids, deleted, fault)
+        got = [presented(m) for m in left]
+        assert len(got) == len(kept), (fault, len(got), len(kept))
+        for n, (a, b) in enumerate(zip(got, kept)):
+            assert a == b, (fault, n, a[:300], b[:300])
+        assert not journal_files(spool, alice.home), (fault, "journal left after recovery")
+
+
 def test_sigkill_during_large_quit(users, mbox_for, server_args, spool):
     """SIGKILL at seeded random instants after QUIT on a ~12 MB mailbox, spread over the time
     a QUIT with the same work takes (measured first)."""
@@ -158,7 +196,7 @@ def test_sigkill_during_large_quit(users, mbox_for, server_args, spool):
 def tiny_tmpfs(base_tmp):
     mnt = os.path.join(base_tmp, "tmpfs-spool")
     os.makedirs(mnt, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs", mnt],
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=1777", "tmpfs", mnt],
                           capture_output=True)
     if proc.returncode != 0:
         pytest.skip("cannot mount tmpfs here: %s" % proc.stderr.decode(errors="replace"))
@@ -178,12 +216,17 @@ def fill_disk(directory):
     return path
 
 
-def test_disk_full_quit_fails_and_keeps_bytes(users, server_args, tiny_tmpfs):
+@pytest.mark.parametrize("count,to_delete", [(100, [1]), (1200, list(range(1, 1201, 2)))],
+                         ids=["undo", "compaction"])
+def test_disk_full_quit_fails_and_keeps_bytes(users, server_args, tiny_tmpfs, count, to_delete):
     """The spool's filesystem is filled up to 8 KB (room for lock files, none for a rewrite
-    journal of the ~60 KB after message 1); QUIT after DELE 1 must fail with -ERR [SYS/TEMP],
-    the spool byte-identical; once space is freed a new session sees every message."""
+    journal): DELE 1 of 100 messages needs an undo journal of the ~60 KB after message 1; DELE
+    of every other message of 1,200 (733 KB, shortened by more than 256 KB) is a compaction
+    whose journal holds the ~360 KB it moves (less than the 2 MiB of first steps it copies).
+    QUIT must fail with -ERR [SYS/TEMP], the spool byte-identical; once space is freed a new
+    session sees every message."""
     alice = users["alice"]
-    msgs = [make_message(i, tag=b"full", body_lines=8) for i in range(100)]
+    msgs = [make_message(i, tag=b"full", body_lines=8) for i in range(count)]
     path = os.path.join(tiny_tmpfs, alice.name)
     with open(path, "wb") as f:
         f.write(mbox_of(msgs))
@@ -194,7 +237,7 @@ def test_disk_full_quit_fails_and_keeps_bytes(users, server_args, tiny_tmpfs):
     original = read_file(path)
     filler = fill_disk(tiny_tmpfs)
     os.truncate(filler, max(0, os.path.getsize(filler) - 8192))
-    s = start_deleting(argv, alice, [1])
+    s = start_deleting(argv, alice, to_delete)
     resp = s.cmd("QUIT", timeout=60)
     s.close()
     assert resp.startswith(b"-ERR [SYS/TEMP]"), resp
@@ -202,6 +245,6 @@ def test_disk_full_quit_fails_and_keeps_bytes(users, server_args, tiny_tmpfs):
     os.unlink(filler)
     s = PipeSession(argv, timeout=60)
     s.greeting()
-    assert s.login(alice.name, alice.password) == b"+OK Mailbox open, 100 messages"
+    assert s.login(alice.name, alice.password) == b"+OK Mailbox open, %d messages" % count
     assert s.quit() == b"+OK Sayonara"
     assert [presented(m) for m in split_mbox(read_file(path))] == [presented(m) for m in msgs]
