@@ -105,9 +105,9 @@ struct Piece {
     source: Source,
 }
 
-/// Bytes a compaction may make up (the new first message is one of them): more, and the undo
-/// journal does the rewrite.
-const MAX_FILL: u64 = 16 << 20;
+/// Bytes a compaction may make up and hold in memory (the new first message is one of them):
+/// more, and the undo journal does the rewrite.
+const MAX_FILL: u64 = 4 << 20;
 
 /// The writes of a compaction: see [`Plan::compaction`].
 #[derive(Default)]
