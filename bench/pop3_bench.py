@@ -218,9 +218,12 @@ class Server:
                 "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 
     def place(self, fmt: str, source: Path) -> Path:
-        """Copy the corpus mailbox (owner preserved) to where this server expects INBOX."""
+        """Copy the corpus mailbox (owner preserved) to where this server expects INBOX, and
+        write the copy out, so that a server's first fsync does not also wait for the disk to
+        take the harness's copy (and the files the last session deleted)."""
         target = self.inbox_path(fmt)
         subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+        os.sync()
         return target
 
     def inbox_path(self, fmt: str) -> Path:
