@@ -43,6 +43,20 @@ def start_deleting(argv, user, to_delete, env=None):
     return s
 
 
+def quit_under_fault(argv, user, to_delete, fault):
+    """DELE `to_delete`, then QUIT with the crash hooks of `fault` set: (the reply, or None if
+    the server died first; its exit status)."""
+    s = start_deleting(argv, user, to_delete, env=dict(os.environ, **fault))
+    s.send("QUIT")
+    try:
+        resp = s.readline(timeout=60)
+    except EOFError:
+        resp = None
+    status = s.proc.wait(timeout=30)
+    s.close()
+    return resp, status
+
+
 def journal_files(*dirs):
     return [os.path.join(d, f) for d in dirs for f in os.listdir(d) if "journal" in f]
 
@@ -102,14 +116,7 @@ def test_crash_after_n_bytes_and_after_journal(users, mbox_for, server_args, spo
     for fault in faults:
         path = mbox_for(alice, original)
         settle(argv, alice)
-        s = start_deleting(argv, alice, to_delete, env=dict(os.environ, **fault))
-        s.send("QUIT")
-        try:
-            resp = s.readline(timeout=60)
-        except EOFError:
-            resp = None
-        status = s.proc.wait(timeout=30)
-        s.close()
+        resp, status = quit_under_fault(argv, alice, to_delete, fault)
         if resp != b"+OK Sayonara":
             crashed += 1
         assert resp in (None, b"+OK Sayonara") or resp.startswith(b"-ERR"), (fault, resp)
@@ -142,14 +149,7 @@ def test_quit_deleting_every_other_message_is_a_compaction_finished_after_a_kill
     for fault in faults:
         path = mbox_for(alice, original)
         settle(argv, alice)
-        s = start_deleting(argv, alice, to_delete, env=dict(os.environ, **fault))
-        s.send("QUIT")
-        try:
-            resp = s.readline(timeout=60)
-        except EOFError:
-            resp = None
-        s.proc.wait(timeout=30)
-        s.close()
+        resp, _ = quit_under_fault(argv, alice, to_delete, fault)
         assert resp is None, (fault, "the hook did not fire: not a compaction?", resp)
         left = check_recovered(argv, alice, path, ids, deleted, fault)
         got = [presented(m) for m in left]

@@ -221,19 +221,17 @@ impl MoveJournal {
         }
     }
 
-    fn record(&self, slot: u64, magic: &[u8; 8], value: u64) -> io::Result<()> {
-        let mut bytes = [0u8; SLOT as usize];
-        bytes[..8].copy_from_slice(magic);
-        bytes[8..].copy_from_slice(&value.to_le_bytes());
-        disk::write_durably(&self.file, &bytes, self.slots + SLOT * slot)
-    }
-
     fn step_done(&self, step: u64) -> io::Result<()> {
-        self.record(step, DONE_MAGIC, step)
+        write_slot(&self.file, self.slots + SLOT * step, DONE_MAGIC, step)
     }
 
     fn commit_cut(&self, new_len: u64) -> io::Result<()> {
-        self.record(self.steps, CUT_MAGIC, new_len)
+        write_slot(
+            &self.file,
+            self.slots + SLOT * self.steps,
+            CUT_MAGIC,
+            new_len,
+        )
     }
 
     fn finish(self) -> io::Result<()> {
@@ -548,7 +546,12 @@ pub(super) fn recover(
         let journal_rw = reopen_for_writing(path, journal)?;
         redo_steps(journal, &journal_rw, &found, &writable)?;
         disk::write_durably(&writable, CUT_MARK, found.new_len)?;
-        write_slot(&journal_rw, &found, found.steps, CUT_MAGIC, found.new_len)?;
+        write_slot(
+            &journal_rw,
+            found.slots + SLOT * found.steps,
+            CUT_MAGIC,
+            found.new_len,
+        )?;
     }
     journal::finish_cut(mailbox, &writable, found.old_len, found.new_len)?;
     std::fs::remove_file(path)?;
@@ -570,17 +573,12 @@ fn reopen_for_writing(path: &Path, journal: &File) -> io::Result<File> {
     Ok(rw)
 }
 
-fn write_slot(
-    journal: &File,
-    found: &Found,
-    slot: u64,
-    magic: &[u8; 8],
-    value: u64,
-) -> io::Result<()> {
+/// Record `magic value` durably in the journal slot at `at`, written as zeros at creation.
+fn write_slot(journal: &File, at: u64, magic: &[u8; 8], value: u64) -> io::Result<()> {
     let mut bytes = [0u8; SLOT as usize];
     bytes[..8].copy_from_slice(magic);
     bytes[8..].copy_from_slice(&value.to_le_bytes());
-    disk::write_durably(journal, &bytes, found.slots + SLOT * slot)
+    disk::write_durably(journal, &bytes, at)
 }
 
 /// Redo every step not recorded done, each synced and recorded before the next.
@@ -601,7 +599,7 @@ fn redo_steps(journal: &File, journal_rw: &File, found: &Found, mailbox: &File) 
             }
         }
         mailbox.sync_data()?;
-        write_slot(journal_rw, found, step, DONE_MAGIC, step)?;
+        write_slot(journal_rw, found.slots + SLOT * step, DONE_MAGIC, step)?;
     }
     Ok(())
 }
