@@ -5,12 +5,13 @@
 //! Owns reading only; never writes (the caller decides whether assigned UIDs get persisted).
 
 use super::fromline::{parse_from_line, FromDate};
-use super::lines::{line_presented_len, Line, LineReader};
+use super::lines::{line_presented_len, LineReader};
 use super::meta::{
     keyword_bits, keyword_words, leading_number, status_flags, trim_spaces, value_after,
     write_xstatus, HeaderFilter, LineKind, MessageMeta, MAX_KEYWORDS,
 };
 use crate::store::{Flags, MessageInfo};
+use memchr::memmem::Finder;
 use std::fs::File;
 use std::io;
 
@@ -168,6 +169,7 @@ fn run(
     before: usize,
 ) -> Result<Parser, ParseError> {
     let mut reader = LineReader::new(file, offset, len);
+    let separator = Finder::new(b"\nFrom ");
     let Some((mut from_off, mut from_len, mut date)) = first_from_line(&mut reader)? else {
         return Ok(parser);
     };
@@ -188,7 +190,7 @@ fn run(
             meta_scattered: false,
         };
         let body_off = parser.read_header(&mut reader, &mut msg)?;
-        let (text_end, body_size, next) = read_body(&mut reader, body_off, len)?;
+        let (text_end, body_size, next) = read_body(&mut reader, &separator, body_off)?;
         let next_off = next.map_or(len, |n| n.0);
         parser.finish_message(msg, body_off, text_end, next_off, body_size);
         match next {
@@ -230,42 +232,20 @@ fn first_from_line(
     Ok(None)
 }
 
-/// Read body lines up to the next `From ` line. Returns the end of the text (before a blank
-/// separator line), the presented body size, and the next `From ` line if any.
+/// Pass over the body up to the next `From ` line. Returns the end of the text (before a
+/// blank separator line), the presented body size, and the next `From ` line if any.
 #[allow(clippy::type_complexity)]
 fn read_body(
     reader: &mut LineReader<'_>,
+    separator: &Finder<'_>,
     body_off: u64,
-    len: u64,
 ) -> Result<(u64, u64, Option<(u64, u64, FromDate)>), ParseError> {
-    let mut size = 0u64;
-    let mut end = body_off;
-    let mut last_blank: Option<u64> = None;
-    while let Some(Line {
-        offset,
-        bytes,
-        at_line_start,
-    }) = reader.next_line()?
-    {
-        if at_line_start && bytes.starts_with(b"From ") {
-            if let Some(date) = parse_from_line(bytes) {
-                let text_end = last_blank.map_or(offset, |b| offset - b);
-                let size = if last_blank.is_some() { size - 2 } else { size };
-                return Ok((text_end, size, Some((offset, bytes.len() as u64, date))));
-            }
-        }
-        size += line_presented_len(bytes);
-        last_blank = if at_line_start && (bytes == b"\n" || bytes == b"\r\n") {
-            Some(bytes.len() as u64)
-        } else {
-            None
-        };
-        end = offset + bytes.len() as u64;
-    }
-    debug_assert!(end <= len);
-    let text_end = last_blank.map_or(end, |b| end - b);
-    let size = if last_blank.is_some() { size - 2 } else { size };
-    Ok((text_end, size, None))
+    let (skipped, next) = reader.skip_to_line(separator, parse_from_line)?;
+    let blank = skipped.trailing_blank();
+    // A blank line before the next `From ` line (or the end) separates; it is not text.
+    let text_end = body_off + skipped.len - blank;
+    let size = skipped.presented_len() - if blank > 0 { 2 } else { 0 };
+    Ok((text_end, size, next))
 }
 
 impl Parser {
