@@ -266,7 +266,7 @@ fn write_contents(
     schedule: &Schedule,
 ) -> io::Result<u64> {
     let header = header(id, lens, schedule);
-    let mut sum = Checksum::new();
+    let mut sum = Checksum::version1();
     sum.update(&header);
     let mut out = io::BufWriter::with_capacity(COPY_CHUNK, file);
     out.write_all(&header)?;
@@ -483,7 +483,7 @@ fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
     if !sane || new_len >= old_len || size < slots + SLOT * (steps + 1) {
         return Ok(None);
     }
-    let mut sum = Checksum::new();
+    let mut sum = Checksum::version1();
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut done = 0u64;
     while done < body {
