@@ -10,9 +10,9 @@ use std::path::PathBuf;
 pub enum StoreChoice {
     /// `~/Maildir` when it exists, otherwise the mbox spool (as Dovecot decides).
     Auto,
-    /// Always the mbox spool `<spool-dir>/<user>`.
+    /// Always the mbox spool `DIR/USER` (DIR from --spool-dir).
     Mbox,
-    /// Always `~/<maildir-name>`.
+    /// Always `~/NAME` (NAME from --maildir-name).
     Maildir,
 }
 
@@ -28,15 +28,16 @@ pub struct ServerOptions {
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_children: usize,
 
-    /// Implicit TLS: the TLS handshake starts at once (also when invoked as `s<name>`).
+    /// Implicit TLS: the TLS handshake starts at once (also when invoked under a name that
+    /// begins with s, such as simapd or spop3d, as UW did).
     #[arg(long)]
     pub tls: bool,
 
-    /// PEM certificate chain (default /etc/ssl/certs/<program>.pem).
+    /// PEM certificate chain (default /etc/ssl/certs/PROGRAM.pem, PROGRAM being imapd or ipop3d).
     #[arg(long, value_name = "PATH")]
     pub cert: Option<PathBuf>,
 
-    /// PEM private key (default /etc/ssl/private/<program>.pem).
+    /// PEM private key (default /etc/ssl/private/PROGRAM.pem).
     #[arg(long, value_name = "PATH")]
     pub key: Option<PathBuf>,
 
@@ -45,7 +46,7 @@ pub struct ServerOptions {
     #[arg(long)]
     pub allow_plaintext: bool,
 
-    /// Directory of the mbox spool; INBOX is <spool-dir>/<user>.
+    /// Directory of the mbox spool; INBOX is DIR/USER.
     #[arg(long, default_value = "/var/mail", value_name = "DIR")]
     pub spool_dir: PathBuf,
 
