@@ -1,7 +1,9 @@
 //! Fast line-by-line reading of a (possibly huge) file with positional reads.
 //!
 //! Owns buffering only: hands out lines with their file offsets, splitting absurdly long lines
-//! into pieces so memory stays bounded. Never interprets the bytes.
+//! into pieces so memory stays bounded, or passes over lines in bulk up to one that starts
+//! with a caller's prefix, counting what it passed. Knows line ends and nothing else of the
+//! bytes: what a separator line is, the caller decides.
 
 use memchr::memchr;
 use memchr::memmem::Finder;
