@@ -123,8 +123,9 @@ fn journal_paths(mailbox: &Path, id: FileId) -> Vec<PathBuf> {
 }
 
 /// 64-bit checksum over a byte stream, fed in arbitrary pieces. Version 2 journals
-/// (`MSJRNL2`, `MSJAPP2`) mix four independent lanes of 8-byte words, about four times as
-/// fast as version 1's single lane, which a journal left by an older binary still uses.
+/// (`MSJRNL2`, `MSJAPP2`) mix four independent lanes of 8-byte words, so that the CPU runs
+/// four multiply chains side by side; version 1 (one lane) is still read in journals left by
+/// older binaries, and compaction journals keep it.
 pub(super) struct Checksum {
     lanes: [u64; LANES],
     /// Lanes in use: 1 (version 1) or [`LANES`].
