@@ -619,23 +619,7 @@ fn copy_from_journal(journal: &File, at: u64, mailbox: &File, op: &Op) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::mbox::tests::TempDir;
-
-    /// A tiny deterministic generator (xorshift), so failures repeat.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::store::mbox::tests::{TempDir, XorShift};
 
     /// A file of `blocks` blocks of random sizes, the moves that keep the blocks `keep` picks,
     /// in order, from the start, and the expected new bytes. With `fill_first`, the first kept
@@ -648,7 +632,7 @@ mod tests {
     }
 
     fn layout(
-        rng: &mut Rng,
+        rng: &mut XorShift,
         blocks: usize,
         keep: impl Fn(usize) -> bool,
         fill_first: bool,
@@ -717,7 +701,7 @@ mod tests {
 
     #[test]
     fn expunging_every_other_message_takes_few_steps() {
-        let mut rng = Rng(7);
+        let mut rng = XorShift(7);
         let l = layout(&mut rng, 2000, |b| b % 2 == 1, true);
         let s = Schedule::of(l.fills, &l.moves).expect("a compaction");
         assert_schedule_safe(&s, &l.moves);
@@ -727,14 +711,14 @@ mod tests {
 
     #[test]
     fn a_small_shift_under_a_long_move_is_left_to_the_undo_journal() {
-        let mut rng = Rng(11);
+        let mut rng = XorShift(11);
         let l = layout(&mut rng, 3000, |b| b != 0, false);
         assert!(Schedule::of(Vec::new(), &l.moves).is_none());
     }
 
     #[test]
     fn random_schedules_never_overwrite_a_source_they_still_need() {
-        let mut rng = Rng(99);
+        let mut rng = XorShift(99);
         for round in 0..200 {
             let blocks = 2 + rng.below(300) as usize;
             let density = 1 + rng.below(5);
@@ -749,7 +733,7 @@ mod tests {
 
     /// Carry out steps `..k` whole and, of step `k`, a random choice of 512-byte sectors (as a
     /// power failure may leave them), as the file `path` sees it.
-    fn torn_execution(file: &File, s: &Schedule, k: u64, rng: &mut Rng) {
+    fn torn_execution(file: &File, s: &Schedule, k: u64, rng: &mut XorShift) {
         let mut copier = Copier::new(file, None);
         for step in 0..k {
             for op in s.in_step(step) {
@@ -789,7 +773,7 @@ mod tests {
     fn recovery_finishes_a_compaction_torn_by_a_power_failure_in_any_step() {
         let dir = TempDir::new("compact-power");
         let path = dir.path().join("box");
-        let mut rng = Rng(2024);
+        let mut rng = XorShift(2024);
         for round in 0..12 {
             let keep_every = 2 + round % 3;
             let l = layout(&mut rng, 120, |b| b % keep_every != 0, round % 2 == 0);
@@ -832,7 +816,7 @@ mod tests {
     fn an_incomplete_journal_is_not_recovered() {
         let dir = TempDir::new("compact-incomplete");
         let path = dir.path().join("box");
-        let mut rng = Rng(5);
+        let mut rng = XorShift(5);
         let l = layout(&mut rng, 40, |b| b % 2 == 1, true);
         let (old, new) = (l.old, l.new);
         let s = Schedule::of(l.fills, &l.moves).unwrap();

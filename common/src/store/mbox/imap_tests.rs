@@ -2,7 +2,7 @@
 //! writing the file directly) sharing one mailbox, APPEND (including kills between its steps),
 //! keywords, and the folder operations of [`MboxStore`].
 
-use super::tests::{expect_crash, TempDir};
+use super::tests::{expect_crash, TempDir, XorShift};
 use super::*;
 use crate::config::StoreChoice;
 use crate::store::{MailStore, NewMessage, SpecialUse, StoreConfig};
@@ -910,27 +910,13 @@ fn expunging_everything_journals_only_the_first_message() {
 
 // ---- several sessions at random -------------------------------------------------------
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-fn random_message(rng: &mut Rng, n: usize) -> Vec<u8> {
+fn random_message(rng: &mut XorShift, n: usize) -> Vec<u8> {
     let mut text = format!("Subject: random {n}\r\nMessage-ID: <r{n}@x>\r\n\r\n");
-    for i in 0..rng.below(40) {
-        match rng.below(6) {
+    for i in 0..rng.index(40) {
+        match rng.index(6) {
             0 => text.push_str("From the body, not a separator\r\n"),
             1 => text.push_str("\r\n"),
-            _ => text.push_str(&format!("line {i} {}\r\n", "x".repeat(rng.below(90)))),
+            _ => text.push_str(&format!("line {i} {}\r\n", "x".repeat(rng.index(90)))),
         }
     }
     text.into_bytes()
@@ -966,15 +952,15 @@ fn sessions_mta_and_appends_stay_consistent() {
 fn random_sessions(seed: u64) {
     let dir = TempDir::new("random-sessions");
     let path = spool(&dir, INBOX);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let mut sessions = [open(&path, Access::Shared), open(&path, Access::Shared)];
     let mut highest = 3u32;
     let mut gone: Vec<u32> = Vec::new();
     for step in 0..150 {
-        let who = rng.below(2);
+        let who = rng.index(2);
         let s = &mut sessions[who];
         let n = s.messages().len();
-        match rng.below(6) {
+        match rng.index(6) {
             0 => {
                 let text = random_message(&mut rng, step);
                 let mut mbox = b"From mta@example.com Mon Jan  1 10:00:00 2024\n".to_vec();
@@ -984,7 +970,7 @@ fn random_sessions(seed: u64) {
             }
             1 => {
                 let text = random_message(&mut rng, step);
-                let kw = vec![format!("k{}", rng.below(3))];
+                let kw = vec![format!("k{}", rng.index(3))];
                 let got = append_text(s, &text, Flags::FLAGGED, &kw, None);
                 assert!(
                     got[0] > highest,
@@ -993,20 +979,20 @@ fn random_sessions(seed: u64) {
                 highest = got[0];
             }
             2 | 3 if n > 0 => {
-                let i = rng.below(n);
-                let bits = rng.below(31) as u8;
+                let i = rng.index(n);
+                let bits = rng.index(31) as u8;
                 s.set_flags(i, Flags::from_bits(bits & !Flags::DELETED.bits()));
-                if rng.below(2) == 0 {
-                    let k = s.keyword_bit(&format!("k{}", rng.below(3))).unwrap();
+                if rng.index(2) == 0 {
+                    let k = s.keyword_bit(&format!("k{}", rng.index(3))).unwrap();
                     s.set_keywords(i, 1 << k);
                 }
                 s.commit_with(Expunge::Nothing).unwrap();
             }
             4 if n > 0 => {
-                let i = rng.below(n);
+                let i = rng.index(n);
                 let uid = s.messages()[i].uid;
                 s.set_flags(i, Flags::DELETED);
-                let report = if rng.below(2) == 0 {
+                let report = if rng.index(2) == 0 {
                     s.commit_with(Expunge::Uids(&[uid])).unwrap()
                 } else {
                     s.commit_with(Expunge::AllDeleted).unwrap()

@@ -384,13 +384,8 @@ mod tests {
         let dir = crate::store::mbox::tests::TempDir::new("lines-skip");
         let path = dir.path().join("f");
         let separator = Finder::new(b"\nFrom ");
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rng = crate::store::mbox::tests::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut next = |n: u64| rng.below(n);
         for case in 0..3000 {
             let mut data = Vec::new();
             for _ in 0..next(40) {

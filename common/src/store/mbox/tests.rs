@@ -888,18 +888,30 @@ fn disk_full_leaves_the_mailbox_untouched() {
 
 // ---- randomized round trips ---------------------------------------------------------------
 
-struct XorShift(u64);
+/// A tiny deterministic generator (xorshift), shared by the store's randomized tests so
+/// that failures repeat.
+pub(crate) struct XorShift(pub u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
 
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// An index below `n` (0 when `n` is 0).
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
     fn pick<'a>(&mut self, items: &[&'a [u8]]) -> &'a [u8] {
-        items[(self.next() % items.len() as u64) as usize]
+        items[self.index(items.len())]
     }
 }
 
