@@ -484,14 +484,7 @@ fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
         return Ok(None);
     }
     let mut sum = Checksum::version1();
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let mut done = 0u64;
-    while done < body {
-        let n = (body - done).min(COPY_CHUNK as u64) as usize;
-        journal.read_exact_at(&mut buf[..n], done)?;
-        sum.update(&buf[..n]);
-        done += n as u64;
-    }
+    sum.update_from(journal, 0, body, &mut vec![0u8; COPY_CHUNK])?;
     let mut trailer = [0u8; 16];
     journal.read_exact_at(&mut trailer, body)?;
     if read_u64(&trailer, 0) != sum.finish() || &trailer[8..] != END_MAGIC {

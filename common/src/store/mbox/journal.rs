@@ -229,6 +229,24 @@ impl Checksum {
         self.npending = rest.len();
     }
 
+    /// Feed `file`'s bytes from `from` to `to`, read through `buf`.
+    pub fn update_from(
+        &mut self,
+        file: &File,
+        from: u64,
+        to: u64,
+        buf: &mut [u8],
+    ) -> io::Result<()> {
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], at)?;
+            self.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     pub fn finish(mut self) -> u64 {
         let block = 8 * self.width;
         self.pending[self.npending..].fill(0);
@@ -621,14 +639,7 @@ fn verify(journal: &File, id: FileId) -> io::Result<Option<Found>> {
         Some(_) => false,
     };
     let mut sum = Checksum::for_journal(version1);
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let mut done = 0u64;
-    while done < pos {
-        let n = (pos - done).min(COPY_CHUNK as u64) as usize;
-        journal.read_exact_at(&mut buf[..n], done)?;
-        sum.update(&buf[..n]);
-        done += n as u64;
-    }
+    sum.update_from(journal, 0, pos, &mut vec![0u8; COPY_CHUNK])?;
     let mut trailer = [0u8; 16];
     journal.read_exact_at(&mut trailer, pos)?;
     if read_u64(&trailer, 0) != Some(sum.finish()) || &trailer[8..] != END_MAGIC {
@@ -709,19 +720,9 @@ fn append_complete(mailbox: &File, found: &Found) -> io::Result<bool> {
     }
     let mut sum = Checksum::for_journal(found.version1);
     let mut buf = vec![0u8; COPY_CHUNK];
-    let mut sum_range = |from: u64, to: u64| -> io::Result<()> {
-        let mut at = from;
-        while at < to {
-            let n = (to - at).min(COPY_CHUNK as u64) as usize;
-            mailbox.read_exact_at(&mut buf[..n], at)?;
-            sum.update(&buf[..n]);
-            at += n as u64;
-        }
-        Ok(())
-    };
-    sum_range(found.orig_len, found.new_len)?;
+    sum.update_from(mailbox, found.orig_len, found.new_len, &mut buf)?;
     for (r, _) in &found.table {
-        sum_range(r.offset, r.offset + r.len)?;
+        sum.update_from(mailbox, r.offset, r.offset + r.len, &mut buf)?;
     }
     Ok(sum.finish() == expected)
 }

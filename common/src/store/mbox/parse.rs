@@ -5,7 +5,7 @@
 //! Owns reading only; never writes (the caller decides whether assigned UIDs get persisted).
 
 use super::fromline::{parse_from_line, FromDate};
-use super::lines::{line_presented_len, LineReader};
+use super::lines::{line_presented_len, Found, LineReader};
 use super::meta::{
     keyword_bits, keyword_words, leading_number, status_flags, trim_spaces, value_after,
     write_xstatus, HeaderFilter, LineKind, MessageMeta, MAX_KEYWORDS,
@@ -234,12 +234,11 @@ fn first_from_line(
 
 /// Pass over the body up to the next `From ` line. Returns the end of the text (before a
 /// blank separator line), the presented body size, and the next `From ` line if any.
-#[allow(clippy::type_complexity)]
 fn read_body(
     reader: &mut LineReader<'_>,
     separator: &Finder<'_>,
     body_off: u64,
-) -> Result<(u64, u64, Option<(u64, u64, FromDate)>), ParseError> {
+) -> Result<(u64, u64, Option<Found<FromDate>>), ParseError> {
     let (skipped, next) = reader.skip_to_line(separator, parse_from_line)?;
     let blank = skipped.trailing_blank();
     // A blank line before the next `From ` line (or the end) separates; it is not text.
