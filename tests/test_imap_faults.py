@@ -5,8 +5,9 @@ Faults tried: the rewrite aborted after N bytes for ~24 values of N spread over 
 death right after the journal is synced (MAILSUITE_CRASH_AT=journal), SIGKILL at seeded
 random instants while EXPUNGE rewrites a ~12 MB mbox (through the undo journal, and as a
 compaction that moves every other message, with the hook that only a compaction passes), SIGKILL at random instants while
-STORE patches the flags of 3,000 messages in place (no journal there: each message must
-show its old or its new flags), and SIGKILL while EXPUNGE removes files from a Maildir. After each crash a fresh session (replaying any journal) must see
+STORE records the flags of 3,000 messages in the flag log and CHECK patches them into the
+mbox in place (no journal there: with the log set aside each message must show its old or
+its new flags, and with it each must show the flags the log had when the kill came), and SIGKILL while EXPUNGE removes files from a Maildir. After each crash a fresh session (replaying any journal) must see
 every non-deleted message exactly once with its UID unchanged, deleted ones at most once,
 and the spool must still parse as mbox.
 """
@@ -241,13 +242,14 @@ def flag_sets(argv, user):
 
 
 def test_sigkill_during_store_of_flags(imap_users, mbox_for, imap_args):
-    """SIGKILL at seeded random instants while STORE 1:* patches 3,000 messages' flags."""
+    """SIGKILL at seeded random instants while STORE 1:* records 3,000 messages' flags in the
+    flag log and CHECK then patches them into the mbox, in place."""
     alice = imap_users["alice"]
     msgs = [make_message(i, tag=b"st", body_lines=20) for i in range(3000)]
     argv = imap_args("--allow-plaintext")
     path, settled, uids, _ = settled_mbox(argv, alice, mbox_for, msgs)
     new = frozenset([b"\\Flagged", b"\\Answered"])
-    store = "x STORE 1:* +FLAGS.SILENT (\\Flagged \\Answered)"
+    store = "x STORE 1:* +FLAGS.SILENT (\\Flagged \\Answered)\r\ny CHECK"
 
     def session():
         s = PipeImap(argv, timeout=60)
@@ -260,7 +262,9 @@ def test_sigkill_during_store_of_flags(imap_users, mbox_for, imap_args):
     began = time.monotonic()
     s.send(store)
     assert s.response("x", timeout=60)[1].startswith(b"x OK")
+    assert s.response("y", timeout=60)[1].startswith(b"y OK")
     took = time.monotonic() - began
+    assert not os.path.exists(os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".mbox-journal-flags"))
     s.kill()
     assert set(flag_sets(argv, alice)) == {new}
     rng = random.Random(1123)
@@ -277,10 +281,19 @@ def test_sigkill_during_store_of_flags(imap_users, mbox_for, imap_args):
             killed += 1
         s.kill()
         context = "attempt %d, kill after %.4fs" % (attempt, delay)
+        # First the mbox alone, as a program that knows no flag log sees it.
+        log = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".mbox-journal-flags")
+        logged = os.path.exists(log)
+        if logged:
+            os.rename(log, log + ".aside")
         check_recovered(argv, alice, path, uids, set(), context)
         sets = flag_sets(argv, alice)
         mixed = [n for n, f in enumerate(sets, 1) if f not in (frozenset(), new)]
         assert len(mixed) <= 1, (context, "messages with half their flags", mixed[:5])
+        if logged:
+            os.rename(log + ".aside", log)
+            sets = flag_sets(argv, alice)
+            assert set(sets) <= {frozenset(), new}, (context, "with the log")
     assert killed >= 2, "only %d of 6 kills landed during STORE" % killed
 
 

@@ -146,7 +146,9 @@ impl Maildrop {
                 self.mailbox.set_flags(index, flags);
             }
         }
-        if seen > 0 || deleted > 0 {
+        // Flags an imapd session left in the mbox flag log are written too: after a POP3
+        // session, the mailbox file holds everything (see `Mailbox::has_deferred_writes`).
+        if seen > 0 || deleted > 0 || self.mailbox.has_deferred_writes() {
             self.mailbox.commit(deleted > 0)?;
         }
         Ok(Update {

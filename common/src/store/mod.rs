@@ -258,6 +258,17 @@ pub trait Mailbox {
     fn commit_with(&mut self, expunge: Expunge<'_>) -> Result<CommitReport, StoreError>;
     /// True when opened `ReadOnly` (EXAMINE, or a writer could not be had).
     fn read_only(&self) -> bool;
+    /// Whether a commit left changes that only this store's own sessions see yet (mbox: the
+    /// flag log of a large STORE, see `mbox::flaglog`); [`Mailbox::write_deferred`] writes them
+    /// where every program looks. False for a read-only session.
+    fn has_deferred_writes(&self) -> bool {
+        false
+    }
+    /// Write what [`Mailbox::has_deferred_writes`] reports. Call it when the client is quiet
+    /// and before the mailbox is left.
+    fn write_deferred(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Change message `index`'s keywords (bits of [`Mailbox::keyword_names`]) in memory.
     fn set_keywords(&mut self, index: usize, keywords: u64);
     /// The bit of keyword `name` (case-sensitive, as UW and Dovecot), adding it to the

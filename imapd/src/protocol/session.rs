@@ -42,6 +42,10 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How long a client must be silent before deferred writes are made (see
+/// [`Session::settle_when_quiet`]).
+const QUIET: Duration = Duration::from_secs(1);
+
 /// What the session needs from the client connection.
 pub trait Transport: Write + Input {
     /// Bytes from the client already buffered (pipelining: hold back flushing while true).
@@ -244,6 +248,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         self.greet()?;
         self.client.flush()?;
         loop {
+            self.settle_when_quiet()?;
             let timeout = if self.store.is_some() {
                 self.policy.conn.idle_timeout
             } else {
@@ -283,6 +288,20 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
                 self.client.flush()?;
             }
         }
+    }
+
+    /// When the store deferred writes (see [`Selected::settle`]) and the client sends nothing
+    /// for [`QUIET`], make them now: other programs reading the mailbox see them within about
+    /// a second of the client going quiet.
+    fn settle_when_quiet(&mut self) -> io::Result<()> {
+        let deferred = self
+            .selected
+            .as_ref()
+            .is_some_and(|sel| sel.mailbox.has_deferred_writes());
+        if deferred && !self.client.has_pending_input() && !self.client.wait_readable(QUIET)? {
+            self.persist_selected();
+        }
+        Ok(())
     }
 
     fn autologout(&mut self) -> io::Result<()> {
@@ -471,11 +490,12 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
         self.selected = None;
     }
 
-    /// Persist the selected mailbox's flag changes, keeping it selected.
+    /// Persist the selected mailbox's flag changes, deferred ones included, keeping it
+    /// selected.
     fn persist_selected(&mut self) {
         let who = self.who();
         if let Some(sel) = self.selected.as_mut() {
-            if let Err(e) = sel.persist_flags() {
+            if let Err(e) = sel.settle() {
                 log::err(&format!(
                     "Error saving flags in {}: {e} {who}",
                     sel.mailbox.path().display(),

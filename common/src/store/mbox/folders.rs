@@ -129,6 +129,24 @@ impl MboxStore {
 
     /// Move every message of INBOX into the new folder `to` (which must not exist), leaving
     /// INBOX empty with its UID state (see [`MboxMailbox::move_all_to`]).
+    /// Write the flag log of the folder at `path`, if it has one, into the folder (before a
+    /// RENAME: the log is named after the folder's name).
+    fn write_flag_log(&self, path: &Path) -> Result<(), StoreError> {
+        let Ok(meta) = fs::metadata(path) else {
+            return Ok(());
+        };
+        let id = super::journal::FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let found = super::flaglog::find(path, id).map_err(|e| StoreError::Io(path.into(), e))?;
+        if found.is_none() || !meta.is_file() {
+            return Ok(());
+        }
+        let mut folder = MboxMailbox::open_folder(path, Access::Shared, &self.helper)?;
+        folder.write_deferred()
+    }
+
     fn rename_inbox(&self, to: &Path, to_name: &str) -> Result<(), StoreError> {
         let mut inbox = MboxMailbox::open(&self.inbox, Access::Shared, &self.helper)?;
         inbox.move_all_to(to, to_name)
@@ -149,11 +167,15 @@ impl MboxMailbox {
         };
         let _lock = self.lock_recovered(&file)?;
         let stamp = super::FileStamp::of(&file).map_err(|e| self.io_error(e))?;
-        if Some(stamp) != self.stamp {
+        if Some(stamp) != self.stamp || self.log_stamp_now(stamp)? != self.log_stamp() {
             self.merge_fresh(&file, stamp)?;
         }
         self.file = Some(file);
         self.stamp = Some(stamp);
+        if self.log.is_some() {
+            // The copy must carry the flags the log holds.
+            self.rewrite_locked(&|_| false)?;
+        }
         let tmp = dest.with_file_name(format!(
             ".{}.rename-{}",
             dest.file_name()
@@ -373,7 +395,13 @@ impl MailStore for MboxStore {
                 let file = file.map_err(io_err)?;
                 let _lock = MailboxLock::acquire(&path, &file, &self.helper, super::LOCK_TIMEOUT)
                     .map_err(io_err)?;
-                fs::remove_file(&path).map_err(io_err)
+                let id = super::journal::FileId::of(&file).map_err(io_err)?;
+                fs::remove_file(&path).map_err(io_err)?;
+                // Its flag log goes with it.
+                for log in super::flaglog::paths(&path, id) {
+                    super::flaglog::remove(&log).map_err(|e| StoreError::Io(log.clone(), e))?;
+                }
+                Ok(())
             }
         }
     }
@@ -400,6 +428,7 @@ impl MailStore for MboxStore {
             )));
         }
         self.make_parents(&to_path)?;
+        self.write_flag_log(&from_path)?;
         nix::fcntl::renameat2(
             None,
             &from_path,

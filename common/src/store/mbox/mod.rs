@@ -13,7 +13,9 @@
 //!
 //! Sessions share a mailbox by merging: [`Mailbox::refresh`] and every commit re-read what
 //! others wrote and re-apply only this session's own pending flag and keyword changes on top,
-//! matching messages by UID. A read-write session writes `O` into messages no session had seen
+//! matching messages by UID. A STORE on many messages goes to the flag log beside the file
+//! (`flaglog`, used through `deferred`), which every session reads with the file and which is
+//! written into the file later ([`Mailbox::write_deferred`], or any rewrite). A read-write session writes `O` into messages no session had seen
 //! (at open and at refresh), so that exactly one session reports them `\Recent`.
 //!
 //! Rewrites need room for a journal: `.<name>.mbox-journal` beside the mailbox, or, when that
@@ -26,7 +28,9 @@
 
 mod append;
 mod compact;
+mod deferred;
 mod disk;
+mod flaglog;
 mod folders;
 mod fromline;
 mod incremental;
@@ -45,6 +49,7 @@ use super::{
     Access, Changes, CommitReport, Expunge, Flags, Mailbox, MailboxChanged, MessageInfo,
     NewMessage, StoreError,
 };
+use deferred::{overlay, LogNow};
 use meta::{keyword_words, BaseInfo, MAX_KEYWORDS};
 use parse::{Entry, ParseError, Parsed, PseudoInfo};
 use rewrite::{Snapshot, Style};
@@ -114,6 +119,11 @@ pub struct MboxMailbox {
     /// and the place of its body: a body never changes, so while these are the same (and the
     /// reader checked the message is in place) the point holds, across refreshes too.
     seek_hint: Option<(SeekKey, reader::SeekPoint)>,
+    /// The flag log (see [`flaglog`]) as last read or written under the lock: flag changes
+    /// the file does not hold yet. Every session applies it over what it parses.
+    log: Option<flaglog::Log>,
+    /// How many of `keywords` the file's own list has (the rest are names not written yet).
+    disk_keyword_count: usize,
     _session: Option<SessionLock>,
 }
 
@@ -284,6 +294,8 @@ impl MboxMailbox {
             claimed_by_append: Vec::new(),
             held: None,
             seek_hint: None,
+            log: None,
+            disk_keyword_count: 0,
             _session: session,
         }
     }
@@ -358,11 +370,21 @@ impl MboxMailbox {
     fn load(&mut self, file: File) -> Result<(), StoreError> {
         let _lock = self.lock_recovered(&file)?;
         let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
-        let parsed = self.parse_file(&file, stamp.len)?;
-        self.uids_stored = !parsed.needs_persist;
+        let mut parsed = self.parse_file(&file, stamp.len)?;
         let must_write =
             parsed.needs_persist || (self.claim_recent && parsed.infos.iter().any(|i| i.recent));
+        let disk_names = parsed.keywords.len();
+        self.log = None;
+        let log = match self.read_log(stamp, parsed.uid_validity)? {
+            LogNow::Unchanged => None,
+            LogNow::Read(log) => log,
+        };
+        if let Some(log) = &log {
+            overlay(&mut parsed, log);
+        }
         self.adopt(parsed, None);
+        self.disk_keyword_count = disk_names;
+        self.log = log;
         self.file = Some(file);
         self.stamp = Some(stamp);
         if must_write && self.access != Access::ReadOnly {
@@ -375,6 +397,10 @@ impl MboxMailbox {
     /// same file, what is still in place of what we knew is re-read cheaply and only the rest
     /// parsed (see [`incremental`]); otherwise the whole file.
     fn parse_changed(&mut self, file: &File, stamp: FileStamp) -> Result<Parsed, StoreError> {
+        if self.stamp == Some(stamp) {
+            // Only the flag log changed: the file is as we indexed it.
+            return Ok(self.disk_view());
+        }
         if let Some(parsed) = self.parse_own_append(file, stamp) {
             return Ok(parsed);
         }
@@ -516,6 +542,8 @@ impl MboxMailbox {
         self.keywords = parsed.keywords;
         self.pseudo = parsed.pseudo;
         self.first_meta = parsed.first_meta;
+        self.uids_stored = !parsed.needs_persist;
+        self.disk_keyword_count = self.keywords.len();
         self.own_append = None;
     }
 
@@ -552,11 +580,25 @@ impl MboxMailbox {
     /// Re-read the file when someone else changed it since we last looked, keeping our pending
     /// flag changes by UID. Returns the indices of our messages that are gone.
     fn merge_fresh(&mut self, file: &File, stamp: FileStamp) -> Result<MergeResult, StoreError> {
-        let fresh = self.parse_changed(file, stamp)?;
+        let mut fresh = self.parse_changed(file, stamp)?;
+        let disk_names = fresh.keywords.len();
+        // The log as this session knew it stays in `self.log` as the merge's base until the
+        // merge is done; the log as it is now goes over the file's state.
+        let new_log = match self.read_log(stamp, fresh.uid_validity)? {
+            LogNow::Unchanged => None,
+            LogNow::Read(log) => Some(log),
+        };
+        if let Some(log) = new_log.as_ref().map_or(self.log.as_ref(), Option::as_ref) {
+            overlay(&mut fresh, log);
+        }
         let ours_empty = self.infos.is_empty();
         if fresh.uid_validity != self.uid_validity && !ours_empty {
             let n = self.infos.len();
             self.adopt(fresh, None);
+            self.disk_keyword_count = disk_names;
+            if let Some(log) = new_log {
+                self.log = log;
+            }
             return Err(StoreError::Damaged(format!(
                 "{}: UIDs were reassigned by another program; {n} messages' changes not saved",
                 self.path.display()
@@ -564,7 +606,7 @@ impl MboxMailbox {
         }
         let mut gone = Vec::new();
         let mut origin = vec![None; fresh.infos.len()];
-        let mut fresh = fresh;
+        let shared = self.shared_states();
         let mut j = 0;
         for (i, ours) in self.infos.iter().enumerate() {
             while j < fresh.infos.len() && fresh.infos[j].uid < ours.uid {
@@ -578,12 +620,13 @@ impl MboxMailbox {
             let theirs = &mut fresh.infos[j];
             theirs.recent = ours.recent;
             // Three-way merge: only the flags and keywords this session added or removed
-            // since it last read them are applied over the file's, so another session's
-            // change to other flags of the same message survives.
-            let base = self.entries[i].disk_flags.bits();
+            // since it last read them are applied over the file's (and the log's), so another
+            // session's change to other flags of the same message survives.
+            let (base_flags, base_keywords) = shared[i];
+            let base = base_flags.bits();
             let (added, removed) = (ours.flags.bits() & !base, base & !ours.flags.bits());
             theirs.flags = Flags::from_bits((theirs.flags.bits() & !removed) | added);
-            let base = self.entries[i].disk_keywords;
+            let base = base_keywords;
             if ours.keywords != base {
                 let added =
                     translate_keywords(ours.keywords & !base, &self.keywords, &mut fresh.keywords);
@@ -598,6 +641,10 @@ impl MboxMailbox {
         }
         self.take_claimed_by_append(&mut fresh.infos, &origin);
         self.adopt(fresh, None);
+        self.disk_keyword_count = disk_names;
+        if let Some(log) = new_log {
+            self.log = log;
+        }
         Ok(MergeResult { gone, origin })
     }
 
@@ -650,6 +697,7 @@ impl MboxMailbox {
         };
         let plan = rewrite::plan(&snapshot, &host_name()).map_err(|e| self.io_error(e))?;
         if plan.is_noop() {
+            self.drop_log()?;
             return Ok(removed);
         }
         let written = rewrite::written_index(&snapshot, &plan);
@@ -672,6 +720,8 @@ impl MboxMailbox {
         tests::assert_matches_disk(file, stamp.len, &parsed);
         self.adopt(parsed, Some(&session));
         self.stamp = Some(stamp);
+        // The file now holds every kept message's state, the log's included.
+        self.drop_log()?;
         Ok(removed)
     }
 
@@ -982,6 +1032,65 @@ impl MboxMailbox {
         ))
     }
 
+    /// [`Mailbox::commit_with`], which may record flag changes in the flag log
+    /// (`may_defer`) rather than in the file; without it the log is written into the file.
+    fn commit_locking(
+        &mut self,
+        expunge: Expunge<'_>,
+        may_defer: bool,
+    ) -> Result<CommitReport, StoreError> {
+        self.held = None; // our own read lock would keep our writer waiting
+        if self.access == Access::ReadOnly {
+            return Ok(CommitReport::default());
+        }
+        let file = match self.open_file() {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(CommitReport {
+                    expunged: self.forget_everything().expunged,
+                })
+            }
+            Err(e) => return Err(self.io_error(e)),
+        };
+        let _lock = self.lock_recovered(&file)?;
+        let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
+        let merge = if Some(stamp) == self.stamp && self.log_stamp_now(stamp)? == self.log_stamp() {
+            None
+        } else {
+            Some(self.merge_fresh(&file, stamp)?)
+        };
+        self.file = Some(file);
+        self.stamp = Some(stamp);
+        if expunge == Expunge::Nothing && may_defer && self.defer_locked()? {
+            let expunged = merge.map_or_else(Vec::new, |m| m.gone);
+            return Ok(CommitReport { expunged });
+        }
+        let mut uids = match expunge {
+            Expunge::Uids(u) => u.to_vec(),
+            _ => Vec::new(),
+        };
+        uids.sort_unstable();
+        let removing = |i: &MessageInfo| Self::expunge_picks(i, &expunge, &uids);
+        if expunge != Expunge::Nothing && self.log.is_some() {
+            self.patch_kept_locked(&removing)?;
+        }
+        let removed = self.rewrite_locked(&removing)?;
+        let mut expunged: Vec<usize> = match &merge {
+            None => removed,
+            Some(m) => {
+                let mut all = m.gone.clone();
+                all.extend(
+                    removed
+                        .iter()
+                        .filter_map(|&i| m.origin.get(i).copied().flatten()),
+                );
+                all
+            }
+        };
+        expunged.sort_unstable();
+        Ok(CommitReport { expunged })
+    }
+
     /// Whether message `info` goes in a commit that expunges `which`.
     fn expunge_picks(info: &MessageInfo, which: &Expunge<'_>, sorted_uids: &[u32]) -> bool {
         info.flags.contains(Flags::DELETED)
@@ -1068,48 +1177,15 @@ impl Mailbox for MboxMailbox {
     }
 
     fn commit_with(&mut self, expunge: Expunge<'_>) -> Result<CommitReport, StoreError> {
-        self.held = None; // our own read lock would keep our writer waiting
-        if self.access == Access::ReadOnly {
-            return Ok(CommitReport::default());
-        }
-        let file = match self.open_file() {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(CommitReport {
-                    expunged: self.forget_everything().expunged,
-                })
-            }
-            Err(e) => return Err(self.io_error(e)),
-        };
-        let _lock = self.lock_recovered(&file)?;
-        let stamp = FileStamp::of(&file).map_err(|e| self.io_error(e))?;
-        let merge = if Some(stamp) == self.stamp {
-            None
-        } else {
-            Some(self.merge_fresh(&file, stamp)?)
-        };
-        self.file = Some(file);
-        self.stamp = Some(stamp);
-        let mut uids = match expunge {
-            Expunge::Uids(u) => u.to_vec(),
-            _ => Vec::new(),
-        };
-        uids.sort_unstable();
-        let removed = self.rewrite_locked(&|i| Self::expunge_picks(i, &expunge, &uids))?;
-        let mut expunged: Vec<usize> = match &merge {
-            None => removed,
-            Some(m) => {
-                let mut all = m.gone.clone();
-                all.extend(
-                    removed
-                        .iter()
-                        .filter_map(|&i| m.origin.get(i).copied().flatten()),
-                );
-                all
-            }
-        };
-        expunged.sort_unstable();
-        Ok(CommitReport { expunged })
+        self.commit_locking(expunge, true)
+    }
+
+    fn has_deferred_writes(&self) -> bool {
+        self.log.is_some() && self.access != Access::ReadOnly
+    }
+
+    fn write_deferred(&mut self) -> Result<(), StoreError> {
+        self.commit_locking(Expunge::Nothing, false).map(|_| ())
     }
 
     fn read_only(&self) -> bool {
@@ -1131,10 +1207,11 @@ impl Mailbox for MboxMailbox {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(self.forget_everything()),
             Err(e) => return Err(self.io_error(e)),
         };
-        if self.stamp == Some(current) {
+        let log_unchanged = self.log_stamp_now(current)? == self.log_stamp();
+        if self.stamp == Some(current) && log_unchanged {
             return Ok(Changes::default());
         }
-        if self.own_append_is_current(current) {
+        if log_unchanged && self.own_append_is_current(current) {
             return self.merge_unlocked(current);
         }
         let file = match self.open_file() {
@@ -1186,7 +1263,12 @@ impl Mailbox for MboxMailbox {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         match std::fs::metadata(&self.path) {
-            Ok(m) => FileStamp::from_metadata(&m).hash(&mut hasher),
+            Ok(m) => {
+                let stamp = FileStamp::from_metadata(&m);
+                stamp.hash(&mut hasher);
+                let log = self.log_stamp_now(stamp).map_err(io::Error::other)?;
+                log.hash(&mut hasher);
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0u8.hash(&mut hasher),
             Err(e) => return Err(e),
         }
@@ -1194,6 +1276,8 @@ impl Mailbox for MboxMailbox {
     }
 }
 
+#[cfg(test)]
+mod deferred_tests;
 #[cfg(test)]
 mod imap_tests;
 #[cfg(test)]

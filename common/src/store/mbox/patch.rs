@@ -1,8 +1,9 @@
 //! Flag patches written without a journal or an fsync, and the rule that says when that is
 //! safe. Owns that rule and the journal-free write; never plans a rewrite or takes locks.
 //!
-//! A STORE changes a few bytes of `Status:`, `X-Status:` and `X-Keywords:` in each message's
-//! metadata block, to a block of the same length. Such a patch needs no journal when every
+//! A STORE on a few messages, and the flush of a large one's flag log (see
+//! [`flaglog`](super::flaglog)), changes a few bytes of `Status:`, `X-Status:` and
+//! `X-Keywords:` in each message's metadata block, to a block of the same length. Such a patch needs no journal when every
 //! state the file can be left in shows each message whole, with its UID:
 //! - the patch leaves `X-IMAPbase:` or `X-IMAP:` (UID-last, keyword names) and `X-UID:` as
 //!   they are, so a partly written STORE never puts UIDs and UID-last out of step;

@@ -3,7 +3,8 @@
 //!
 //! Owns the wait: poll(2) on the client with a one-second timeout, and between polls the store's
 //! cheap change token; only when that changes is the mailbox refreshed and the differences sent
-//! (EXPUNGE included: IDLE allows it). Never reads message bodies.
+//! (EXPUNGE included: IDLE allows it). Each tick also writes the flag changes the store deferred
+//! (see `Selected::settle`). Never reads message bodies.
 
 use super::{Backend, Reply, Session, Transport};
 use crate::wire::reader::InputLine;
@@ -49,6 +50,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                 log::info(&format!("Autologout {}", self.who()));
                 return Ok(Reply::silent_close());
             }
+            self.persist_selected();
             let now = self.change_token();
             if now != token {
                 token = now;

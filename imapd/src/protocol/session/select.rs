@@ -155,6 +155,16 @@ impl Selected {
         Ok(())
     }
 
+    /// [`Selected::persist_flags`], then write what the store deferred (a large STORE's flag
+    /// log) into the mailbox itself, where programs other than ours look.
+    pub fn settle(&mut self) -> Result<(), StoreError> {
+        self.persist_flags()?;
+        if self.mailbox.has_deferred_writes() {
+            self.mailbox.write_deferred()?;
+        }
+        Ok(())
+    }
+
     pub fn flags_line(&self) -> String {
         format!(
             "FLAGS ({}{SYSTEM_FLAGS})",
@@ -338,7 +348,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         let Some(sel) = self.selected.as_mut() else {
             return Ok(Reply::bad("No mailbox selected"));
         };
-        match sel.persist_flags() {
+        match sel.settle() {
             Ok(()) => Ok(Reply::ok("CHECK completed")),
             Err(e) => {
                 log::err(&format!("CHECK failed: {e} {who}"));
