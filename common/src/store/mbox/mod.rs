@@ -849,6 +849,16 @@ fn changes_between(
         v.sort_unstable();
         v
     };
+    // Usually the list only grew: the same bit is the same name, no names to compare.
+    let same_bits = before_names.len() <= after_names.len()
+        && before_names
+            .iter()
+            .zip(after_names)
+            .all(|(a, b)| a.eq_ignore_ascii_case(b));
+    let keywords_differ = |old: u64, new: u64| match same_bits {
+        true => old != new,
+        false => names(old, before_names) != names(new, after_names),
+    };
     let mut changes = Changes {
         expunged: merge.gone.clone(),
         ..Changes::default()
@@ -858,9 +868,7 @@ fn changes_between(
             None => changes.appended += 1,
             Some(i) => {
                 let (old, new) = (&before[*i], &after[j]);
-                if old.flags != new.flags
-                    || names(old.keywords, before_names) != names(new.keywords, after_names)
-                {
+                if old.flags != new.flags || keywords_differ(old.keywords, new.keywords) {
                     changes.flags_changed.push(j);
                 }
             }

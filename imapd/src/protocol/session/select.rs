@@ -215,10 +215,52 @@ impl Selected {
         }
     }
 
+    /// [`Selected::reconcile`] when every message the client knows is still where it was:
+    /// the view is updated in place (no copy of it per command). False, having done
+    /// nothing, otherwise.
+    fn reconcile_in_place(&mut self, out: &mut dyn Write) -> io::Result<bool> {
+        let msgs = self.mailbox.messages();
+        let aligned = msgs.len() >= self.view.len()
+            && self
+                .view
+                .iter()
+                .zip(msgs)
+                .all(|(k, m)| k.uid == m.uid && !k.gone);
+        if !aligned {
+            return Ok(false);
+        }
+        let names = self.mailbox.keyword_names();
+        for (n, (k, m)) in self.view.iter_mut().zip(msgs).enumerate() {
+            if (m.flags, m.keywords) != (k.flags, k.keywords) {
+                let flags = flag_list(m.flags, m.keywords, k.recent, names);
+                write!(out, "* {} FETCH (FLAGS {flags})\r\n", n + 1)?;
+                k.flags = m.flags;
+                k.keywords = m.keywords;
+            }
+        }
+        let known = self.view.len();
+        if msgs.len() > known {
+            self.view.extend(msgs[known..].iter().map(|m| Known {
+                uid: m.uid,
+                flags: m.flags,
+                keywords: m.keywords,
+                recent: m.recent,
+                gone: false,
+            }));
+            write!(out, "* {} EXISTS\r\n", self.view.len())?;
+            write!(out, "* {} RECENT\r\n", self.recent_count())?;
+            self.cache = None;
+        }
+        Ok(true)
+    }
+
     /// Compare the client's view with the store's index; send EXPUNGE (when allowed), FETCH
     /// FLAGS, EXISTS and RECENT for the differences.
     pub fn reconcile(&mut self, out: &mut dyn Write, allow_expunge: bool) -> io::Result<()> {
         self.announce_keywords(out)?;
+        if self.reconcile_in_place(out)? {
+            return Ok(());
+        }
         let names = self.mailbox.keyword_names();
         let msgs = self.mailbox.messages();
         let old_len = self.view.len();
