@@ -98,9 +98,17 @@ impl MboxMailbox {
         {
             return Ok(LogNow::Unchanged);
         }
-        flaglog::read(&path, known.cloned(), uid_validity)
-            .map(LogNow::Read)
-            .map_err(|e| self.io_error(e))
+        match flaglog::read(&path, known.cloned(), uid_validity) {
+            Ok(flaglog::Found::Log(log)) => Ok(LogNow::Read(Some(log))),
+            Ok(flaglog::Found::Missing) => Ok(LogNow::Read(None)),
+            Ok(flaglog::Found::Stale) => {
+                if self.access != Access::ReadOnly {
+                    flaglog::remove(&path).map_err(|e| self.io_error(e))?;
+                }
+                Ok(LogNow::Read(None))
+            }
+            Err(e) => Err(self.io_error(e)),
+        }
     }
 
     /// Our index as the file holds it (disk flags, keywords and `O`), for a catch-up when only
@@ -213,17 +221,17 @@ impl MboxMailbox {
         }
     }
 
-    /// The file holds every state the log gives: remove the log.
+    /// The file holds every state the log gives: remove the log (from every place one may
+    /// be, so that none left elsewhere can surface later).
     pub(super) fn drop_log(&mut self) -> Result<(), StoreError> {
         self.log = None;
         let Some(stamp) = self.stamp else {
             return Ok(());
         };
-        let found = flaglog::find(&self.path, file_id(stamp)).map_err(|e| self.io_error(e))?;
-        match found {
-            Some((path, _)) => flaglog::remove(&path).map_err(|e| self.io_error(e)),
-            None => Ok(()),
+        for path in flaglog::paths(&self.path, file_id(stamp)) {
+            flaglog::remove(&path).map_err(|e| StoreError::Io(path.clone(), e))?;
         }
+        Ok(())
     }
 
     /// Before a rewrite that removes messages: patch the states the log holds into the

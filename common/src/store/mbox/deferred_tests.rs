@@ -209,3 +209,21 @@ fn a_log_left_by_a_killed_session_is_applied_and_flushed_by_the_next() {
     assert!(flags[..MESSAGES].iter().all(|f| *f == Flags::ANSWERED));
     assert_eq!(flags[MESSAGES], Flags::NONE);
 }
+
+#[test]
+fn a_torn_log_is_ignored_and_replaced() {
+    let dir = TempDir::new("flaglog-torn");
+    let path = stored_mailbox(&dir);
+    // A kill as a log was being made: half a header.
+    std::fs::write(log_path(&path), b"MSFLOG1\n\x01\x02").unwrap();
+    let mut r = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    assert!(log_path(&path).exists(), "a read-only session leaves it");
+    let mut a = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    assert!(!log_path(&path).exists(), "a writer removes it");
+    assert!(a.messages().iter().all(|m| m.flags == Flags::NONE));
+    flag_all(&mut a, Flags::DRAFT);
+    a.commit(false).unwrap();
+    assert!(log_path(&path).exists());
+    r.refresh().unwrap();
+    assert!(r.messages().iter().all(|m| m.flags == Flags::DRAFT));
+}

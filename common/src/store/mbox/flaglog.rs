@@ -218,14 +218,22 @@ fn read_header(file: &File) -> io::Result<Option<Header>> {
     }))
 }
 
+/// What [`read`] found at a log's path.
+pub(super) enum Found {
+    Log(Log),
+    /// Nothing there (any more).
+    Missing,
+    /// Not a log of this mailbox: a header torn by a kill as the log was made, or a log of
+    /// another UIDVALIDITY. Its records mean nothing; a writer removes it ([`remove`]).
+    Stale,
+}
+
 /// Read the log at `path` (found by [`find`]) on top of what `known` holds of it: only the
-/// records after those already read when it is the same log, all of them otherwise. Returns
-/// `None` when there is no valid log there (removed, not yet written, or for another
-/// UIDVALIDITY: then it is stale and removed).
-pub(super) fn read(path: &Path, known: Option<Log>, uid_validity: u32) -> io::Result<Option<Log>> {
+/// records after those already read when it is the same log, all of them otherwise.
+pub(super) fn read(path: &Path, known: Option<Log>, uid_validity: u32) -> io::Result<Found> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Missing),
         Err(e) => return Err(e),
     };
     let Some(Header {
@@ -235,11 +243,10 @@ pub(super) fn read(path: &Path, known: Option<Log>, uid_validity: u32) -> io::Re
         end: start,
     }) = read_header(&file)?
     else {
-        return Ok(None);
+        return Ok(Found::Stale);
     };
     if log_validity != uid_validity {
-        remove(path)?;
-        return Ok(None);
+        return Ok(Found::Stale);
     }
     let stamp = LogStamp::of(&file.metadata()?);
     let mut log = match known.filter(|k| k.id == id && k.path == path && k.end <= stamp.len) {
@@ -264,7 +271,7 @@ pub(super) fn read(path: &Path, known: Option<Log>, uid_validity: u32) -> io::Re
     }
     log.end += whole;
     log.stamp = stamp;
-    Ok(Some(log))
+    Ok(Found::Log(log))
 }
 
 /// Append `changes` to `log` (with one `write`), or, when `log` is `None`, start a new log for
@@ -328,6 +335,8 @@ fn create(
                 };
                 return Ok((log, file, head));
             }
+            // Callers found no log under the lock: one there now is not ours to replace.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(e),
             Err(e) => last_error = e,
         }
     }
@@ -376,6 +385,13 @@ mod tests {
 
     const ID: FileId = FileId { dev: 1, ino: 2 };
 
+    fn log_at(path: &Path, known: Option<Log>, uid_validity: u32) -> Log {
+        match read(path, known, uid_validity).unwrap() {
+            Found::Log(log) => log,
+            _ => panic!("no log at {}", path.display()),
+        }
+    }
+
     fn state(bits: u8, keywords: u64) -> State {
         State {
             flags: Flags::from_bits(bits),
@@ -400,12 +416,12 @@ mod tests {
         assert_eq!(log.path(), d.join(".INBOX.mbox-journal-flags"));
         let (path, stamp) = find(&mbox, ID).unwrap().unwrap();
         assert_eq!(stamp, log.stamp);
-        let seen = read(&path, None, 77).unwrap().unwrap();
+        let seen = log_at(&path, None, 77);
         assert_eq!(seen.names, names);
         assert_eq!(seen.states.len(), 2);
         assert_eq!(seen.states[&2], state(4, 2));
         let log = append(Some(log), &mbox, ID, 77, &names, &[(2, state(0, 1))]).unwrap();
-        let again = read(&path, Some(seen.clone()), 77).unwrap().unwrap();
+        let again = log_at(&path, Some(seen.clone()), 77);
         assert_eq!(again.states[&2], state(0, 1));
         assert_eq!(again.states[&1], state(1, 0));
         assert_eq!(again.end, log.end);
@@ -434,13 +450,13 @@ mod tests {
         // A power failure garbling the first record.
         let first = log.end - 2 * RECORD;
         f.write_all_at(b"\xff", first + 12).unwrap();
-        let seen = read(&path, None, 5).unwrap().unwrap();
+        let seen = log_at(&path, None, 5);
         assert_eq!(seen.states.len(), 1, "{:?}", seen.states);
         assert_eq!(seen.states[&2], state(2, 0));
         assert_eq!(seen.end, log.end, "the torn half record is not consumed");
         let log = append(Some(seen), &mbox, ID, 5, &[], &[(4, state(16, 0))]).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), log.end);
-        let fresh = read(&path, None, 5).unwrap().unwrap();
+        let fresh = log_at(&path, None, 5);
         assert_eq!(fresh.states.len(), 2);
         assert_eq!(fresh.states[&4], state(16, 0));
         std::fs::remove_dir_all(&d).unwrap();
@@ -451,8 +467,13 @@ mod tests {
         let d = dir("stale");
         let mbox = d.join("box");
         let log = append(None, &mbox, ID, 5, &[], &[(1, state(1, 0))]).unwrap();
-        assert!(read(log.path(), None, 6).unwrap().is_none());
+        assert!(matches!(read(log.path(), None, 6).unwrap(), Found::Stale));
+        assert!(matches!(read(log.path(), None, 5).unwrap(), Found::Log(_)));
+        // A writer that finds it stale removes it and starts a new one in the same place.
+        remove(log.path()).unwrap();
         assert!(find(&mbox, ID).unwrap().is_none());
+        let new = append(None, &mbox, ID, 6, &[], &[(1, state(2, 0))]).unwrap();
+        assert_eq!(new.path(), log.path());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -461,10 +482,10 @@ mod tests {
         let d = dir("new");
         let mbox = d.join("box");
         let first = append(None, &mbox, ID, 5, &[], &[(1, state(1, 0))]).unwrap();
-        let seen = read(first.path(), None, 5).unwrap().unwrap();
+        let seen = log_at(first.path(), None, 5);
         remove(first.path()).unwrap();
         let second = append(None, &mbox, ID, 5, &[], &[(9, state(2, 0))]).unwrap();
-        let now = read(second.path(), Some(seen), 5).unwrap().unwrap();
+        let now = log_at(second.path(), Some(seen), 5);
         assert_eq!(
             now.states.len(),
             1,
@@ -472,7 +493,18 @@ mod tests {
         );
         assert_eq!(now.states[&9], state(2, 0));
         std::fs::write(second.path(), &MAGIC[..]).unwrap();
-        assert!(read(second.path(), None, 5).unwrap().is_none());
+        assert!(matches!(
+            read(second.path(), None, 5).unwrap(),
+            Found::Stale
+        ));
+        // Creating a log where one exists fails rather than starting one elsewhere.
+        let again = append(None, &mbox, ID, 5, &[], &[(3, state(1, 0))]);
+        assert_eq!(again.unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        remove(second.path()).unwrap();
+        assert!(matches!(
+            read(second.path(), None, 5).unwrap(),
+            Found::Missing
+        ));
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -15,8 +15,9 @@
 //! others wrote and re-apply only this session's own pending flag and keyword changes on top,
 //! matching messages by UID. A STORE on many messages goes to the flag log beside the file
 //! (`flaglog`, used through `deferred`), which every session reads with the file and which is
-//! written into the file later ([`Mailbox::write_deferred`], or any rewrite). A read-write session writes `O` into messages no session had seen
-//! (at open and at refresh), so that exactly one session reports them `\Recent`.
+//! written into the file later ([`Mailbox::write_deferred`], or any rewrite). A read-write
+//! session writes `O` into messages no session had seen (at open and at refresh), so that
+//! exactly one session reports them `\Recent`.
 //!
 //! Rewrites need room for a journal: `.<name>.mbox-journal` beside the mailbox, or, when that
 //! directory is not writable (a setgid-mail spool), `$HOME/.mbox-journal.<dev>.<ino>` — so
