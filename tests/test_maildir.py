@@ -3,7 +3,7 @@ with CRLF), UIDL stable across sessions and across new deliveries, DELE removing
 file at QUIT and nothing when the connection drops; also through xinetd with poplib.
 
 Faults tried: messages in both new/ and cur/ (with flags), a delivery between sessions, a
-dropped connection after DELE, --store mbox overriding auto.
+dropped connection after DELE, --store mbox overriding auto. Reading leaves atimes alone.
 """
 
 import os
@@ -102,6 +102,23 @@ def test_maildir_bytes_uidl_and_dele(users, maildir, pipe_session):
         if mid in old_uid:
             assert uid == old_uid[mid], "UIDL of %r changed" % mid
     assert new_uid[b"<md-6@test>"] not in old_uid.values(), "UIDL reused"
+
+
+def test_reading_leaves_access_times_alone(users, maildir, pipe_session):
+    """Reading every message (sizes at login, RETR) leaves each file's atime as it was: the
+    owner's server opens message files with O_NOATIME (here atime == mtime, which relatime
+    would otherwise update on the first read)."""
+    maddy = users["maddy"]
+    root, msgs, _ = maildir
+    s, _ = session(pipe_session, maddy)
+    assert len(fetch_all(s, 5)) == 5
+    assert s.quit() == b"+OK Sayonara"
+    times = {}
+    for sub in ("new", "cur"):
+        for name in os.listdir(os.path.join(root, sub)):
+            n = int(name[8:10])
+            times[n] = os.stat(os.path.join(root, sub, name)).st_atime
+    assert times == {n: 1700000000 + n for n in range(1, 6)}, times
 
 
 def test_maildir_dropped_connection_deletes_nothing(users, maildir, pipe_session):

@@ -3,10 +3,24 @@
 //! Owns the size computation and the streaming conversion, which must agree octet for octet.
 //! Never buffers a whole message.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+
+/// Open a message file for reading without updating its access time (`O_NOATIME`: nothing
+/// reads a Maildir message's atime, and each update is an inode write for the filesystem's
+/// journal). The flag is only for the file's owner: anyone else opens it plainly.
+pub fn open_message_file(path: &Path) -> io::Result<File> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        other => other,
+    }
+}
 
 /// Reads a file from its start by offset, whatever its descriptor's position (which clones of
 /// the descriptor share).
@@ -31,7 +45,7 @@ impl Read for ReadAt {
 
 /// Size of `path` as presented: its length plus one CR for every LF not preceded by CR.
 pub fn presented_size(path: &Path) -> io::Result<u64> {
-    let mut file = File::open(path)?;
+    let mut file = open_message_file(path)?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     let mut prev_cr = false;

@@ -346,7 +346,7 @@ impl MaildirMailbox {
         };
         let uid = info.uid;
         for _ in 0..CHASE_ATTEMPTS {
-            match File::open(self.file_path(index)) {
+            match body::open_message_file(&self.file_path(index)) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 other => return other,
             }
