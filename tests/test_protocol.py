@@ -3,7 +3,9 @@ real PAM users: greeting, CAPA before/after login, every TRANSACTION command, ex
 bytes, DELE applied only at QUIT, RSET, [IN-USE], plaintext refusal, and the log lines.
 
 Faults tried: wrong message numbers, deleted messages, a second session on a held mailbox,
-a dropped connection after DELE (must delete nothing), plaintext on a non-secure transport.
+a dropped connection after DELE (must delete nothing), SIGTERM, SIGKILL and SIGHUP after
+DELE (the server started with the signal ignored, as `nohup` leaves it: it must still end,
+deleting nothing), plaintext on a non-secure transport.
 """
 
 import os
@@ -293,7 +295,13 @@ def test_signal_during_session_deletes_nothing(sig, users, mbox_for, pipe_sessio
     alice = users["alice"]
     msgs = three_messages()
     path = mbox_for(alice, mbox_of(msgs))
-    s = pipe_session("--allow-plaintext")
+    # Started as `nohup` would start it, with the signal ignored: the server still ends.
+    inherited = signal.signal(sig, signal.SIG_IGN) if sig != signal.SIGKILL else None
+    try:
+        s = pipe_session("--allow-plaintext")
+    finally:
+        if inherited is not None:
+            signal.signal(sig, inherited)
     s.greeting()
     s.login(alice.name, alice.password)
     s.ok("DELE 1")

@@ -22,6 +22,7 @@ use std::time::Duration;
 pub fn start(opts: &ServerOptions, program: &str) -> Option<i32> {
     log::init(program, opts.debug || opts.listen.is_some());
     launch::ignore_sigpipe();
+    launch::default_termination_signals();
     let addr = opts.listen?;
     match launch::listen_and_serve(addr, opts.max_children) {
         Ok(()) => Some(0),

@@ -56,6 +56,16 @@ pub fn ignore_sigpipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
 }
 
+/// Restores the default action (end the process) of SIGHUP, SIGTERM and SIGINT, which a
+/// parent may have left ignored (`nohup`, some launchers): a session must end when told to,
+/// and an unfinished session changes nothing. Call at startup.
+pub fn default_termination_signals() {
+    for sig in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: SIG_DFL installs no handler, so no code runs in signal context.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    }
+}
+
 /// Development/container mode: listens on `addr` and serves each connection in a child process
 /// re-executing this program (`/proc/self/exe`, same `argv[0]`) with the same arguments minus
 /// `--listen` plus `--debug`, the socket as its stdin and stdout. At most `max_children` run at
