@@ -1028,6 +1028,9 @@ impl MboxMailbox {
         let file = file.try_clone().map_err(|e| self.io_error(e))?;
         #[cfg(test)]
         tests::UNLOCKED_CATCH_UPS.with(|n| n.set(n.get() + 1));
+        if let Some(changes) = self.extend_by_own_append(current) {
+            return Ok(changes);
+        }
         let before = self.infos.clone();
         let before_names = self.keywords.clone();
         let merge = self.merge_fresh(&file, current)?;
@@ -1039,6 +1042,54 @@ impl MboxMailbox {
             &self.keywords,
             &merge,
         ))
+    }
+
+    /// [`MboxMailbox::merge_unlocked`] without a merge: nobody else wrote since we were up to
+    /// date, so our messages (and our pending changes to them) stay as they are and the
+    /// appended ones are added behind them, costing what they cost rather than what the
+    /// mailbox does. `None` (nothing changed) when the keyword lists do not simply continue
+    /// ours: the caller merges.
+    fn extend_by_own_append(&mut self, current: FileStamp) -> Option<Changes> {
+        let (_, catch_up) = self.own_append.as_ref()?;
+        let parsed = &catch_up.parsed;
+        let known = self.infos.len();
+        let continues = catch_up.after == current
+            && parsed.uid_validity == self.uid_validity
+            && parsed.infos.len() >= known
+            && parsed.infos.get(known.wrapping_sub(1)).map(|i| i.uid)
+                == self.infos.last().map(|i| i.uid)
+            && self.keywords.len() == self.disk_keyword_count
+            && parsed.keywords.len() >= self.keywords.len()
+            && parsed
+                .keywords
+                .iter()
+                .zip(&self.keywords)
+                .all(|(a, b)| a == b);
+        if !continues {
+            return None;
+        }
+        let (_, catch_up) = self.own_append.take()?;
+        let mut parsed = catch_up.parsed;
+        #[cfg(test)]
+        {
+            tests::assert_matches_disk(self.file.as_ref()?, current.len, &parsed);
+            tests::TAIL_ONLY.with(|n| n.set(n.get() + 1));
+        }
+        let mut tail = parsed.infos.split_off(known);
+        for info in &mut tail {
+            info.recent = self.claimed_by_append.binary_search(&info.uid).is_ok();
+        }
+        self.claimed_by_append.clear();
+        let appended = tail.len();
+        let mut infos = std::mem::take(&mut self.infos);
+        infos.extend(tail);
+        parsed.infos = infos;
+        self.adopt(parsed, None);
+        self.stamp = Some(current);
+        Some(Changes {
+            appended,
+            ..Changes::default()
+        })
     }
 
     /// [`Mailbox::commit_with`], which may record flag changes in the flag log
