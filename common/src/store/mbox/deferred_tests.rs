@@ -227,3 +227,35 @@ fn a_torn_log_is_ignored_and_replaced() {
     r.refresh().unwrap();
     assert!(r.messages().iter().all(|m| m.flags == Flags::DRAFT));
 }
+
+#[test]
+fn own_append_keeps_pending_and_logged_flags() {
+    use super::imap_tests::append_text;
+    let dir = TempDir::new("flaglog-append");
+    let path = stored_mailbox(&dir);
+    let mut a = MboxMailbox::open(&path, Access::Shared, helper()).unwrap();
+    flag_all(&mut a, Flags::SEEN);
+    a.commit(false).unwrap();
+    assert!(log_path(&path).exists());
+    a.set_flags(5, Flags::SEEN.union(Flags::ANSWERED)); // not committed
+    let uids = append_text(&mut a, b"Subject: new\n\nnew\n", Flags::NONE, &[], None);
+    let changes = a.refresh().unwrap();
+    assert_eq!(changes.appended, 1, "{changes:?}");
+    assert!(changes.flags_changed.is_empty(), "{changes:?}");
+    let last = a.messages().last().unwrap();
+    assert_eq!(
+        (last.uid, last.flags, last.recent),
+        (uids[0], Flags::NONE, true)
+    );
+    assert_eq!(a.messages()[5].flags, Flags::SEEN.union(Flags::ANSWERED));
+    assert!(a.messages()[..MESSAGES]
+        .iter()
+        .all(|m| m.flags.contains(Flags::SEEN)));
+    a.commit(false).unwrap();
+    let b = MboxMailbox::open(&path, Access::ReadOnly, helper()).unwrap();
+    assert_eq!(b.messages().len(), MESSAGES + 1);
+    assert_eq!(b.messages()[5].flags, Flags::SEEN.union(Flags::ANSWERED));
+    assert!(b.messages()[..MESSAGES]
+        .iter()
+        .all(|m| m.flags.contains(Flags::SEEN)));
+}
