@@ -172,3 +172,25 @@ def test_idle_reports_a_logged_store_within_two_seconds(imap_users, mbox_for, im
     assert b.response("i1")[1].startswith(b"i1 OK")
     for s in (a, b):
         s.ok("LOGOUT")
+
+
+def test_a_large_store_sends_its_fetch_responses_before_saving(imap_users, mbox_for, imap_pipe):
+    """While another process holds the mailbox lock, a STORE on 100 messages has already sent
+    its 100 FETCH responses (the client reads them while the server waits to save); the
+    tagged OK follows once the lock is free."""
+    import fcntl
+
+    alice = imap_users["alice"]
+    path = mbox_for(alice, mbox_of([make_message(i) for i in range(COUNT)]))
+    a = selected(imap_pipe, alice)
+    with open(path, "r+b") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX)
+        a.send("s STORE 1:* +FLAGS (\\Flagged)")
+        lines = [a.readline(timeout=5) for _ in range(COUNT)]
+        assert lines == [b"* %d FETCH (FLAGS (\\Recent \\Flagged))" % n for n in range(1, COUNT + 1)], lines[:3]
+        time.sleep(0.3)
+        assert a.proc.poll() is None
+        fcntl.lockf(held, fcntl.LOCK_UN)
+    assert a.response("s")[1].startswith(b"s OK")
+    a.ok("LOGOUT")
+    assert all(x == b"F" for _, x in statuses(read_file(path)))

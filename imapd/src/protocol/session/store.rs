@@ -12,6 +12,10 @@ use common::log;
 use common::store::Flags;
 use std::io;
 
+/// A STORE on at least this many messages sends its FETCH responses before it saves the
+/// flags, so that the client reads them meanwhile (a few would only cost a write more).
+const SEND_BEFORE_SAVING: usize = 64;
+
 /// System flags and keyword names of a client flag list; `\Recent` and unknown `\Words` refused.
 pub(super) fn split_flags(flags: &[Flag]) -> Result<(Flags, Vec<String>), Reply> {
     let mut system = Flags::NONE;
@@ -91,6 +95,7 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
         let out = &mut *self.client;
         sel.announce_keywords(out)?;
         let mut missing = false;
+        let many = positions.len() >= SEND_BEFORE_SAVING;
         for pos in positions {
             let Some(idx) = sel.index_of(pos) else {
                 missing = true;
@@ -109,6 +114,10 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                 write!(out, "FLAGS {flag_text})\r\n")?;
             }
             sel.note_told(pos, idx);
+        }
+        if many && !silent {
+            // The client reads the FETCH responses while the flags are saved.
+            out.flush()?;
         }
         if let Err(e) = sel.persist_flags() {
             log::err(&format!(
