@@ -3,8 +3,9 @@
 //! rewrite of the file (or [`Mailbox::write_deferred`](crate::store::Mailbox::write_deferred))
 //! writes the log's states into the messages and removes it.
 //!
-//! Owns the decision to defer and the overlay; never formats anything, and every method here
-//! runs under the mailbox lock the caller holds.
+//! Owns the decision to defer and the overlay; never formats anything. Every method that
+//! reads or writes the log runs under the mailbox lock the caller holds; `log_stamp_now`
+//! only looks (a `stat`), to tell whether there is anything to read.
 
 use super::flaglog::{self, Log, State};
 use super::journal::FileId;
