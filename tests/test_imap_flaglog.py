@@ -194,3 +194,34 @@ def test_a_large_store_sends_its_fetch_responses_before_saving(imap_users, mbox_
     assert a.response("s")[1].startswith(b"s OK")
     a.ok("LOGOUT")
     assert all(x == b"F" for _, x in statuses(read_file(path)))
+
+
+def test_a_failing_flush_is_retried_after_a_pause_not_every_second(imap_users, mbox_for, imap_pipe):
+    """The mbox turns read-only for its owner while a log is pending: the flush fails. During
+    3.5 s of IDLE it is tried once (one error logged), not at every one-second tick; LOGOUT
+    tries again. The flags stay in the log meanwhile, nothing is lost."""
+    alice = imap_users["alice"]
+    path = mbox_for(alice, mbox_of([make_message(i) for i in range(COUNT)]))
+    s = imap_pipe("--allow-plaintext", "--debug")
+    s.greeting()
+    s.login(alice.name, alice.password)
+    assert b"* %d EXISTS" % COUNT in s.ok("SELECT INBOX")
+    s.ok("STORE 1:* +FLAGS.SILENT (\\Answered)")
+    os.chmod(path, 0o400)
+    try:
+        s.send("i IDLE")
+        assert s.readline().startswith(b"+ ")
+        time.sleep(3.5)
+        s.send("DONE")
+        assert s.response("i")[1].startswith(b"i OK")
+        s.ok("LOGOUT")
+        err = s.close().decode("utf-8", "replace")
+    finally:
+        os.chmod(path, 0o600)
+    failures = re.findall(r"Error saving flags", err)
+    assert len(failures) == 2, err
+    assert os.path.exists(log_of(path))
+    c = selected(imap_pipe, alice)
+    assert all(b"\\Answered" in v for v in flags_seen_by(c).values())
+    c.ok("LOGOUT")
+    assert all(x == b"A" for _, x in statuses(read_file(path)))

@@ -294,10 +294,7 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
     /// for [`QUIET`], make them now: other programs reading the mailbox see them within about
     /// a second of the client going quiet.
     fn settle_when_quiet(&mut self) -> io::Result<()> {
-        let deferred = self
-            .selected
-            .as_ref()
-            .is_some_and(|sel| sel.mailbox.has_deferred_writes());
+        let deferred = self.selected.as_ref().is_some_and(|sel| sel.settle_due());
         if deferred && !self.client.has_pending_input() && !self.client.wait_readable(QUIET)? {
             self.persist_selected();
         }
@@ -511,7 +508,14 @@ impl<'a, T: Transport, B: Backend> Session<'a, T, B> {
     /// needs undoing on disk: no session lock file, no dotlock between commands; descriptors
     /// and fcntl locks go with the process.
     fn leave_selected_at_exit(&mut self) {
-        self.persist_selected();
+        // After LOGOUT this was just done (or just failed, and is not tried again at once).
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|sel| sel.settle_pending())
+        {
+            self.persist_selected();
+        }
         std::mem::forget(self.selected.take());
     }
 

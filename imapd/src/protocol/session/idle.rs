@@ -50,7 +50,9 @@ impl<T: Transport, B: Backend> Session<'_, T, B> {
                 log::info(&format!("Autologout {}", self.who()));
                 return Ok(Reply::silent_close());
             }
-            self.persist_selected();
+            if self.selected.as_ref().is_some_and(|sel| sel.settle_due()) {
+                self.persist_selected();
+            }
             let now = self.change_token();
             if now != token {
                 token = now;

@@ -15,6 +15,7 @@ use common::store::lock::SessionLock;
 use common::store::{names, Access, Expunge, Flags, Mailbox, StoreError};
 use std::io::{self, Write};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// What the client has been told about one message.
 #[derive(Clone, Debug)]
@@ -40,7 +41,14 @@ pub(super) struct Selected {
     pub cache: Option<Rc<super::fetch::Loaded>>,
     /// Flag changes made in memory and not yet committed.
     dirty: bool,
+    /// When writing the store's deferred changes last failed: the quiet-time and IDLE
+    /// retries wait [`DEFERRED_RETRY`] after a failure instead of trying (and logging) every
+    /// second.
+    deferred_failed: Option<Instant>,
 }
+
+/// How long the idle-time writes of deferred changes pause after a failure.
+const DEFERRED_RETRY: Duration = Duration::from_secs(60);
 
 impl Selected {
     fn new(mailbox: Box<dyn Mailbox>, name: String, read_only: bool) -> Selected {
@@ -64,7 +72,23 @@ impl Selected {
             announced_keywords,
             cache: None,
             dirty: false,
+            deferred_failed: None,
         }
+    }
+
+    /// Whether [`Selected::settle`] has anything to do that did not just fail: flag changes
+    /// not committed, or [`Selected::settle_due`].
+    pub fn settle_pending(&self) -> bool {
+        (self.dirty && !self.read_only) || self.settle_due()
+    }
+
+    /// Whether the store holds deferred changes worth writing now that the client is quiet
+    /// (none, or a write failed less than [`DEFERRED_RETRY`] ago: not yet).
+    pub fn settle_due(&self) -> bool {
+        self.mailbox.has_deferred_writes()
+            && self
+                .deferred_failed
+                .is_none_or(|at| at.elapsed() >= DEFERRED_RETRY)
     }
 
     pub fn recent_count(&self) -> usize {
@@ -160,7 +184,9 @@ impl Selected {
     pub fn settle(&mut self) -> Result<(), StoreError> {
         self.persist_flags()?;
         if self.mailbox.has_deferred_writes() {
-            self.mailbox.write_deferred()?;
+            let written = self.mailbox.write_deferred();
+            self.deferred_failed = written.is_err().then(Instant::now);
+            written?;
         }
         Ok(())
     }
