@@ -68,15 +68,12 @@ pub(super) fn overlay(parsed: &mut Parsed, log: &Log) {
 
 impl MboxMailbox {
     /// The log's stamp as this session last saw it (`None`: no log).
-    pub(super) fn log_stamp(&self) -> Option<flaglog::LogStamp> {
+    pub(super) fn log_stamp(&self) -> Option<FileStamp> {
         self.log.as_ref().map(|l| l.stamp)
     }
 
     /// The stamp of the log that exists now for the file of `stamp` (a `stat` or two).
-    pub(super) fn log_stamp_now(
-        &self,
-        stamp: FileStamp,
-    ) -> Result<Option<flaglog::LogStamp>, StoreError> {
+    pub(super) fn log_stamp_now(&self, stamp: FileStamp) -> Result<Option<FileStamp>, StoreError> {
         flaglog::find(&self.path, file_id(stamp))
             .map(|found| found.map(|(_, s)| s))
             .map_err(|e| self.io_error(e))

@@ -34,38 +34,18 @@
 //! mailbox lock for every call).
 
 use super::journal::{Checksum, FileId};
+use super::FileStamp;
 use crate::store::Flags;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"MSFLOG1\n";
 const RECORD: u64 = 16;
 /// Longest keyword-name list a header may carry (UW's 30 names of at most 50 bytes fit).
 const MAX_NAMES_LEN: u32 = 4096;
-
-/// What the log file looked like when last read or written: any change means new records
-/// (or a flush, or a new log).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) struct LogStamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-}
-
-impl LogStamp {
-    fn of(m: &std::fs::Metadata) -> LogStamp {
-        LogStamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        }
-    }
-}
 
 /// One message's state as a record gives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,35 +65,23 @@ pub(super) struct Log {
     pub names: Vec<String>,
     /// Where the next record starts (end of the last complete record read or written).
     end: u64,
-    pub stamp: LogStamp,
+    /// The log file as last read or written: any change means new records, a flush or a
+    /// new log.
+    pub stamp: FileStamp,
     /// The last state of every UID the log names.
     pub states: HashMap<u32, State>,
 }
 
 /// Where the log of `mailbox` may live, in order of preference.
 pub(super) fn paths(mailbox: &Path, id: FileId) -> Vec<PathBuf> {
-    let mut paths = Vec::new();
-    if let Some(name) = mailbox.file_name() {
-        let dir = match mailbox.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let mut log_name = std::ffi::OsString::from(".");
-        log_name.push(name);
-        log_name.push(".mbox-journal-flags");
-        paths.push(dir.join(log_name));
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        paths.push(PathBuf::from(home).join(format!(".mbox-journal-flags.{}.{}", id.dev, id.ino)));
-    }
-    paths
+    super::journal::sidecar_paths(mailbox, id, ".mbox-journal-flags")
 }
 
 /// The log of `mailbox` that exists now, and its stamp: a `stat` per candidate place.
-pub(super) fn find(mailbox: &Path, id: FileId) -> io::Result<Option<(PathBuf, LogStamp)>> {
+pub(super) fn find(mailbox: &Path, id: FileId) -> io::Result<Option<(PathBuf, FileStamp)>> {
     for path in paths(mailbox, id) {
         match std::fs::metadata(&path) {
-            Ok(m) => return Ok(Some((path, LogStamp::of(&m)))),
+            Ok(m) => return Ok(Some((path, FileStamp::from_metadata(&m)))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
@@ -248,7 +216,7 @@ pub(super) fn read(path: &Path, known: Option<Log>, uid_validity: u32) -> io::Re
     if log_validity != uid_validity {
         return Ok(Found::Stale);
     }
-    let stamp = LogStamp::of(&file.metadata()?);
+    let stamp = FileStamp::of(&file)?;
     let mut log = match known.filter(|k| k.id == id && k.path == path && k.end <= stamp.len) {
         Some(k) => k,
         None => Log {
@@ -298,7 +266,7 @@ pub(super) fn append(
     }
     file.write_all_at(&bytes, log.end)?;
     log.end += bytes.len() as u64;
-    log.stamp = LogStamp::of(&file.metadata()?);
+    log.stamp = FileStamp::of(&file)?;
     for &(uid, state) in changes {
         log.states.insert(uid, state);
     }
@@ -330,7 +298,7 @@ fn create(
                     uid_validity,
                     names: names.to_vec(),
                     end: 0,
-                    stamp: LogStamp::of(&file.metadata()?),
+                    stamp: FileStamp::of(&file)?,
                     states: HashMap::new(),
                 };
                 return Ok((log, file, head));

@@ -105,19 +105,26 @@ pub(super) struct Journal {
 
 /// Where the journal for `mailbox` may live, in order of preference.
 fn journal_paths(mailbox: &Path, id: FileId) -> Vec<PathBuf> {
+    sidecar_paths(mailbox, id, ".mbox-journal")
+}
+
+/// Where a file that belongs to `mailbox` may live, in order of preference: beside it as
+/// `.<mailbox name><suffix>`, or, for a directory we cannot write (a setgid-mail spool), in
+/// `$HOME` as `<suffix>.<dev>.<ino>`.
+pub(super) fn sidecar_paths(mailbox: &Path, id: FileId, suffix: &str) -> Vec<PathBuf> {
     let mut paths = Vec::new();
     if let Some(name) = mailbox.file_name() {
         let dir = match mailbox.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let mut journal_name = std::ffi::OsString::from(".");
-        journal_name.push(name);
-        journal_name.push(".mbox-journal");
-        paths.push(dir.join(journal_name));
+        let mut beside = std::ffi::OsString::from(".");
+        beside.push(name);
+        beside.push(suffix);
+        paths.push(dir.join(beside));
     }
     if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        paths.push(PathBuf::from(home).join(format!(".mbox-journal.{}.{}", id.dev, id.ino)));
+        paths.push(PathBuf::from(home).join(format!("{suffix}.{}.{}", id.dev, id.ino)));
     }
     paths
 }

@@ -475,27 +475,11 @@ impl MboxMailbox {
         if disk_keywords != self.keywords {
             return None;
         }
-        let infos = self
-            .entries
-            .iter()
-            .zip(&self.infos)
-            .map(|(e, i)| MessageInfo {
-                flags: e.disk_flags,
-                keywords: e.disk_keywords,
-                recent: !e.disk_old,
-                ..i.clone()
-            })
-            .collect();
         let parsed = Parsed {
-            entries: self.entries.clone(),
-            infos,
-            uid_validity: self.uid_validity,
-            uid_last: self.uid_last,
             keywords: disk_keywords,
-            pseudo: self.pseudo.clone(),
             has_base,
-            first_meta: self.first_meta.clone(),
             needs_persist: false,
+            ..self.disk_view()
         };
         Some(append::Known {
             stamp,
