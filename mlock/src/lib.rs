@@ -29,8 +29,12 @@ pub const STALE_AFTER: Duration = Duration::from_secs(5 * 60);
 /// Mode of the lock file (as liblockfile). Removal is governed by the directory, not this mode.
 const LOCK_MODE: u32 = 0o644;
 
-/// Longest pause between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest pause between two attempts. Short: an MTA delivering a burst takes and drops the
+/// lock every few milliseconds, and a waiter that slept a second between attempts could miss
+/// every gap for as long as the burst lasts (a link() attempt costs microseconds).
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+/// The first pause.
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Distinguishes hitching posts made by threads of one process.
 static HITCH_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -58,7 +62,7 @@ impl Dotlock {
     /// at once when we may not create files in the directory (use the setgid helper then);
     /// `InvalidData` when the lock name is not a regular file (never removed).
     pub fn acquire(lock_path: &Path, deadline: Instant) -> io::Result<Dotlock> {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
         loop {
             if let Some(lock) = Dotlock::try_once(lock_path)? {
                 return Ok(lock);

@@ -34,8 +34,9 @@ const SESSION_LOCK_DIR: &str = "/tmp";
 /// Longest a reader waits for a dotlocked writer before reading anyway under its fcntl lock.
 pub const READER_COURTESY: Duration = Duration::from_secs(5);
 
-/// Longest pause between two attempts at a busy fcntl lock.
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest pause between two attempts at a busy fcntl lock (short, for the reason given at
+/// the dotlock's in `mlock`).
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Dotlock plus fcntl lock on a mailbox file, held while reading or rewriting it.
 /// Dropping it releases the fcntl lock, then removes the dotlock.
